@@ -1,0 +1,1 @@
+"""Qt GUI only: windows, viewport, panels; starts and stops workers."""

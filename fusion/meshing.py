@@ -1,0 +1,143 @@
+"""Owns incremental meshing: per-block surface meshes, re-extracted only where blocks changed.
+
+A frame's touched blocks and their 26 neighbours (whose cells read the touched voxels) are re-meshed;
+cost follows the changed area, not the scene size. Chunks (cubes of `chunk_blocks`^3 blocks) group
+block meshes for display; the whole mesh is the union of block meshes with shared vertices merged.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from fusion.surface_nets import mesh_blocks
+from fusion.volume import TsdfVolume
+
+log = logging.getLogger(__name__)
+
+NEIGHBOUR_OFFSETS = np.array(
+    [(dx, dy, dz) for dz, dy, dx in itertools.product((-1, 0, 1), repeat=3)], np.int32
+)  # index (dz+1)*9 + (dy+1)*3 + (dx+1), the order the kernel expects
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    weight_min: float = 1.0      #: voxels observed with less integration weight are treated as unknown
+    chunk_blocks: int = 4        #: chunk edge in blocks (display / dirty-chunk granularity)
+    threads: int = 2             #: kernel threads (the kernel releases the GIL)
+
+
+@dataclass(frozen=True)
+class MeshArrays:
+    """An immutable triangle mesh: positions metres, uint8 colours, unit normals, int32 faces."""
+
+    positions_m: np.ndarray
+    colors: np.ndarray
+    normals: np.ndarray
+    faces: np.ndarray
+    vertex_keys: np.ndarray
+
+    @staticmethod
+    def empty() -> "MeshArrays":
+        return MeshArrays(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8),
+                          np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32), np.zeros(0, np.int64))
+
+
+def pack_keys(keys: np.ndarray) -> np.ndarray:
+    """Block coordinates (N,3) int -> one int64 each (21 bits an axis), order-preserving per axis."""
+    k = keys.astype(np.int64) + (1 << 20)
+    return (k[:, 0] << 42) | (k[:, 1] << 21) | k[:, 2]
+
+
+def unpack_keys(packed: np.ndarray) -> np.ndarray:
+    mask = (1 << 21) - 1
+    return (np.stack([packed >> 42, (packed >> 21) & mask, packed & mask], 1) - (1 << 20)).astype(np.int32)
+
+
+def concat_meshes(parts: list[MeshArrays], merge: bool) -> MeshArrays:
+    """Concatenate meshes; with merge, vertices with equal keys become one."""
+    parts = [p for p in parts if len(p.faces)]
+    if not parts:
+        return MeshArrays.empty()
+    offsets = np.cumsum([0] + [len(p.positions_m) for p in parts])
+    faces = np.concatenate([p.faces + o for p, o in zip(parts, offsets)])
+    pos, col, nrm, keys = (np.concatenate([getattr(p, f) for p in parts])
+                           for f in ("positions_m", "colors", "normals", "vertex_keys"))
+    if merge:
+        keys, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        pos, col, nrm = pos[first], col[first], nrm[first]
+        faces = inverse[faces].astype(np.int32)
+    return MeshArrays(pos, col, nrm, faces.astype(np.int32), keys)
+
+
+class ChunkMesher:
+    """Per-block meshes of a TsdfVolume, updated from touched blocks.
+
+    Thread: the fusion thread calls `update`; `chunk_mesh`/`full_mesh` return immutable copies that
+    may be handed to other threads.
+    """
+
+    def __init__(self, volume: TsdfVolume, config: MeshConfig = MeshConfig()):
+        self.volume = volume
+        self.config = config
+        self.blocks: dict[tuple, MeshArrays] = {}
+        self._pool = ThreadPoolExecutor(config.threads) if config.threads > 1 else None
+
+    def affected_blocks(self, touched: np.ndarray) -> np.ndarray:
+        """Touched blocks plus their allocated neighbours, unique (N,3) int32."""
+        if len(touched) == 0:
+            return np.zeros((0, 3), np.int32)
+        cand = unpack_keys(np.unique(pack_keys((touched[:, None, :] + NEIGHBOUR_OFFSETS[None]).reshape(-1, 3))))
+        return cand[self.volume.lookup(cand) >= 0]
+
+    def update(self, touched_blocks: np.ndarray) -> set:
+        """Re-mesh what `touched_blocks` changed; return the set of chunk keys whose mesh changed."""
+        keys = self.affected_blocks(np.asarray(touched_blocks, np.int32))
+        if len(keys) == 0:
+            return set()
+        nbr = self.volume.lookup((keys[:, None, :] + NEIGHBOUR_OFFSETS[None]).reshape(-1, 3)).reshape(-1, 27)
+        tsdf, weight, color = self._voxels(nbr)
+        r, vsize = self.volume.config.block_resolution, self.volume.config.voxel_size_m
+        parts = np.array_split(np.arange(len(keys)), max(1, min(self.config.threads, len(keys) // 64)))
+        run = lambda idx: (idx, mesh_blocks(tsdf, weight, color, nbr[idx], keys[idx], r, vsize,
+                                            self.config.weight_min))
+        results = list(self._pool.map(run, parts)) if self._pool and len(parts) > 1 else [run(parts[0])]
+        for idx, (V, C, N, K, F, voff, foff) in results:
+            for m, key in enumerate(map(tuple, keys[idx])):
+                v0, v1, f0, f1 = voff[m], voff[m + 1], foff[m], foff[m + 1]
+                if f1 == f0:
+                    self.blocks.pop(key, None)
+                    continue
+                self.blocks[key] = MeshArrays(V[v0:v1], C[v0:v1], N[v0:v1], F[f0:f1], K[v0:v1])
+        return {tuple(k) for k in np.unique(np.floor_divide(keys, self.config.chunk_blocks), axis=0)}
+
+    def _voxels(self, nbr: np.ndarray):
+        """Voxel arrays the kernel can index with nbr (zero-copy on CPU; gathered on CUDA)."""
+        if self.volume.device.get_type().name == "CPU":
+            return self.volume.voxel_arrays()
+        used, inverse = np.unique(nbr[nbr >= 0], return_inverse=True)
+        arrays = self.volume.voxel_arrays(used)
+        nbr[nbr >= 0] = inverse
+        return arrays
+
+    def chunk_mesh(self, chunk_key: tuple) -> MeshArrays:
+        """The mesh of one chunk (block meshes concatenated, shared vertices merged)."""
+        cb = self.config.chunk_blocks
+        parts = [m for k, m in self.blocks.items() if tuple(np.floor_divide(k, cb)) == tuple(chunk_key)]
+        return concat_meshes(parts, merge=True)
+
+    def full_mesh(self) -> MeshArrays:
+        """The whole surface: the union of all block meshes with shared vertices merged."""
+        return concat_meshes(list(self.blocks.values()), merge=True)
+
+    def reset(self) -> None:
+        self.blocks.clear()
+
+    def close(self) -> None:
+        """Stop the kernel threads; safe to call twice."""
+        if self._pool:
+            self._pool.shutdown(wait=True)
+            self._pool = None

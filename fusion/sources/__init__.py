@@ -1,0 +1,47 @@
+"""Owns source selection: parse a SRC string, detect a folder's layout, open the right FrameSource."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fusion.errors import SourceError
+from fusion.sources.base import FrameSource
+from fusion.sources.redwood import RedwoodSource
+from fusion.sources.sevenscenes import SevenScenesSource
+from fusion.sources.synth_folder import SynthFolderSource
+from fusion.sources.synthetic import SyntheticSource
+from fusion.sources.tum import TumSource
+
+# Folder layouts, tried in this order (the first whose detect() says yes wins).
+FOLDER_SOURCES = {
+    "synthetic-folder": SynthFolderSource,
+    "7scenes": SevenScenesSource,
+    "tum": TumSource,
+    "redwood": RedwoodSource,
+}
+RECORDING_SUFFIXES = (".bag", ".db3")
+DEFAULT_SYNTHETIC_SEED = 0
+
+
+def open_source(spec: str, max_frames: int | None = None) -> FrameSource:
+    """Open SRC: `synthetic[:SEED]`, a dataset folder, a `.bag`/`.db3` file or `realsense[:SERIAL]`."""
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        seed_text = spec.partition(":")[2] or str(DEFAULT_SYNTHETIC_SEED)
+        if not seed_text.isdigit():
+            raise SourceError(f"synthetic seed must be a non-negative integer, got {seed_text!r}")
+        return SyntheticSource(int(seed_text), max_frames=max_frames)
+    if spec == "realsense" or spec.startswith("realsense:"):
+        raise SourceError("live RealSense capture is not available in this build yet")
+    path = Path(spec)
+    if path.suffix.lower() in RECORDING_SUFFIXES:
+        raise SourceError(f"{spec}: RealSense recordings are not supported in this build yet")
+    if not path.exists():
+        raise SourceError(f"{spec}: no such file or folder")
+    if not path.is_dir():
+        raise SourceError(f"{spec}: not a dataset folder, recording (.bag/.db3) or synthetic:SEED")
+    if not any(path.iterdir()):
+        raise SourceError(f"{spec}: folder is empty")
+    for cls in FOLDER_SOURCES.values():
+        if cls.detect(path):
+            return cls(path, max_frames=max_frames)
+    names = ", ".join(FOLDER_SOURCES)
+    raise SourceError(f"{spec}: unknown dataset layout (expected one of: {names})")

@@ -1,0 +1,169 @@
+"""Owns the hashed TSDF volume: Open3D VoxelBlockGrid (tsdf, weight, colour), integration and block bookkeeping.
+
+Runs on CUDA when Open3D sees a GPU (device "auto"), else on the CPU. Each integration returns the
+block coordinates it touched, the hook for dirty chunks and incremental meshing.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import open3d as o3d
+import open3d.core as o3c
+
+from fusion.frame import Frame
+from fusion.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VolumeConfig:
+    voxel_size_m: float = 0.01          #: edge of one voxel
+    block_resolution: int = 16          #: voxels along a block edge
+    trunc_voxels: float = 5.0           #: truncation distance in voxels
+    depth_min_m: float = 0.15           #: closer depth is ignored
+    depth_max_m: float = 4.0            #: farther depth is ignored
+    initial_blocks: int = 4000          #: hash map capacity at start (grows on demand)
+    max_blocks: int = 120_000           #: hard cap; beyond it only existing blocks are updated
+    device: str = "auto"                #: auto | cpu | cuda
+
+    @property
+    def block_size_m(self) -> float:
+        return self.voxel_size_m * self.block_resolution
+
+    @property
+    def trunc_m(self) -> float:
+        return self.voxel_size_m * self.trunc_voxels
+
+
+def resolve_device(name: str) -> o3c.Device:
+    """Open3D device for "auto" | "cpu" | "cuda"; refuses "cuda" when Open3D sees no GPU."""
+    has_cuda = o3c.cuda.is_available()
+    if name == "cuda" and not has_cuda:
+        raise UserError("--device cuda: Open3D sees no CUDA device on this machine")
+    if name not in ("auto", "cpu", "cuda"):
+        raise UserError(f"unknown device {name!r} (auto, cpu or cuda)")
+    return o3c.Device("CUDA:0" if name != "cpu" and has_cuda else "CPU:0")
+
+
+class TsdfVolume:
+    """TSDF + weight + colour voxel blocks in an Open3D VoxelBlockGrid.
+
+    Thread: owned by the fusion thread; other threads read only snapshots it hands out.
+    """
+
+    def __init__(self, config: VolumeConfig = VolumeConfig()):
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.grid = o3d.t.geometry.VoxelBlockGrid(
+            attr_names=("tsdf", "weight", "color"),
+            attr_dtypes=(o3c.float32, o3c.float32, o3c.float32),
+            attr_channels=((1), (1), (3)),
+            voxel_size=config.voxel_size_m,
+            block_resolution=config.block_resolution,
+            block_count=config.initial_blocks,
+            device=self.device,
+        )
+        self.capacity_warned = False
+        self.frames_integrated = 0
+
+    # --- integration -------------------------------------------------------------------------
+    def _images(self, frame: Frame):
+        depth = np.where(frame.depth_m >= self.config.depth_min_m, frame.depth_m, 0).astype(np.float32)
+        d = o3d.t.geometry.Image(o3c.Tensor(depth, device=self.device))
+        c = o3d.t.geometry.Image(o3c.Tensor(frame.color.astype(np.float32), device=self.device))
+        return d, c
+
+    def integrate(self, frame: Frame, T_world_cam: np.ndarray) -> np.ndarray:
+        """Fuse `frame` seen from `T_world_cam`; return the touched block coordinates (N,3) int32."""
+        cfg = self.config
+        depth, color = self._images(frame)
+        K = o3c.Tensor(frame.intrinsics.matrix(), o3c.float64)
+        extrinsic = o3c.Tensor(np.linalg.inv(T_world_cam), o3c.float64)
+        blocks = self.grid.compute_unique_block_coordinates(
+            depth, K, extrinsic, 1.0, cfg.depth_max_m, trunc_voxel_multiplier=cfg.trunc_voxels
+        )
+        blocks = self._limit_to_capacity(blocks)
+        if blocks.shape[0] == 0:
+            return np.zeros((0, 3), np.int32)
+        self.grid.integrate(blocks, depth, color, K, K, extrinsic, 1.0, cfg.depth_max_m,
+                            trunc_voxel_multiplier=cfg.trunc_voxels)
+        self.frames_integrated += 1
+        return blocks.cpu().numpy().astype(np.int32)
+
+    def _limit_to_capacity(self, blocks: o3c.Tensor) -> o3c.Tensor:
+        """Drop blocks that would take the grid past max_blocks (warn once); existing ones stay."""
+        hashmap = self.grid.hashmap()
+        if hashmap.size() + blocks.shape[0] <= self.config.max_blocks:
+            return blocks
+        _, found = hashmap.find(blocks)
+        n_new = blocks.shape[0] - int(found.to(o3c.int64).sum().item())
+        if hashmap.size() + n_new <= self.config.max_blocks:
+            return blocks
+        if not self.capacity_warned:
+            log.warning("volume is full (%d blocks, max_blocks=%d): only already-scanned space is "
+                        "updated from now on; raise max_blocks or use larger voxels",
+                        hashmap.size(), self.config.max_blocks)
+            self.capacity_warned = True
+        return blocks[found]
+
+    # --- access for meshing, raycasting and snapshots ---------------------------------------
+    @property
+    def n_blocks(self) -> int:
+        return int(self.grid.hashmap().size())
+
+    @property
+    def is_full(self) -> bool:
+        return self.capacity_warned
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the voxel buffers (capacity, not just active blocks)."""
+        return sum(self.grid.attribute(n).num_elements() * 4 for n in ("tsdf", "weight", "color"))
+
+    def active_keys(self) -> np.ndarray:
+        """(N,3) int32 coordinates of all allocated blocks."""
+        hashmap = self.grid.hashmap()
+        idx = hashmap.active_buf_indices().to(o3c.int64)
+        return hashmap.key_tensor()[idx].cpu().numpy().astype(np.int32)
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """Buffer index of each block key (N,3); -1 where the block is not allocated."""
+        if len(keys) == 0:
+            return np.zeros(0, np.int64)
+        buf, found = self.grid.hashmap().find(o3c.Tensor(np.ascontiguousarray(keys, np.int32), device=self.device))
+        buf = buf.cpu().numpy().astype(np.int64)
+        buf[~found.cpu().numpy()] = -1
+        return buf
+
+    def voxel_arrays(self, buf_indices: np.ndarray | None = None):
+        """(tsdf, weight, color) as numpy arrays shaped (B, r, r, r[, 3]) indexed [b, z, y, x].
+
+        On the CPU with buf_indices None these are zero-copy views of the whole buffer (re-fetch after
+        every integrate: the hash map may move them). Otherwise the rows buf_indices are copied.
+        """
+        r = self.config.block_resolution
+        out = []
+        for name, ch in (("tsdf", 1), ("weight", 1), ("color", 3)):
+            t = self.grid.attribute(name)
+            if buf_indices is not None:
+                t = t[o3c.Tensor(np.asarray(buf_indices, np.int64), device=self.device)]
+            a = t.cpu().numpy() if t.device.get_type() != o3c.Device.DeviceType.CPU else t.numpy()
+            out.append(a.reshape((a.shape[0], r, r, r) if ch == 1 else (a.shape[0], r, r, r, 3)))
+        return tuple(out)
+
+    def raycast(self, T_world_cam: np.ndarray, intrinsics, block_keys: np.ndarray | None = None) -> dict:
+        """Render depth (m), vertex and normal maps of the model seen from T_world_cam."""
+        cfg = self.config
+        keys = self.active_keys() if block_keys is None else block_keys
+        result = self.grid.ray_cast(
+            block_coords=o3c.Tensor(np.ascontiguousarray(keys, np.int32), device=self.device),
+            intrinsic=o3c.Tensor(intrinsics.matrix(), o3c.float64),
+            extrinsic=o3c.Tensor(np.linalg.inv(T_world_cam), o3c.float64),
+            width=intrinsics.width, height=intrinsics.height,
+            render_attributes=["depth", "color"], depth_scale=1.0,
+            depth_min=cfg.depth_min_m, depth_max=cfg.depth_max_m, weight_threshold=1.0,
+            trunc_voxel_multiplier=cfg.trunc_voxels, range_map_down_factor=8,
+        )
+        return {k: result[k] for k in ("depth", "color")}

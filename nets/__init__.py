@@ -1,0 +1,1 @@
+"""Nets: sparse-convolution engine, models, label store, incremental inference, training (no Qt)."""
