@@ -16,6 +16,7 @@ from fusion.frame import Frame
 from fusion.errors import UserError
 
 log = logging.getLogger(__name__)
+o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class TsdfVolume:
         )
         self.capacity_warned = False
         self.frames_integrated = 0
+        self.last_blocks = np.zeros((0, 3), np.int32)  #: blocks the latest integration touched
 
     # --- integration -------------------------------------------------------------------------
     def _images(self, frame: Frame):
@@ -91,7 +93,9 @@ class TsdfVolume:
         self.grid.integrate(blocks, depth, color, K, K, extrinsic, 1.0, cfg.depth_max_m,
                             trunc_voxel_multiplier=cfg.trunc_voxels)
         self.frames_integrated += 1
-        return blocks.cpu().numpy().astype(np.int32)
+        self._last_blocks_t = blocks
+        self.last_blocks = blocks.cpu().numpy().astype(np.int32)
+        return self.last_blocks
 
     def _limit_to_capacity(self, blocks: o3c.Tensor) -> o3c.Tensor:
         """Drop blocks that would take the grid past max_blocks (warn once); existing ones stay."""
@@ -156,9 +160,14 @@ class TsdfVolume:
     def raycast(self, T_world_cam: np.ndarray, intrinsics, block_keys: np.ndarray | None = None) -> dict:
         """Render depth (m), vertex and normal maps of the model seen from T_world_cam."""
         cfg = self.config
-        keys = self.active_keys() if block_keys is None else block_keys
+        if block_keys is not None:
+            keys = o3c.Tensor(np.ascontiguousarray(block_keys, np.int32), device=self.device)
+        elif self.frames_integrated:
+            keys = self._last_blocks_t  # what the camera saw last: what it is about to see
+        else:
+            keys = o3c.Tensor(self.active_keys(), device=self.device)
         result = self.grid.ray_cast(
-            block_coords=o3c.Tensor(np.ascontiguousarray(keys, np.int32), device=self.device),
+            block_coords=keys,
             intrinsic=o3c.Tensor(intrinsics.matrix(), o3c.float64),
             extrinsic=o3c.Tensor(np.linalg.inv(T_world_cam), o3c.float64),
             width=intrinsics.width, height=intrinsics.height,
