@@ -1,0 +1,44 @@
+"""Owns dirty-chunk bookkeeping: one set of changed chunk keys per consumer, taken and cleared by it."""
+from __future__ import annotations
+
+import threading
+from typing import Iterable
+
+import numpy as np
+
+CONSUMERS = ("mesh", "semantics", "completion")
+
+
+def chunk_keys_of_blocks(block_keys: np.ndarray, block_size_m: float, chunk_size_m: float) -> set:
+    """Chunk keys (tuples) of the chunks containing the given block keys (chunks are cubes on a fixed grid)."""
+    if len(block_keys) == 0:
+        return set()
+    origin_m = np.asarray(block_keys, np.float64) * block_size_m + 1e-9
+    return set(map(tuple, np.unique(np.floor(origin_m / chunk_size_m).astype(np.int32), axis=0)))
+
+
+class DirtyChunks:
+    """Per-consumer dirty sets. Thread-safe: the fusion thread marks, any consumer thread takes.
+
+    The lock is held only to swap sets, never during inference or integration.
+    """
+
+    def __init__(self, consumers: Iterable[str] = CONSUMERS):
+        self._lock = threading.Lock()
+        self._sets: dict[str, set] = {c: set() for c in consumers}
+
+    def mark(self, keys: Iterable[tuple], consumers: Iterable[str] | None = None) -> None:
+        keys = set(keys)
+        with self._lock:
+            for name in (self._sets if consumers is None else consumers):
+                self._sets[name] |= keys
+
+    def take(self, consumer: str) -> set:
+        """Return and clear the consumer's dirty set."""
+        with self._lock:
+            taken, self._sets[consumer] = self._sets[consumer], set()
+        return taken
+
+    def pending(self, consumer: str) -> int:
+        with self._lock:
+            return len(self._sets[consumer])

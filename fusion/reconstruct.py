@@ -1,0 +1,176 @@
+"""Owns the headless `reconstruct` command: run a source through the pipeline, write mesh, trajectory, stats.
+
+Whatever was fused is written even when the source fails or the user interrupts mid-sequence.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fusion.atomic import write_text_atomic
+from fusion.errors import SourceError, UserError
+from fusion.pipeline import FusionPipeline, PipelineConfig
+from fusion.plyio import write_labeled_ply
+from fusion.sources import open_source
+from fusion.trajectory import ate_rmse_m, write_tum
+
+log = logging.getLogger(__name__)
+STAGES = ("read", "track", "integrate", "mesh")
+
+
+@dataclass(frozen=True)
+class ReconstructRequest:
+    source: str
+    out_dir: Path
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    max_frames: int | None = None
+    labels: str = "none"
+    progress: bool = True
+
+
+@dataclass
+class _Run:
+    results: list = field(default_factory=list)
+    gt: list = field(default_factory=list)
+    read_ms: list = field(default_factory=list)
+    error: Exception | None = None
+    interrupted: bool = False
+    wall_s: float = 0.0
+
+
+def percentiles_ms(values) -> dict:
+    v = np.asarray(values, float)
+    if len(v) == 0:
+        return {}
+    return {f"p{p}": round(float(np.percentile(v, p)), 2) for p in (50, 90, 95, 99)} | {
+        "mean": round(float(v.mean()), 2), "max": round(float(v.max()), 2)}
+
+
+def _progress(total):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="frame", desc="reconstruct", dynamic_ncols=True, leave=True)
+
+
+def _fuse(source, pipeline: FusionPipeline, show_progress: bool) -> _Run:
+    run = _Run()
+    bar = _progress(len(source)) if show_progress else None
+    T_start = source.first_gt_pose()
+    t_start = time.perf_counter()
+    it = iter(source)
+    try:
+        while True:
+            t0 = time.perf_counter()
+            frame = next(it, None)
+            if frame is None:
+                break
+            run.read_ms.append((time.perf_counter() - t0) * 1e3)
+            res = pipeline.process(frame, T_start=None if T_start is None else np.asarray(T_start))
+            run.results.append(res)
+            run.gt.append(frame.T_world_cam_gt)
+            if bar:
+                bar.set_postfix(track=res.state, blocks=res.n_blocks, refresh=False)
+                bar.update(1)
+    except SourceError as exc:
+        run.error = exc
+    except KeyboardInterrupt:
+        run.interrupted = True
+    finally:
+        run.wall_s = time.perf_counter() - t_start
+        if bar:
+            bar.close()
+    return run
+
+
+def _trajectory(run: _Run) -> tuple[list, list]:
+    """One pose per frame: the integrated pose, or the last good one for rejected frames."""
+    stamps, poses, last = [], [], None
+    for r in run.results:
+        last = r.T_world_cam if r.T_world_cam is not None else last
+        if last is not None:
+            stamps.append(r.timestamp_s)
+            poses.append(last)
+    return stamps, poses
+
+
+def _stats(req: ReconstructRequest, source, pipeline: FusionPipeline, run: _Run, mesh) -> dict:
+    import open3d
+
+    res = run.results
+    n = len(res)
+    integrated = [r for r in res if r.integrated]
+    stages = {"read": run.read_ms} | {s: [r.timings_ms[s] for r in res if s in r.timings_ms] for s in STAGES[1:]}
+    stats = {
+        "source": source.describe(),
+        "frames": n,
+        "frames_integrated": len(integrated),
+        "frames_dropped": n - len(integrated),
+        "fps": round(n / run.wall_s, 3) if run.wall_s > 0 else 0.0,
+        "wall_s": round(run.wall_s, 3),
+        "timing_ms": {k: percentiles_ms(v) for k, v in stages.items() if v},
+        "tracking_failures": pipeline.tracker.failures,
+        "poses": req.pipeline.poses,
+        "labels": req.labels,
+        "label_latency_s": None,
+        "voxel_size_m": req.pipeline.volume.voxel_size_m,
+        "blocks": pipeline.volume.n_blocks,
+        "volume_full": pipeline.volume.is_full,
+        "mesh": {"vertices": int(len(mesh.positions_m)), "faces": int(len(mesh.faces))},
+        "device": str(pipeline.volume.device),
+        "versions": {"python": platform.python_version(), "open3d": open3d.__version__,
+                     "numpy": np.__version__},
+        "completed": run.error is None and not run.interrupted,
+    }
+    pairs = [(r.T_world_cam, g) for r, g in zip(res, run.gt) if r.integrated and g is not None]
+    if len(pairs) >= 3:
+        stats["ate_rmse_m"] = round(ate_rmse_m(np.array([p for p, _ in pairs]), np.array([g for _, g in pairs])), 6)
+    if run.error is not None:
+        stats["error"] = str(run.error)
+    return stats
+
+
+def write_outputs(req: ReconstructRequest, source, pipeline: FusionPipeline, run: _Run) -> dict:
+    """Write mesh.ply, trajectory.txt and stats.json into req.out_dir (atomically)."""
+    mesh = pipeline.final_mesh()
+    labels = np.zeros(len(mesh.positions_m), np.uint16)
+    write_labeled_ply(req.out_dir / "mesh.ply", mesh.positions_m, mesh.colors, labels, mesh.faces)
+    stamps, poses = _trajectory(run)
+    write_tum(req.out_dir / "trajectory.txt", stamps, poses)
+    stats = _stats(req, source, pipeline, run, mesh)
+    write_text_atomic(req.out_dir / "stats.json", json.dumps(stats, indent=2) + "\n")
+    return stats
+
+
+def reconstruct(req: ReconstructRequest) -> dict:
+    """Run the whole command; raises UserError (after writing partial outputs) when the source fails."""
+    if req.labels != "none":
+        raise UserError(f"--labels {req.labels}: the labeling nets are not available in this build; use --labels none")
+    if req.max_frames is not None and req.max_frames < 1:
+        raise UserError("--max-frames must be at least 1")
+    source = open_source(req.source, max_frames=req.max_frames)
+    if req.pipeline.poses == "gt" and not source.has_gt_poses:
+        raise UserError(f"{req.source}: --poses gt needs ground-truth poses, and this source has none")
+    try:
+        req.out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output folder {req.out_dir}: {exc.strerror}") from None
+    pipeline = FusionPipeline(req.pipeline)
+    try:
+        run = _fuse(source, pipeline, req.progress)
+        if pipeline.frames_with_depth == 0 and run.error is None:
+            run.error = SourceError(f"{req.source}: no frame has valid depth")
+        stats = write_outputs(req, source, pipeline, run)
+    finally:
+        pipeline.close()
+        source.close()
+    if run.error is not None:
+        raise UserError(f"{run.error} (the {len(run.results)} frames before it were written to {req.out_dir})")
+    if run.interrupted:
+        raise KeyboardInterrupt
+    return stats
