@@ -1,7 +1,7 @@
 """Owns camera tracking: frame-to-model ICP against the fused volume, failure checks and recovery.
 
-Each frame is registered (point-to-plane, multi-scale) against a raycast of the model from the
-predicted pose at reduced resolution. A frame whose registration has too few inliers, a large
+Each frame is registered (point-to-plane, multi-scale, Open3D's solver) against the model's depth
+rendered from the predicted pose at reduced resolution by the trilinear raycaster. A frame whose registration has too few inliers, a large
 residual or an implausible jump is rejected (not integrated); tracking then retries from the last
 good pose until it locks on again for `recover_frames` frames in a row.
 """
@@ -42,7 +42,6 @@ class TrackerConfig:
     max_jump_deg: float = 12.0                  #: largest rotation away from the prediction
     recover_frames: int = 3                     #: good frames in a row to leave the lost state
     depth_max_m: float = 4.0                    #: depth beyond is not used for tracking
-    raycast_bias_voxels: float = 0.6            #: Open3D's raycast reads this much too deep; removed
 
 
 @dataclass
@@ -127,12 +126,10 @@ class Tracker:
         src_depth = downsample_depth(frame.depth_m) if cfg.scale == 0.5 else frame.depth_m
         if np.count_nonzero(src_depth) < 0.02 * src_depth.size:
             return self._reject("too little valid depth")
-        model = self.volume.raycast(T_pred, intr)
-        device = self.volume.device
-        src = o3d.t.geometry.RGBDImage(o3d.t.geometry.Image(o3c.Tensor(src_depth, device=device)),
-                                       o3d.t.geometry.Image(o3c.Tensor(src_depth, device=device)))
-        model_depth = o3d.t.geometry.Image(self._unbias(model["depth"], intr))
-        dst = o3d.t.geometry.RGBDImage(model_depth, model_depth)
+        model_depth = self.volume.render_depth(T_pred, intr)
+        if np.count_nonzero(model_depth) < 0.02 * model_depth.size:
+            return self._reject("the model is out of view")
+        src, dst = (self._rgbd(d) for d in (src_depth, model_depth))
         K = o3c.Tensor(intr.matrix(), o3c.float64)
         try:
             res = odom.rgbd_odometry_multi_scale(
@@ -150,20 +147,9 @@ class Tracker:
             return self._reject(f"implausible motion {jump_m:.2f} m / {jump_deg:.1f} deg", res)
         return self._accept(T, res)
 
-    def _unbias(self, depth: o3c.Tensor, intr) -> o3c.Tensor:
-        """Move raycast depth back along each ray by the raycaster's known bias."""
-        bias_m = self.config.raycast_bias_voxels * self.volume.config.voxel_size_m
-        if bias_m == 0:
-            return depth
-        key = (intr.width, intr.height, intr.fx, intr.fy, intr.cx, intr.cy)
-        if getattr(self, "_ray_key", None) != key:
-            u = (np.arange(intr.width) - intr.cx) / intr.fx
-            v = (np.arange(intr.height) - intr.cy) / intr.fy
-            self._ray_cos = (1.0 / np.sqrt(1 + u[None] ** 2 + v[:, None] ** 2)).astype(np.float32)[..., None]
-            self._ray_key = key
-        d = depth.cpu().numpy()
-        out = np.where(d > 0, d - bias_m * self._ray_cos, 0).astype(np.float32)
-        return o3c.Tensor(out, device=self.volume.device)
+    def _rgbd(self, depth_m: np.ndarray):
+        image = o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(depth_m), device=self.volume.device))
+        return o3d.t.geometry.RGBDImage(image, image)
 
     def _accept(self, T: np.ndarray, res) -> TrackResult:
         m = self._motion

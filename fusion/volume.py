@@ -12,8 +12,9 @@ import numpy as np
 import open3d as o3d
 import open3d.core as o3c
 
-from fusion.frame import Frame
 from fusion.errors import UserError
+from fusion.frame import Frame
+from fusion.raycast import BlockIndex, raycast_depth
 
 log = logging.getLogger(__name__)
 o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
@@ -29,6 +30,11 @@ class VolumeConfig:
     initial_blocks: int = 4000          #: hash map capacity at start (grows on demand)
     max_blocks: int = 120_000           #: hard cap; beyond it only existing blocks are updated
     device: str = "auto"                #: auto | cpu | cuda
+
+    def __post_init__(self):
+        r = self.block_resolution
+        if r < 2 or r & (r - 1):
+            raise ValueError("block_resolution must be a power of two")
 
     @property
     def block_size_m(self) -> float:
@@ -47,6 +53,16 @@ def resolve_device(name: str) -> o3c.Device:
     if name not in ("auto", "cpu", "cuda"):
         raise UserError(f"unknown device {name!r} (auto, cpu or cuda)")
     return o3c.Device("CUDA:0" if name != "cpu" and has_cuda else "CPU:0")
+
+
+def integration_matrix(intrinsics) -> np.ndarray:
+    """K to hand Open3D's integrate: it truncates projected pixel coordinates instead of rounding them,
+    so the principal point moves half a pixel to make voxels read their nearest pixel (measured: this
+    removes a 0.4 mm depth bias and most sub-voxel error of the fused surface)."""
+    K = intrinsics.matrix()
+    K[0, 2] += 0.5
+    K[1, 2] += 0.5
+    return K
 
 
 class TsdfVolume:
@@ -70,6 +86,8 @@ class TsdfVolume:
         self.capacity_warned = False
         self.frames_integrated = 0
         self.last_blocks = np.zeros((0, 3), np.int32)  #: blocks the latest integration touched
+        self.index = BlockIndex()
+        self._index_capacity = -1
 
     # --- integration -------------------------------------------------------------------------
     def _images(self, frame: Frame):
@@ -82,20 +100,31 @@ class TsdfVolume:
         """Fuse `frame` seen from `T_world_cam`; return the touched block coordinates (N,3) int32."""
         cfg = self.config
         depth, color = self._images(frame)
-        K = o3c.Tensor(frame.intrinsics.matrix(), o3c.float64)
+        K = o3c.Tensor(integration_matrix(frame.intrinsics), o3c.float64)
         extrinsic = o3c.Tensor(np.linalg.inv(T_world_cam), o3c.float64)
         blocks = self.grid.compute_unique_block_coordinates(
-            depth, K, extrinsic, 1.0, cfg.depth_max_m, trunc_voxel_multiplier=cfg.trunc_voxels
+            depth, K, extrinsic, 1.0, cfg.depth_max_m, trunc_voxel_multiplier=float(cfg.trunc_voxels)
         )
         blocks = self._limit_to_capacity(blocks)
         if blocks.shape[0] == 0:
             return np.zeros((0, 3), np.int32)
         self.grid.integrate(blocks, depth, color, K, K, extrinsic, 1.0, cfg.depth_max_m,
-                            trunc_voxel_multiplier=cfg.trunc_voxels)
+                            trunc_voxel_multiplier=float(cfg.trunc_voxels))
         self.frames_integrated += 1
         self._last_blocks_t = blocks
         self.last_blocks = blocks.cpu().numpy().astype(np.int32)
+        self._update_index()
         return self.last_blocks
+
+    def _update_index(self) -> None:
+        """Keep the dense block index in step; a grown hash map may have moved every block."""
+        capacity = int(self.grid.hashmap().capacity())
+        if capacity != self._index_capacity:
+            keys = self.active_keys()
+            self.index.rebuild(keys, self.lookup(keys))
+            self._index_capacity = capacity
+        else:
+            self.index.update(self.last_blocks, self.lookup(self.last_blocks))
 
     def _limit_to_capacity(self, blocks: o3c.Tensor) -> o3c.Tensor:
         """Drop blocks that would take the grid past max_blocks (warn once); existing ones stay."""
@@ -157,8 +186,18 @@ class TsdfVolume:
             out.append(a.reshape((a.shape[0], r, r, r) if ch == 1 else (a.shape[0], r, r, r, 3)))
         return tuple(out)
 
+    def render_depth(self, T_world_cam: np.ndarray, intrinsics, weight_min: float = 1.0) -> np.ndarray:
+        """Depth (H,W) float32 metres of the model seen from T_world_cam (trilinear, sub-voxel accurate)."""
+        cfg = self.config
+        tsdf, weight, _ = self.voxel_arrays()
+        i = intrinsics
+        shift = int(cfg.block_resolution).bit_length() - 1
+        return raycast_depth(tsdf, weight, self.index.table, self.index.origin.astype(np.float64), shift,
+                             cfg.voxel_size_m, cfg.trunc_m, weight_min, np.asarray(T_world_cam, np.float64),
+                             i.fx, i.fy, i.cx, i.cy, i.width, i.height, cfg.depth_min_m, cfg.depth_max_m)
+
     def raycast(self, T_world_cam: np.ndarray, intrinsics, block_keys: np.ndarray | None = None) -> dict:
-        """Render depth (m), vertex and normal maps of the model seen from T_world_cam."""
+        """Open3D's ray_cast: depth and colour tensors (nearest-voxel; about a voxel of error)."""
         cfg = self.config
         if block_keys is not None:
             keys = o3c.Tensor(np.ascontiguousarray(block_keys, np.int32), device=self.device)
@@ -173,6 +212,6 @@ class TsdfVolume:
             width=intrinsics.width, height=intrinsics.height,
             render_attributes=["depth", "color"], depth_scale=1.0,
             depth_min=cfg.depth_min_m, depth_max=cfg.depth_max_m, weight_threshold=1.0,
-            trunc_voxel_multiplier=cfg.trunc_voxels, range_map_down_factor=8,
+            trunc_voxel_multiplier=float(cfg.trunc_voxels), range_map_down_factor=8,
         )
         return {k: result[k] for k in ("depth", "color")}

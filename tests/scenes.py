@@ -1,4 +1,7 @@
-"""Tiny analytic RGB-D scenes for tests: a sphere in front of a wall, rendered exactly by ray casting."""
+"""Tiny analytic RGB-D scenes for tests: two spheres on a floor in front of a wall, ray cast exactly.
+
+World frame: y points down (floor at y = FLOOR_Y_M), the wall is the plane z = WALL_Z_M.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -8,6 +11,9 @@ from fusion.frame import Frame, Intrinsics
 SPHERE_CENTER = np.array([0.0, 0.0, 1.5])
 SPHERE_RADIUS_M = 0.3
 WALL_Z_M = 2.2
+FLOOR_Y_M = 0.45
+SMALL_SPHERE_CENTER = np.array([0.45, 0.25, 1.8])
+SMALL_SPHERE_RADIUS_M = 0.2
 
 
 def look_at(eye, target=SPHERE_CENTER, up=(0.0, -1.0, 0.0)) -> np.ndarray:
@@ -23,22 +29,31 @@ def look_at(eye, target=SPHERE_CENTER, up=(0.0, -1.0, 0.0)) -> np.ndarray:
     return T
 
 
+def _ray_sphere(o, d, center, radius):
+    oc = o - center
+    b = d @ oc
+    a = np.sum(d * d, -1)
+    disc = b * b - a * (oc @ oc - radius ** 2)
+    t = np.where(disc > 0, (-b - np.sqrt(np.maximum(disc, 0))) / a, np.inf)
+    return np.where(t > 0, t, np.inf)
+
+
 def render(T_world_cam: np.ndarray, intr: Intrinsics, index: int = 0) -> Frame:
-    """Exact depth (z, metres) and a position-dependent colour of the sphere + wall scene."""
+    """Exact depth (z, metres) and a position-dependent colour of the scene."""
     u, v = np.meshgrid(np.arange(intr.width), np.arange(intr.height))
     rays_cam = np.stack([(u - intr.cx) / intr.fx, (v - intr.cy) / intr.fy, np.ones_like(u, float)], -1)
     R, o = T_world_cam[:3, :3], T_world_cam[:3, 3]
     d = rays_cam @ R.T
-    # wall z = WALL_Z_M
-    t_wall = np.where(np.abs(d[..., 2]) > 1e-9, (WALL_Z_M - o[2]) / d[..., 2], np.inf)
-    t_wall = np.where(t_wall > 0, t_wall, np.inf)
-    oc = o - SPHERE_CENTER
-    b = d @ oc
-    a = np.sum(d * d, -1)
-    disc = b * b - a * (oc @ oc - SPHERE_RADIUS_M ** 2)
-    t_sph = np.where(disc > 0, (-b - np.sqrt(np.maximum(disc, 0))) / a, np.inf)
-    t_sph = np.where(t_sph > 0, t_sph, np.inf)
-    t = np.minimum(t_wall, t_sph)
+    t = np.full(d.shape[:2], np.inf)
+    for axis, level in ((2, WALL_Z_M), (1, FLOOR_Y_M)):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t_plane = (level - o[axis]) / d[..., axis]
+        t = np.minimum(t, np.where(t_plane > 0, t_plane, np.inf))
+    t_planes = t
+    for center, radius in ((SPHERE_CENTER, SPHERE_RADIUS_M), (SMALL_SPHERE_CENTER, SMALL_SPHERE_RADIUS_M)):
+        t = np.minimum(t, _ray_sphere(o, d, center, radius))
+    t_sph = np.where(t < t_planes, t, np.inf)
+    t_wall = t_planes
     depth = np.where(np.isfinite(t), t, 0).astype(np.float32)  # rays_cam has z = 1, so t is depth
     p = o + d * np.where(np.isfinite(t), t, 0)[..., None]
     color = (127 + 100 * np.sin(12 * p[..., :3])).clip(0, 255).astype(np.uint8)

@@ -9,7 +9,8 @@ import pytest
 
 from fusion.meshing import ChunkMesher, MeshConfig, pack_keys
 from fusion.volume import TsdfVolume, VolumeConfig
-from tests.scenes import SMALL, SPHERE_CENTER, SPHERE_RADIUS_M, VGA, WALL_Z_M, orbit
+from tests.scenes import (FLOOR_Y_M, SMALL, SMALL_SPHERE_CENTER, SMALL_SPHERE_RADIUS_M, SPHERE_CENTER,
+                          SPHERE_RADIUS_M, VGA, WALL_Z_M, orbit)
 
 CPU = dict(device="cpu")
 
@@ -50,11 +51,12 @@ def test_mesh_lies_on_the_surfaces():
     assert len(mesh.faces) > 1000
     p = mesh.positions_m
     d_sphere = np.abs(np.linalg.norm(p - SPHERE_CENTER, axis=1) - SPHERE_RADIUS_M)
-    d_wall = np.abs(p[:, 2] - WALL_Z_M)
-    err = np.minimum(d_sphere, d_wall)
+    d_small = np.abs(np.linalg.norm(p - SMALL_SPHERE_CENTER, axis=1) - SMALL_SPHERE_RADIUS_M)
+    d_wall = np.minimum(np.abs(p[:, 2] - WALL_Z_M), np.abs(p[:, 1] - FLOOR_Y_M))
+    err = np.min([d_sphere, d_small, d_wall], axis=0)
     assert np.median(err) < 0.002 and np.percentile(err, 95) < 0.006
     # normals point out of the surface, towards the camera side (positive TSDF)
-    on_sphere = d_sphere < d_wall
+    on_sphere = (d_sphere < d_wall) & (d_sphere < d_small)
     outward = (p[on_sphere] - SPHERE_CENTER) / SPHERE_RADIUS_M
     dots = np.sum(outward * mesh.normals[on_sphere], 1)
     assert np.median(dots) > 0.95 and np.mean(dots > 0.7) > 0.9  # grazing-angle silhouettes are weaker
