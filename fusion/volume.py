@@ -93,7 +93,8 @@ class TsdfVolume:
     def _images(self, frame: Frame):
         depth = np.where(frame.depth_m >= self.config.depth_min_m, frame.depth_m, 0).astype(np.float32)
         d = o3d.t.geometry.Image(o3c.Tensor(depth, device=self.device))
-        c = o3d.t.geometry.Image(o3c.Tensor(frame.color.astype(np.float32), device=self.device))
+        # Open3D scales float colour by 255 when it stores it: hand it [0, 1] to store 0..255
+        c = o3d.t.geometry.Image(o3c.Tensor(frame.color.astype(np.float32) / 255.0, device=self.device))
         return d, c
 
     def integrate(self, frame: Frame, T_world_cam: np.ndarray) -> np.ndarray:

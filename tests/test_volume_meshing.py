@@ -136,3 +136,18 @@ def test_cuda_request_without_gpu_is_a_user_error():
         pytest.skip("this machine has CUDA")
     with pytest.raises(UserError):
         resolve_device("cuda")
+
+
+def test_mesh_colours_are_the_observed_colours():
+    frames = orbit(3, VGA, step_deg=5)
+    vol, touched = _fused(frames, VolumeConfig(voxel_size_m=0.01, **CPU))
+    _, weight, color = vol.voxel_arrays()
+    observed = color[weight > 0]
+    assert observed.max() <= 255.0 and observed.max() > 150
+    mesher = ChunkMesher(vol, MeshConfig(threads=1))
+    mesher.update(vol.active_keys())
+    mesh = mesher.full_mesh()
+    mesher.close()
+    on_big_sphere = np.abs(np.linalg.norm(mesh.positions_m - SPHERE_CENTER, axis=1) - SPHERE_RADIUS_M) < 0.004
+    on_big_sphere &= mesh.positions_m[:, 2] < SPHERE_CENTER[2] - 0.1  # facing the cameras, away from edges
+    assert np.abs(np.median(mesh.colors[on_big_sphere].astype(int), 0) - (200, 60, 60)).max() <= 3
