@@ -68,10 +68,17 @@ def test_ground_truth_poses_and_max_frames(kitchen_like, tmp_path):
     assert json.loads((tmp_path / "stats.json").read_text())["frames"] == 5
 
 
+def _folder(root: Path, *files: str) -> Path:
+    root.mkdir()
+    for name in files:
+        (root / name).write_text("x")
+    return root
+
+
 @pytest.mark.parametrize("make, words", [
     (lambda p: p / "missing", ("no such",)),
-    (lambda p: (p / "empty").mkdir() or p / "empty", ("empty",)),
-    (lambda p: (p / "odd").mkdir() or (p / "odd" / "notes.txt").write_text("x") or p / "odd", ("layout",)),
+    (lambda p: _folder(p / "empty"), ("empty",)),
+    (lambda p: _folder(p / "odd", "notes.txt"), ("layout",)),
 ])
 def test_bad_source_paths(tmp_path, make, words):
     assert_clean_error(run_cli("reconstruct", make(tmp_path), "--out", tmp_path / "o"), *words)
