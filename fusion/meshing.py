@@ -1,7 +1,8 @@
 """Owns incremental meshing: per-block surface meshes, re-extracted only where blocks changed.
 
-A frame's touched blocks and their 26 neighbours (whose cells read the touched voxels) are re-meshed;
-cost follows the changed area, not the scene size. Chunks (cubes of `chunk_blocks`^3 blocks) group
+A frame's touched blocks and their 26 neighbours (whose cells read the touched voxels) become pending;
+each update re-meshes at most `max_blocks_per_update` of them, the latest frame's first, so its cost
+follows the changed area and has a ceiling whatever the view; `flush` meshes everything pending. Chunks (cubes of `chunk_blocks`^3 blocks) group
 block meshes for display; the whole mesh is the union of block meshes with shared vertices merged.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ class MeshConfig:
     weight_min: float = 1.0      #: voxels observed with less integration weight are treated as unknown
     chunk_blocks: int = 4        #: chunk edge in blocks (display / dirty-chunk granularity)
     threads: int = 2             #: kernel threads (the kernel releases the GIL)
+    max_blocks_per_update: int = 768  #: re-meshed per update at most (latest frame's first); 0 = all
 
 
 @dataclass(frozen=True)
@@ -84,25 +86,49 @@ class ChunkMesher:
         self.volume = volume
         self.config = config
         self.blocks: dict[tuple, MeshArrays] = {}
+        self._pending: set[int] = set()  # packed keys of blocks waiting to be re-meshed
         self._pool = ThreadPoolExecutor(config.threads) if config.threads > 1 else None
 
     def affected_blocks(self, touched: np.ndarray) -> np.ndarray:
-        """Touched blocks plus their allocated neighbours, unique (N,3) int32."""
+        """Touched blocks plus their allocated neighbours, unique (N,3) int32, touched ones first."""
         if len(touched) == 0:
             return np.zeros((0, 3), np.int32)
-        cand = unpack_keys(np.unique(pack_keys((touched[:, None, :] + NEIGHBOUR_OFFSETS[None]).reshape(-1, 3))))
+        first = np.unique(pack_keys(touched))
+        ring = np.setdiff1d(pack_keys((touched[:, None, :] + NEIGHBOUR_OFFSETS[None]).reshape(-1, 3)), first)
+        cand = unpack_keys(np.concatenate([first, ring]))
         return cand[self.volume.lookup(cand) >= 0]
 
+    @property
+    def pending_blocks(self) -> int:
+        return len(self._pending)
+
     def update(self, touched_blocks: np.ndarray) -> set:
-        """Re-mesh what `touched_blocks` changed; return the set of chunk keys whose mesh changed."""
-        keys = self.affected_blocks(np.asarray(touched_blocks, np.int32))
+        """Re-mesh what `touched_blocks` changed (within the budget); return the chunk keys whose mesh changed."""
+        fresh = pack_keys(self.affected_blocks(np.asarray(touched_blocks, np.int32)))
+        budget = self.config.max_blocks_per_update or (len(fresh) + len(self._pending))
+        self._pending.update(fresh.tolist())
+        take = fresh[:budget]
+        if len(take) < budget and self._pending:
+            older = np.array(sorted(self._pending.difference(take.tolist())), np.int64)
+            take = np.concatenate([take, older[: budget - len(take)]])
+        self._pending.difference_update(take.tolist())
+        return self._mesh(unpack_keys(take)) if len(take) else set()
+
+    def flush(self) -> set:
+        """Re-mesh every pending block; return the chunk keys whose mesh changed."""
+        keys = unpack_keys(np.array(sorted(self._pending), np.int64))
+        self._pending.clear()
+        return self._mesh(keys) if len(keys) else set()
+
+    def _mesh(self, keys: np.ndarray) -> set:
+        keys = keys[self.volume.lookup(keys) >= 0]
         if len(keys) == 0:
             return set()
         nbr = self.volume.lookup((keys[:, None, :] + NEIGHBOUR_OFFSETS[None]).reshape(-1, 3)).reshape(-1, 27)
         tsdf, weight, color = self._voxels(nbr)
         r, vsize = self.volume.config.block_resolution, self.volume.config.voxel_size_m
         parts = np.array_split(np.arange(len(keys)), max(1, min(self.config.threads, len(keys) // 64)))
-        run = lambda idx: (idx, mesh_blocks(tsdf, weight, color, nbr[idx], keys[idx], r, vsize,
+        run = lambda idx: (idx, mesh_blocks(tsdf, weight, color, nbr[idx], keys[idx], r, vsize,  # noqa: E731
                                             self.config.weight_min))
         results = list(self._pool.map(run, parts)) if self._pool and len(parts) > 1 else [run(parts[0])]
         for idx, (V, C, N, K, F, voff, foff) in results:
@@ -135,6 +161,7 @@ class ChunkMesher:
 
     def reset(self) -> None:
         self.blocks.clear()
+        self._pending.clear()
 
     def close(self) -> None:
         """Stop the kernel threads; safe to call twice."""

@@ -107,6 +107,7 @@ class FusionPipeline:
         """The whole observed surface (meshes any blocks not yet meshed first)."""
         if not self.config.incremental_mesh:
             self.mesher.update(self.volume.active_keys())
+        self.dirty.mark(self.mesher.flush(), ("mesh",))
         return self.mesher.full_mesh()
 
     def close(self) -> None:

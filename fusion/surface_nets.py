@@ -17,11 +17,21 @@ KEY_BIAS = 1 << 20  # global cell coordinates are offset by this before packing 
 def _gather(tsdf, weight, color, nbr, m, r, wmin, lt, lc):
     """Copy block m and a one-voxel halo into lt (r+2)^3 and lc (r+2)^3x3; unknown voxels get NaN."""
     n = r + 2
+    b0 = nbr[m, 13]
+    lt[1:r + 1, 1:r + 1, 1:r + 1] = tsdf[b0]
+    lc[1:r + 1, 1:r + 1, 1:r + 1] = color[b0]
+    for z in range(1, r + 1):
+        for y in range(1, r + 1):
+            for x in range(1, r + 1):
+                t = lt[z, y, x]
+                if weight[b0, z - 1, y - 1, x - 1] < wmin or abs(t) >= 1.0:
+                    lt[z, y, x] = np.nan
     for z in range(n):
         oz = -1 if z == 0 else (1 if z == n - 1 else 0)
         for y in range(n):
             oy = -1 if y == 0 else (1 if y == n - 1 else 0)
-            for x in range(n):
+            on_shell = oz != 0 or oy != 0
+            for x in range(0, n, 1 if on_shell else n - 1):  # inner rows: only the two end voxels
                 ox = -1 if x == 0 else (1 if x == n - 1 else 0)
                 b = nbr[m, (oz + 1) * 9 + (oy + 1) * 3 + (ox + 1)]
                 lx, ly, lz = x - 1 - ox * r, y - 1 - oy * r, z - 1 - oz * r

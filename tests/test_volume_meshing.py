@@ -69,7 +69,7 @@ def test_mesh_lies_on_the_surfaces():
 def test_incremental_mesh_equals_full_remesh_without_duplicates():
     frames = orbit(8, SMALL, step_deg=5)
     vol = TsdfVolume(VolumeConfig(voxel_size_m=0.02, block_resolution=8, **CPU))
-    inc = ChunkMesher(vol, MeshConfig(threads=2))
+    inc = ChunkMesher(vol, MeshConfig(threads=2, max_blocks_per_update=0))
     for f in frames:
         inc.update(vol.integrate(f, f.T_world_cam_gt))
     full = ChunkMesher(vol, MeshConfig(threads=1))
@@ -151,3 +151,21 @@ def test_mesh_colours_are_the_observed_colours():
     on_big_sphere = np.abs(np.linalg.norm(mesh.positions_m - SPHERE_CENTER, axis=1) - SPHERE_RADIUS_M) < 0.004
     on_big_sphere &= mesh.positions_m[:, 2] < SPHERE_CENTER[2] - 0.1  # facing the cameras, away from edges
     assert np.abs(np.median(mesh.colors[on_big_sphere].astype(int), 0) - (200, 60, 60)).max() <= 3
+
+
+def test_budgeted_updates_converge_to_the_full_mesh_after_flush():
+    frames = orbit(6, SMALL, step_deg=5)
+    vol = TsdfVolume(VolumeConfig(voxel_size_m=0.02, block_resolution=8, **CPU))
+    budgeted = ChunkMesher(vol, MeshConfig(threads=1, max_blocks_per_update=5))
+    calls = []
+    original = budgeted._mesh
+    budgeted._mesh = lambda keys: calls.append(len(keys)) or original(keys)
+    for f in frames:
+        budgeted.update(vol.integrate(f, f.T_world_cam_gt))
+    assert max(calls) <= 5 and budgeted.pending_blocks > 0
+    budgeted.flush()
+    assert budgeted.pending_blocks == 0
+    full = ChunkMesher(vol, MeshConfig(threads=1, max_blocks_per_update=0))
+    full.update(vol.active_keys())
+    assert _face_keys(budgeted.full_mesh()) == _face_keys(full.full_mesh())
+    budgeted.close(), full.close()
