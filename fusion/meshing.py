@@ -1,8 +1,10 @@
 """Owns incremental meshing: per-block surface meshes, re-extracted only where blocks changed.
 
 A frame's touched blocks and their 26 neighbours (whose cells read the touched voxels) become pending;
-each update re-meshes at most `max_blocks_per_update` of them, the latest frame's first, so its cost
-follows the changed area and has a ceiling whatever the view; `flush` meshes everything pending. Chunks (cubes of `chunk_blocks`^3 blocks) group
+each update re-meshes at most `max_blocks_per_update` of them: blocks without a mesh first, then the
+ones that waited longest, and a block still being scanned at most once in `min_interval_updates`
+updates (it changes a little every frame; re-meshing it every frame is wasted work). Cost follows the
+changed area and has a ceiling whatever the view; `flush` meshes everything pending. Chunks (cubes of `chunk_blocks`^3 blocks) group
 block meshes for display; the whole mesh is the union of block meshes with shared vertices merged.
 """
 from __future__ import annotations
@@ -29,7 +31,8 @@ class MeshConfig:
     weight_min: float = 1.0      #: voxels observed with less integration weight are treated as unknown
     chunk_blocks: int = 4        #: chunk edge in blocks (display / dirty-chunk granularity)
     threads: int = 2             #: kernel threads (the kernel releases the GIL)
-    max_blocks_per_update: int = 768  #: re-meshed per update at most (latest frame's first); 0 = all
+    max_blocks_per_update: int = 768  #: re-meshed per update at most (blocks without a mesh first); 0 = all
+    min_interval_updates: int = 4     #: a block with a mesh is re-meshed at most once in this many updates
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,9 @@ class ChunkMesher:
         self.volume = volume
         self.config = config
         self.blocks: dict[tuple, MeshArrays] = {}
-        self._pending: set[int] = set()  # packed keys of blocks waiting to be re-meshed
+        self._pending: dict[int, int] = {}  # packed key of a block waiting to be re-meshed -> update it got dirty
+        self._meshed_at: dict[int, int] = {}  # packed key -> update it was last meshed in
+        self._updates = 0
         self._pool = ThreadPoolExecutor(config.threads) if config.threads > 1 else None
 
     def affected_blocks(self, touched: np.ndarray) -> np.ndarray:
@@ -104,21 +109,25 @@ class ChunkMesher:
 
     def update(self, touched_blocks: np.ndarray) -> set:
         """Re-mesh what `touched_blocks` changed (within the budget); return the chunk keys whose mesh changed."""
-        fresh = pack_keys(self.affected_blocks(np.asarray(touched_blocks, np.int32)))
-        budget = self.config.max_blocks_per_update or (len(fresh) + len(self._pending))
-        self._pending.update(fresh.tolist())
-        take = fresh[:budget]
-        if len(take) < budget and self._pending:
-            older = np.array(sorted(self._pending.difference(take.tolist())), np.int64)
-            take = np.concatenate([take, older[: budget - len(take)]])
-        self._pending.difference_update(take.tolist())
-        return self._mesh(unpack_keys(take)) if len(take) else set()
+        self._updates += 1
+        now = self._updates
+        for k in pack_keys(self.affected_blocks(np.asarray(touched_blocks, np.int32))).tolist():
+            self._pending.setdefault(k, now)
+        ready = [k for k, since in self._pending.items()
+                 if now - self._meshed_at.get(k, -10**9) >= self.config.min_interval_updates]
+        ready.sort(key=lambda k: (k in self._meshed_at, self._pending[k]))
+        take = ready[: self.config.max_blocks_per_update or len(ready)]
+        return self._mesh_packed(take)
 
     def flush(self) -> set:
         """Re-mesh every pending block; return the chunk keys whose mesh changed."""
-        keys = unpack_keys(np.array(sorted(self._pending), np.int64))
-        self._pending.clear()
-        return self._mesh(keys) if len(keys) else set()
+        return self._mesh_packed(sorted(self._pending))
+
+    def _mesh_packed(self, packed: list) -> set:
+        for k in packed:
+            del self._pending[k]
+            self._meshed_at[k] = self._updates
+        return self._mesh(unpack_keys(np.array(packed, np.int64))) if packed else set()
 
     def _mesh(self, keys: np.ndarray) -> set:
         keys = keys[self.volume.lookup(keys) >= 0]
@@ -162,6 +171,7 @@ class ChunkMesher:
     def reset(self) -> None:
         self.blocks.clear()
         self._pending.clear()
+        self._meshed_at.clear()
 
     def close(self) -> None:
         """Stop the kernel threads; safe to call twice."""

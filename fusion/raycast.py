@@ -79,6 +79,18 @@ def _sample(tsdf, weight, table, shift, wmin, px, py, pz):
     return acc, True, True
 
 
+@nb.njit(cache=True, fastmath=True, inline="always")
+def _block_exit(px, py, pz, dx, dy, dz, r):
+    """Depth (metres along the ray) from voxel-unit point p to the exit of its r^3 block, direction d."""
+    best = 1e9
+    for p, d in ((px, dx), (py, dy), (pz, dz)):
+        if abs(d) > 1e-12:
+            lo = np.floor(p / r) * r
+            bound = lo + r if d > 0 else lo
+            best = min(best, (bound - p) / d)
+    return max(best, 0.0)
+
+
 @nb.njit(cache=True, parallel=True, fastmath=True)
 def raycast_depth(tsdf, weight, table, origin, shift, vsize, trunc_m, wmin, T_world_cam,
                   fx, fy, cx, cy, width, height, dmin, dmax):
@@ -90,7 +102,6 @@ def raycast_depth(tsdf, weight, table, origin, shift, vsize, trunc_m, wmin, T_wo
     r = 1 << shift
     R = T_world_cam[:3, :3]
     o = T_world_cam[:3, 3] / vsize - origin * r
-    block_m = r * vsize
     for v in nb.prange(height):
         for u in range(width):
             xc, yc = (u - cx) / fx, (v - cy) / fy
@@ -111,8 +122,11 @@ def raycast_depth(tsdf, weight, table, origin, shift, vsize, trunc_m, wmin, T_wo
                         break
                     z_prev, s_prev = z, s
                     step_m = max(vsize, 0.8 * s * trunc_m) if s > 0 else vsize
-                else:
+                    z += step_m / len_m
+                elif present:
                     z_prev = -1.0
-                    step_m = vsize if present else 0.5 * block_m
-                z += step_m / len_m
+                    z += vsize / len_m
+                else:  # no block here: jump to where the ray leaves this block
+                    z_prev = -1.0
+                    z += _block_exit(o[0] + dx * z, o[1] + dy * z, o[2] + dz * z, dx, dy, dz, r) + 1e-4
     return out

@@ -69,11 +69,12 @@ def test_mesh_lies_on_the_surfaces():
 def test_incremental_mesh_equals_full_remesh_without_duplicates():
     frames = orbit(8, SMALL, step_deg=5)
     vol = TsdfVolume(VolumeConfig(voxel_size_m=0.02, block_resolution=8, **CPU))
-    inc = ChunkMesher(vol, MeshConfig(threads=2, max_blocks_per_update=0))
+    inc = ChunkMesher(vol, MeshConfig(threads=2, max_blocks_per_update=0, min_interval_updates=3))
     for f in frames:
         inc.update(vol.integrate(f, f.T_world_cam_gt))
     full = ChunkMesher(vol, MeshConfig(threads=1))
     full.update(vol.active_keys())
+    inc.flush()
     a, b = inc.full_mesh(), full.full_mesh()
     inc.close(), full.close()
     assert _face_keys(a) == _face_keys(b)
@@ -156,7 +157,7 @@ def test_mesh_colours_are_the_observed_colours():
 def test_budgeted_updates_converge_to_the_full_mesh_after_flush():
     frames = orbit(6, SMALL, step_deg=5)
     vol = TsdfVolume(VolumeConfig(voxel_size_m=0.02, block_resolution=8, **CPU))
-    budgeted = ChunkMesher(vol, MeshConfig(threads=1, max_blocks_per_update=5))
+    budgeted = ChunkMesher(vol, MeshConfig(threads=1, max_blocks_per_update=5, min_interval_updates=2))
     calls = []
     original = budgeted._mesh
     budgeted._mesh = lambda keys: calls.append(len(keys)) or original(keys)
@@ -169,3 +170,22 @@ def test_budgeted_updates_converge_to_the_full_mesh_after_flush():
     full.update(vol.active_keys())
     assert _face_keys(budgeted.full_mesh()) == _face_keys(full.full_mesh())
     budgeted.close(), full.close()
+
+
+def test_a_block_being_scanned_is_remeshed_once_per_interval():
+    frames = orbit(2, SMALL)
+    vol = TsdfVolume(VolumeConfig(voxel_size_m=0.02, block_resolution=8, **CPU))
+    mesher = ChunkMesher(vol, MeshConfig(threads=1, min_interval_updates=4))
+    meshed = []
+    original = mesher._mesh
+    mesher._mesh = lambda keys: meshed.append({tuple(k) for k in keys}) or original(keys)
+    touched = vol.integrate(frames[0], frames[0].T_world_cam_gt)
+    for _ in range(8):
+        vol.integrate(frames[1], frames[1].T_world_cam_gt)
+        mesher.update(touched)
+    key = tuple(touched[0])
+    assert sum(key in m for m in meshed) == 2  # updates 1 and 5
+    assert mesher.pending_blocks > 0
+    mesher.flush()
+    assert mesher.pending_blocks == 0
+    mesher.close()
