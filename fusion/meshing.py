@@ -4,8 +4,9 @@ A frame's touched blocks and their 26 neighbours (whose cells read the touched v
 each update re-meshes at most `max_blocks_per_update` of them: blocks without a mesh first, then the
 ones that waited longest, and a block still being scanned at most once in `min_interval_updates`
 updates (it changes a little every frame; re-meshing it every frame is wasted work). Cost follows the
-changed area and has a ceiling whatever the view; `flush` meshes everything pending. Chunks (cubes of `chunk_blocks`^3 blocks) group
-block meshes for display; the whole mesh is the union of block meshes with shared vertices merged.
+changed area and has a ceiling whatever the view; `flush` meshes everything pending.
+Chunks (cubes of `chunk_blocks`^3 blocks) group block meshes for display; the whole mesh is the union
+of block meshes with shared vertices merged.
 """
 from __future__ import annotations
 

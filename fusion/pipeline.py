@@ -15,7 +15,6 @@ from fusion.tracking import Tracker, TrackerConfig, TrackState
 from fusion.volume import TsdfVolume, VolumeConfig
 
 log = logging.getLogger(__name__)
-MIN_VALID_DEPTH_SHARE = 0.01  # frames with less valid depth are skipped
 
 
 @dataclass(frozen=True)
@@ -26,6 +25,7 @@ class PipelineConfig:
     poses: str = "track"            #: "track" (frame-to-model) or "gt" (the source's poses)
     nets_chunk_m: float = 1.6       #: edge of a nets chunk (the semantics/completion dirty grid)
     incremental_mesh: bool = True   #: re-mesh touched blocks after every frame
+    min_valid_depth_share: float = 0.01  #: frames with a smaller share of valid depth pixels are skipped
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class FusionPipeline:
                               f"the previous one ({self.last_timestamp_s:.6f} s)")
         self.last_timestamp_s = frame.timestamp_s
         timings: dict[str, float] = {}
-        if np.count_nonzero(frame.depth_m) < MIN_VALID_DEPTH_SHARE * frame.depth_m.size:
+        if np.count_nonzero(frame.depth_m) < self.config.min_valid_depth_share * frame.depth_m.size:
             log.warning("frame %d has no usable depth; skipped", frame.index)
             return self._result(frame, None, False, "no valid depth", timings)
         self.frames_with_depth += 1

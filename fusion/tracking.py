@@ -1,9 +1,10 @@
 """Owns camera tracking: frame-to-model ICP against the fused volume, failure checks and recovery.
 
 Each frame is registered (point-to-plane, multi-scale, Open3D's solver) against the model's depth
-rendered from the predicted pose at reduced resolution by the trilinear raycaster. A frame whose registration has too few inliers, a large
-residual or an implausible jump is rejected (not integrated); tracking then retries from the last
-good pose until it locks on again for `recover_frames` frames in a row.
+rendered from the predicted pose at reduced resolution by the trilinear raycaster. A frame whose
+registration has too few inliers, a large residual or an implausible jump is rejected (not
+integrated); tracking then retries from the last good pose until it locks on again for
+`recover_frames` frames in a row.
 """
 from __future__ import annotations
 
@@ -42,6 +43,11 @@ class TrackerConfig:
     max_jump_deg: float = 12.0                  #: largest rotation away from the prediction
     recover_frames: int = 3                     #: good frames in a row to leave the lost state
     depth_max_m: float = 4.0                    #: depth beyond is not used for tracking
+    min_valid_share: float = 0.02               #: least share of valid pixels in frame and model render
+
+    def __post_init__(self):
+        if self.scale not in (0.5, 1.0):
+            raise ValueError("tracking scale must be 0.5 or 1.0")
 
 
 @dataclass
@@ -124,10 +130,10 @@ class Tracker:
         T_pred = self.predict()
         intr = frame.intrinsics.scaled(cfg.scale)
         src_depth = downsample_depth(frame.depth_m) if cfg.scale == 0.5 else frame.depth_m
-        if np.count_nonzero(src_depth) < 0.02 * src_depth.size:
+        if np.count_nonzero(src_depth) < cfg.min_valid_share * src_depth.size:
             return self._reject("too little valid depth")
         model_depth = self.volume.render_depth(T_pred, intr)
-        if np.count_nonzero(model_depth) < 0.02 * model_depth.size:
+        if np.count_nonzero(model_depth) < cfg.min_valid_share * model_depth.size:
             return self._reject("the model is out of view")
         src, dst = (self._rgbd(d) for d in (src_depth, model_depth))
         K = o3c.Tensor(intr.matrix(), o3c.float64)

@@ -112,7 +112,6 @@ class TsdfVolume:
         self.grid.integrate(blocks, depth, color, K, K, extrinsic, 1.0, cfg.depth_max_m,
                             trunc_voxel_multiplier=float(cfg.trunc_voxels))
         self.frames_integrated += 1
-        self._last_blocks_t = blocks
         self.last_blocks = blocks.cpu().numpy().astype(np.int32)
         self._update_index()
         return self.last_blocks
@@ -196,23 +195,3 @@ class TsdfVolume:
         return raycast_depth(tsdf, weight, self.index.table, self.index.origin.astype(np.float64), shift,
                              cfg.voxel_size_m, cfg.trunc_m, weight_min, np.asarray(T_world_cam, np.float64),
                              i.fx, i.fy, i.cx, i.cy, i.width, i.height, cfg.depth_min_m, cfg.depth_max_m)
-
-    def raycast(self, T_world_cam: np.ndarray, intrinsics, block_keys: np.ndarray | None = None) -> dict:
-        """Open3D's ray_cast: depth and colour tensors (nearest-voxel; about a voxel of error)."""
-        cfg = self.config
-        if block_keys is not None:
-            keys = o3c.Tensor(np.ascontiguousarray(block_keys, np.int32), device=self.device)
-        elif self.frames_integrated:
-            keys = self._last_blocks_t  # what the camera saw last: what it is about to see
-        else:
-            keys = o3c.Tensor(self.active_keys(), device=self.device)
-        result = self.grid.ray_cast(
-            block_coords=keys,
-            intrinsic=o3c.Tensor(intrinsics.matrix(), o3c.float64),
-            extrinsic=o3c.Tensor(np.linalg.inv(T_world_cam), o3c.float64),
-            width=intrinsics.width, height=intrinsics.height,
-            render_attributes=["depth", "color"], depth_scale=1.0,
-            depth_min=cfg.depth_min_m, depth_max=cfg.depth_max_m, weight_threshold=1.0,
-            trunc_voxel_multiplier=float(cfg.trunc_voxels), range_map_down_factor=8,
-        )
-        return {k: result[k] for k in ("depth", "color")}

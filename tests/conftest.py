@@ -6,7 +6,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 os.environ.setdefault("NUMBA_THREADING_LAYER", "omp")
