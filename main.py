@@ -34,7 +34,7 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--screenshot", type=Path, default=None)
     rec = sub.add_parser("record", help="record the RealSense camera to a file")
     rec.add_argument("--out", required=True, type=Path)
-    rec.add_argument("--seconds", type=float, default=None)
+    rec.add_argument("--seconds", type=float, default=None, help="stop after S seconds (default: Ctrl-C)")
     e = sub.add_parser("export", help="export a saved session")
     e.add_argument("session", type=Path)
     e.add_argument("--out", required=True, type=Path)
@@ -71,6 +71,14 @@ def _cmd_synth(args) -> int:
     return 0
 
 
+def _cmd_record(args) -> int:
+    from fusion.recorder import RecordConfig, record
+
+    result = record(args.out, RecordConfig(seconds_s=args.seconds))
+    log.info("recorded %d frames in %.1f s to %s", result.frames, result.seconds_s, result.path)
+    return 0
+
+
 def _cmd_unavailable(args) -> int:
     from fusion.errors import UserError
 
@@ -79,7 +87,7 @@ def _cmd_unavailable(args) -> int:
 
 
 COMMANDS = {"reconstruct": _cmd_reconstruct, "synth": _cmd_synth, "gui": _cmd_unavailable,
-            "record": _cmd_unavailable, "export": _cmd_unavailable}
+            "record": _cmd_record, "export": _cmd_unavailable}
 
 
 def main(argv=None) -> int:

@@ -53,9 +53,10 @@ def percentiles_ms(values) -> dict:
 
 
 def _progress(total):
+    """A progress bar; `total` 0 (live sources, recordings) shows a count and rate without a total."""
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="frame", desc="reconstruct", dynamic_ncols=True, leave=True)
+    return tqdm(total=total or None, unit="frame", desc="reconstruct", dynamic_ncols=True, leave=True)
 
 
 def _fuse(source, pipeline: FusionPipeline, show_progress: bool) -> _Run:
@@ -74,7 +75,7 @@ def _fuse(source, pipeline: FusionPipeline, show_progress: bool) -> _Run:
             res = pipeline.process(frame, T_start=None if T_start is None else np.asarray(T_start))
             run.results.append(res)
             run.gt.append(frame.T_world_cam_gt)
-            if bar:
+            if bar is not None:
                 bar.set_postfix(track=res.state, blocks=res.n_blocks, refresh=False)
                 bar.update(1)
     except SourceError as exc:
@@ -83,7 +84,7 @@ def _fuse(source, pipeline: FusionPipeline, show_progress: bool) -> _Run:
         run.interrupted = True
     finally:
         run.wall_s = time.perf_counter() - t_start
-        if bar:
+        if bar is not None:
             bar.close()
     return run
 

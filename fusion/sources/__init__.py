@@ -19,6 +19,7 @@ FOLDER_SOURCES = {
     "redwood": RedwoodSource,
 }
 RECORDING_SUFFIXES = (".bag", ".db3")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov")
 DEFAULT_SYNTHETIC_SEED = 0
 
 
@@ -30,13 +31,20 @@ def open_source(spec: str, max_frames: int | None = None) -> FrameSource:
             raise SourceError(f"synthetic seed must be a non-negative integer, got {seed_text!r}")
         return SyntheticSource(int(seed_text), max_frames=max_frames)
     if spec == "realsense" or spec.startswith("realsense:"):
-        raise SourceError("live RealSense capture is not available in this build yet")
+        from fusion.sources.realsense import LiveConfig, open_live
+
+        return open_live(LiveConfig(serial=spec.partition(":")[2] or None), max_frames=max_frames)
     path = Path(spec)
     if path.suffix.lower() in RECORDING_SUFFIXES:
-        raise SourceError(f"{spec}: RealSense recordings are not supported in this build yet")
+        from fusion.sources.recording import RecordingSource
+
+        return RecordingSource(path, max_frames=max_frames)
     if not path.exists():
         raise SourceError(f"{spec}: no such file or folder")
     if not path.is_dir():
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            raise SourceError(f"{spec}: video files are not a supported source; record with "
+                              "'python main.py record' (RealSense .bag/.db3) or use a dataset folder")
         raise SourceError(f"{spec}: not a dataset folder, recording (.bag/.db3) or synthetic:SEED")
     if not any(path.iterdir()):
         raise SourceError(f"{spec}: folder is empty")

@@ -1,0 +1,148 @@
+"""Owns replay of RealSense recordings (`.bag` ROS1, `.db3` rosbag2) as a frame source.
+
+Frame-exact by default (every frame, in order, as fast as possible): the playback device is set to
+non-real-time *before* the pipeline starts, which is the only order that never loses the first frames.
+With `RecordingConfig.real_time` the SDK paces frames at the recorded rate instead (live-like; frames
+fusion cannot keep up with are dropped by the SDK). Intrinsics, depth scale and the depth-to-colour
+extrinsics come from the file.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+import pyrealsense2 as rs
+
+from fusion.errors import SourceError
+from fusion.frame import Frame
+from fusion.sources.base import FrameSource
+from fusion.sources.rs_common import (FramesetConverter, PostFilterConfig, StreamInfo, depth_scale_of,
+                                      device_info, stream_info)
+
+log = logging.getLogger(__name__)
+
+#: first bytes of each container the SDK reads
+MAGIC = {".bag": b"#ROSBAG V2.0", ".db3": b"SQLite format 3\x00"}
+
+
+@dataclass(frozen=True)
+class RecordingConfig:
+    """How a recording is replayed."""
+
+    real_time: bool = False  # False: every frame, as fast as possible; True: paced at the recorded rate
+    poll_timeout_s: float = 0.05  # one wait for the next frameset before checking for end of file
+    stall_timeout_s: float = 5.0  # no frame for this long while the file is still playing: an error
+    filters: PostFilterConfig = field(default_factory=PostFilterConfig)
+
+
+def check_container(path: Path) -> None:
+    """Raise SourceError unless `path` exists and starts like the container its suffix names."""
+    suffix = path.suffix.lower()
+    if suffix not in MAGIC:
+        raise SourceError(f"{path}: unsupported recording format {suffix or '(no suffix)'!r}; "
+                          "expected a RealSense .bag or .db3")
+    if not path.is_file():
+        raise SourceError(f"{path}: no such recording")
+    with open(path, "rb") as fh:
+        head = fh.read(len(MAGIC[suffix]))
+    if head != MAGIC[suffix]:
+        kind = "ROS1 bag" if suffix == ".bag" else "rosbag2 SQLite database"
+        raise SourceError(f"{path}: not a RealSense recording (the file does not start like a {kind})")
+
+
+def _sdk_message(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class RecordingSource(FrameSource):
+    """Replays one recording. Used by one thread at a time (the capture/fusion thread).
+
+    The file is opened and its streams read in the constructor (so a bad file fails early); the SDK
+    pipeline runs only while iterating. `__len__` is 0: the SDK does not tell the frame count cheaply.
+    """
+
+    kind = "realsense-recording"
+
+    def __init__(self, path: Path, max_frames: int | None = None, config: RecordingConfig | None = None):
+        self.path, self.cfg = Path(path), config or RecordingConfig()
+        self.max_frames = max_frames
+        check_container(self.path)
+        self._pipe, self._rs_cfg = rs.pipeline(), rs.config()
+        try:
+            self._rs_cfg.enable_device_from_file(str(self.path), repeat_playback=False)
+            profile = self._rs_cfg.resolve(rs.pipeline_wrapper(self._pipe))
+            device = profile.get_device()
+            self._playback = device.as_playback()
+            self._playback.set_real_time(self.cfg.real_time)  # before start: no frame lost at the start
+            info = stream_info(profile.get_streams(), depth_scale_of(device), device_info(device))
+        except RuntimeError as exc:
+            raise SourceError(f"{self.path}: cannot open recording ({_sdk_message(exc)})") from None
+        except SourceError as exc:
+            raise SourceError(f"{self.path}: {exc}") from None
+        if not info.has_color:
+            log.warning("%s has depth but no colour: reconstructing depth only (grey mesh)", self.path)
+        self.info: StreamInfo = info
+        self._started = self._replayed = False
+        self.frames_read = 0
+        self._converter: Optional[FramesetConverter] = None
+
+    def __len__(self) -> int:
+        return 0
+
+    def describe(self) -> dict:
+        d = {"kind": self.kind, "path": str(self.path), "frames": self.frames_read,
+             "real_time": self.cfg.real_time, "depth_only": not self.info.has_color,
+             "depth_scale_m_per_unit": self.info.depth_scale_m_per_unit, "fps": self.info.fps}
+        if self.info.device is not None:
+            d["device"] = {"name": self.info.device.name, "serial": self.info.device.serial}
+        if self._converter is not None:
+            d["incomplete_framesets"] = self._converter.incomplete
+        return d
+
+    def __iter__(self) -> Iterator[Frame]:
+        if self._replayed:
+            raise SourceError(f"{self.path}: a recording can be replayed once per source; open it again")
+        self._replayed = True
+        self._converter = FramesetConverter(self.info, self.cfg.filters)
+        try:
+            self._pipe.start(self._rs_cfg)
+        except RuntimeError as exc:
+            raise SourceError(f"{self.path}: cannot start replay ({_sdk_message(exc)})") from None
+        self._started = True
+        try:
+            yield from self._frames()
+        finally:
+            self.close()
+
+    def _frames(self) -> Iterator[Frame]:
+        poll_ms = max(1, int(self.cfg.poll_timeout_s * 1000))
+        last_frame_t = time.monotonic()
+        while self.max_frames is None or self.frames_read < self.max_frames:
+            try:
+                ok, fs = self._pipe.try_wait_for_frames(poll_ms)
+            except RuntimeError as exc:
+                raise SourceError(f"{self.path}: cannot read frame {self.frames_read} ({_sdk_message(exc)})") from None
+            if not ok:
+                if self._playback.current_status() == rs.playback_status.stopped:
+                    return  # end of file: everything queued was delivered before this miss
+                if time.monotonic() - last_frame_t > self.cfg.stall_timeout_s:
+                    raise SourceError(f"{self.path}: replay stalled after {self.frames_read} frames "
+                                      "(truncated or corrupted file?)")
+                continue
+            last_frame_t = time.monotonic()
+            frame = self._converter.convert(fs, self.frames_read)
+            if frame is not None:
+                self.frames_read += 1
+                yield frame
+
+    def close(self) -> None:
+        if self._started:
+            self._started = False
+            try:
+                self._pipe.stop()
+            except RuntimeError:  # already stopped by the SDK at end of file
+                pass
