@@ -79,6 +79,23 @@ def _cmd_record(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from fusion.export import LabeledMesh, check_output, export_mesh
+    from fusion.session import load_session
+
+    out = check_output(args.out)  # before the (slow) load: bad --out fails fast and writes nothing
+    session = load_session(args.session)
+    try:
+        mesh = LabeledMesh.from_mesh(session.pipeline.final_mesh())
+    finally:
+        session.pipeline.close()
+    log.info("labels are all 0 (unlabeled): the labeling nets are not available in this build")
+    written = export_mesh(out, mesh, session.timestamps_s, session.poses)
+    log.info("exported %d vertices, %d faces -> %s", len(mesh.positions_m), len(mesh.faces),
+             ", ".join(str(p) for p in written))
+    return 0
+
+
 def _cmd_unavailable(args) -> int:
     from fusion.errors import UserError
 
@@ -87,7 +104,7 @@ def _cmd_unavailable(args) -> int:
 
 
 COMMANDS = {"reconstruct": _cmd_reconstruct, "synth": _cmd_synth, "gui": _cmd_unavailable,
-            "record": _cmd_record, "export": _cmd_unavailable}
+            "record": _cmd_record, "export": _cmd_export}
 
 
 def main(argv=None) -> int:

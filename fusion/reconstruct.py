@@ -1,4 +1,4 @@
-"""Owns the headless `reconstruct` command: run a source through the pipeline, write mesh, trajectory, stats.
+"""Owns the headless `reconstruct` command: run a source through the pipeline, write mesh, trajectory, stats, session.
 
 Whatever was fused is written even when the source fails or the user interrupts mid-sequence.
 """
@@ -17,6 +17,7 @@ from fusion.atomic import write_text_atomic
 from fusion.errors import SourceError, UserError
 from fusion.pipeline import FusionPipeline, PipelineConfig
 from fusion.plyio import write_labeled_ply
+from fusion.session import save_session
 from fusion.sources import open_source
 from fusion.trajectory import ate_rmse_m, write_tum
 
@@ -137,7 +138,7 @@ def _stats(req: ReconstructRequest, source, pipeline: FusionPipeline, run: _Run,
 
 
 def write_outputs(req: ReconstructRequest, source, pipeline: FusionPipeline, run: _Run) -> dict:
-    """Write mesh.ply, trajectory.txt and stats.json into req.out_dir (atomically)."""
+    """Write mesh.ply, trajectory.txt, stats.json and the session file `session` into req.out_dir (atomically)."""
     mesh = pipeline.final_mesh()
     labels = np.zeros(len(mesh.positions_m), np.uint16)
     write_labeled_ply(req.out_dir / "mesh.ply", mesh.positions_m, mesh.colors, labels, mesh.faces)
@@ -145,6 +146,9 @@ def write_outputs(req: ReconstructRequest, source, pipeline: FusionPipeline, run
     write_tum(req.out_dir / "trajectory.txt", stamps, poses)
     stats = _stats(req, source, pipeline, run, mesh)
     write_text_atomic(req.out_dir / "stats.json", json.dumps(stats, indent=2) + "\n")
+    settings = {"command": "reconstruct", "source": req.source, "max_frames": req.max_frames, "labels": req.labels,
+                "completed": stats["completed"]}
+    save_session(req.out_dir / "session", pipeline, stamps, poses, stats["source"], settings)
     return stats
 
 

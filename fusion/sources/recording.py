@@ -35,6 +35,7 @@ class RecordingConfig:
     real_time: bool = False  # False: every frame, as fast as possible; True: paced at the recorded rate
     poll_timeout_s: float = 0.05  # one wait for the next frameset before checking for end of file
     stall_timeout_s: float = 5.0  # no frame for this long while the file is still playing: an error
+    end_grace_s: float = 0.3  # after playback stops, wait this long for framesets still in the SDK
     filters: PostFilterConfig = field(default_factory=PostFilterConfig)
 
 
@@ -127,8 +128,11 @@ class RecordingSource(FrameSource):
             except RuntimeError as exc:
                 raise SourceError(f"{self.path}: cannot read frame {self.frames_read} ({_sdk_message(exc)})") from None
             if not ok:
-                if self._playback.current_status() == rs.playback_status.stopped:
-                    return  # end of file: everything queued was delivered before this miss
+                # end of file: playback stopped and nothing more came for a grace period (the SDK's
+                # syncer may still hold the last frameset for a moment after playback stops)
+                if self._playback.current_status() == rs.playback_status.stopped \
+                        and time.monotonic() - last_frame_t > self.cfg.end_grace_s:
+                    return
                 if time.monotonic() - last_frame_t > self.cfg.stall_timeout_s:
                     raise SourceError(f"{self.path}: replay stalled after {self.frames_read} frames "
                                       "(truncated or corrupted file?)")
