@@ -43,3 +43,31 @@ class FrameSource:
     def first_gt_pose(self) -> Optional["object"]:
         """The first frame's ground-truth T_world_cam, or None; cheap (no full read)."""
         return None
+
+
+class PosedSequenceSource(FrameSource):
+    """A source of `n_frames` frames, each with a ground-truth pose in `poses`, read by `frame(i)`.
+
+    Subclasses set `n_frames` and `poses` ((n,4,4) T_world_cam) and implement `frame(index)`.
+    Used by one thread at a time.
+    """
+
+    n_frames: int = 0
+    poses = None
+
+    @property
+    def has_gt_poses(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return self.n_frames
+
+    def first_gt_pose(self):
+        return self.poses[0].copy() if self.n_frames else None
+
+    def frame(self, index: int) -> Frame:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Frame]:
+        for i in range(self.n_frames):
+            yield self.frame(i)

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator, Optional
 
 import numpy as np
 from PIL import Image
 
 from fusion.errors import SourceError
 from fusion.frame import Frame, Intrinsics
-from fusion.sources.base import FrameSource
+from fusion.sources.base import PosedSequenceSource
 from fusion.trajectory import read_tum
 
 MARKER = "synth.json"
@@ -60,7 +59,7 @@ def _read_meta(path: Path) -> dict:
     return meta
 
 
-class SynthFolderSource(FrameSource):
+class SynthFolderSource(PosedSequenceSource):
     """Frames of a folder written by `write_sequence`. Used by one thread at a time."""
 
     kind = "synthetic-folder"
@@ -88,16 +87,6 @@ class SynthFolderSource(FrameSource):
         except (OSError, ValueError, AttributeError):
             return True  # a broken marker: open it and report what is wrong
 
-    @property
-    def has_gt_poses(self) -> bool:
-        return True
-
-    def __len__(self) -> int:
-        return self.n_frames
-
-    def first_gt_pose(self) -> Optional[np.ndarray]:
-        return self.poses[0].copy() if self.n_frames else None
-
     def describe(self) -> dict:
         return {"kind": self.kind, "path": str(self.path), "frames": self.n_frames,
                 "seed": self.meta.get("seed"), "room_type": self.meta.get("room_type")}
@@ -115,6 +104,3 @@ class SynthFolderSource(FrameSource):
         return Frame(np.ascontiguousarray(color), depth, K, float(self.timestamps_s[index]), index,
                      self.poses[index].copy())
 
-    def __iter__(self) -> Iterator[Frame]:
-        for i in range(self.n_frames):
-            yield self.frame(i)

@@ -5,12 +5,11 @@ Frames are deterministic per (seed, frame index): the same seed gives the same s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Optional
 
-import numpy as np
 
 from fusion.frame import Frame
-from fusion.sources.base import FrameSource
+from fusion.sources.base import PosedSequenceSource
 from fusion.synth.render import RenderConfig, Renderer
 from fusion.synth.trajectory import TrajectoryConfig, plan_trajectory
 from fusion.synth.world import World, WorldConfig, build_world
@@ -25,7 +24,7 @@ class SyntheticConfig:
     render: RenderConfig = field(default_factory=RenderConfig)  # image size, noise, backend
 
 
-class SyntheticSource(FrameSource):
+class SyntheticSource(PosedSequenceSource):
     """Renders `n_frames` frames of room `seed` (first `max_frames` of them when given).
 
     Used by one thread at a time (it owns a Renderer with per-frame buffers). The world and the camera
@@ -53,16 +52,6 @@ class SyntheticSource(FrameSource):
     def fps(self) -> float:
         return self.cfg.trajectory.fps
 
-    @property
-    def has_gt_poses(self) -> bool:
-        return True
-
-    def __len__(self) -> int:
-        return self.n_frames
-
-    def first_gt_pose(self) -> Optional[np.ndarray]:
-        return self.poses[0].copy() if self.n_frames else None
-
     def describe(self) -> dict:
         return {"kind": self.kind, "seed": self.seed, "room_type": self._world.room_type,
                 "frames": self.n_frames, "fps": self.fps}
@@ -77,9 +66,6 @@ class SyntheticSource(FrameSource):
         res = self.renderer().render(self.poses[index], self.seed, index)
         return Frame(res.color, res.depth_m, self.intrinsics, index / self.fps, index, self.poses[index].copy())
 
-    def __iter__(self) -> Iterator[Frame]:
-        for i in range(self.n_frames):
-            yield self.frame(i)
 
     def close(self) -> None:
         self._renderer = None
