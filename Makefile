@@ -46,6 +46,8 @@ test: setup
 
 bench: setup
 	$(PY) -m bench.fusion_bench
+	$(PY) -m bench.accuracy_bench
+	$(PY) -m bench.sparse_bench
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -89,7 +89,7 @@ class ChunkMesher:
     def __init__(self, volume: TsdfVolume, config: MeshConfig = MeshConfig()):
         self.volume = volume
         self.config = config
-        self.blocks: dict[tuple, MeshArrays] = {}
+        self.chunks: dict[tuple, dict[tuple, MeshArrays]] = {}  # chunk key -> block key -> block mesh
         self._pending: dict[int, int] = {}  # packed key of a block waiting to be re-meshed -> update it got dirty
         self._meshed_at: dict[int, int] = {}  # packed key -> update it was last meshed in
         self._updates = 0
@@ -114,7 +114,7 @@ class ChunkMesher:
         now = self._updates
         for k in pack_keys(self.affected_blocks(np.asarray(touched_blocks, np.int32))).tolist():
             self._pending.setdefault(k, now)
-        ready = [k for k, since in self._pending.items()
+        ready = [k for k in self._pending
                  if now - self._meshed_at.get(k, -10**9) >= self.config.min_interval_updates]
         ready.sort(key=lambda k: (k in self._meshed_at, self._pending[k]))
         take = ready[: self.config.max_blocks_per_update or len(ready)]
@@ -131,24 +131,27 @@ class ChunkMesher:
         return self._mesh(unpack_keys(np.array(packed, np.int64))) if packed else set()
 
     def _mesh(self, keys: np.ndarray) -> set:
-        keys = keys[self.volume.lookup(keys) >= 0]
+        nbr = self.volume.lookup((keys[:, None, :] + NEIGHBOUR_OFFSETS[None]).reshape(-1, 3)).reshape(-1, 27)
+        allocated = nbr[:, 13] >= 0  # offset (0,0,0): the block itself
+        keys, nbr = keys[allocated], nbr[allocated]
         if len(keys) == 0:
             return set()
-        nbr = self.volume.lookup((keys[:, None, :] + NEIGHBOUR_OFFSETS[None]).reshape(-1, 3)).reshape(-1, 27)
         tsdf, weight, color = self._voxels(nbr)
         r, vsize = self.volume.config.block_resolution, self.volume.config.voxel_size_m
         parts = np.array_split(np.arange(len(keys)), max(1, min(self.config.threads, len(keys) // 64)))
         run = lambda idx: (idx, mesh_blocks(tsdf, weight, color, nbr[idx], keys[idx], r, vsize,  # noqa: E731
                                             self.config.weight_min))
         results = list(self._pool.map(run, parts)) if self._pool and len(parts) > 1 else [run(parts[0])]
+        chunk_of = np.floor_divide(keys, self.config.chunk_blocks)
         for idx, (V, C, N, K, F, voff, foff) in results:
-            for m, key in enumerate(map(tuple, keys[idx])):
+            for m, (key, chunk) in enumerate(zip(map(tuple, keys[idx]), map(tuple, chunk_of[idx]))):
                 v0, v1, f0, f1 = voff[m], voff[m + 1], foff[m], foff[m + 1]
-                if f1 == f0:
-                    self.blocks.pop(key, None)
-                    continue
-                self.blocks[key] = MeshArrays(V[v0:v1], C[v0:v1], N[v0:v1], F[f0:f1], K[v0:v1])
-        return {tuple(k) for k in np.unique(np.floor_divide(keys, self.config.chunk_blocks), axis=0)}
+                blocks = self.chunks.setdefault(chunk, {})
+                if f1 > f0:
+                    blocks[key] = MeshArrays(V[v0:v1], C[v0:v1], N[v0:v1], F[f0:f1], K[v0:v1])
+                else:
+                    blocks.pop(key, None)
+        return set(map(tuple, chunk_of))
 
     def _voxels(self, nbr: np.ndarray):
         """Voxel arrays the kernel can index with nbr (zero-copy on CPU; gathered on CUDA)."""
@@ -161,16 +164,14 @@ class ChunkMesher:
 
     def chunk_mesh(self, chunk_key: tuple) -> MeshArrays:
         """The mesh of one chunk (block meshes concatenated, shared vertices merged)."""
-        cb = self.config.chunk_blocks
-        parts = [m for k, m in self.blocks.items() if tuple(np.floor_divide(k, cb)) == tuple(chunk_key)]
-        return concat_meshes(parts, merge=True)
+        return concat_meshes(list(self.chunks.get(tuple(chunk_key), {}).values()), merge=True)
 
     def full_mesh(self) -> MeshArrays:
         """The whole surface: the union of all block meshes with shared vertices merged."""
-        return concat_meshes(list(self.blocks.values()), merge=True)
+        return concat_meshes([m for blocks in self.chunks.values() for m in blocks.values()], merge=True)
 
     def reset(self) -> None:
-        self.blocks.clear()
+        self.chunks.clear()
         self._pending.clear()
         self._meshed_at.clear()
 

@@ -87,6 +87,7 @@ class FusionPipeline:
         t0 = time.perf_counter()
         res = self.tracker.track(frame)
         timings["track"] = (time.perf_counter() - t0) * 1e3
+        timings.update(self.tracker.last_timings_ms)
         return res.T_world_cam, res.reason
 
     def _after_integrate(self, touched: np.ndarray, timings: dict) -> None:

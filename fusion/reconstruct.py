@@ -22,7 +22,7 @@ from fusion.sources import open_source
 from fusion.trajectory import ate_rmse_m, write_tum
 
 log = logging.getLogger(__name__)
-STAGES = ("read", "track", "integrate", "mesh")
+STAGES = ("read", "track", "track_render", "track_icp", "integrate", "mesh")
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,7 @@ def _stats(req: ReconstructRequest, source, pipeline: FusionPipeline, run: _Run,
         "label_latency_s": None,
         "voxel_size_m": req.pipeline.volume.voxel_size_m,
         "blocks": pipeline.volume.n_blocks,
+        "volume_memory_mb": round(pipeline.volume.memory_bytes() / 2**20, 1),
         "volume_full": pipeline.volume.is_full,
         "mesh": {"vertices": int(len(mesh.positions_m)), "faces": int(len(mesh.faces))},
         "device": str(pipeline.volume.device),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from dataclasses import dataclass, field
 
 import numba as nb
@@ -107,6 +108,7 @@ class Tracker:
         self._motion: _Motion | None = None
         self._good_run = 0
         self.failures = 0
+        self.last_timings_ms: dict[str, float] = {}  #: render and ICP time of the latest track()
         self._criteria = [odom.OdometryConvergenceCriteria(n) for n in config.iterations]
         self._params = odom.OdometryLossParams(config.outlier_m, config.huber_m)
 
@@ -132,7 +134,10 @@ class Tracker:
         src_depth = downsample_depth(frame.depth_m) if cfg.scale == 0.5 else frame.depth_m
         if np.count_nonzero(src_depth) < cfg.min_valid_share * src_depth.size:
             return self._reject("too little valid depth")
+        t0 = time.perf_counter()
         model_depth = self.volume.render_depth(T_pred, intr)
+        t1 = time.perf_counter()
+        self.last_timings_ms = {"track_render": (t1 - t0) * 1e3}
         if np.count_nonzero(model_depth) < cfg.min_valid_share * model_depth.size:
             return self._reject("the model is out of view")
         src, dst = (self._rgbd(d) for d in (src_depth, model_depth))
@@ -143,6 +148,7 @@ class Tracker:
                 odom.Method.PointToPlane, self._params)
         except RuntimeError as exc:  # Open3D raises when the system is degenerate (no overlap)
             return self._reject(f"registration failed ({str(exc).splitlines()[0][:80]})")
+        self.last_timings_ms["track_icp"] = (time.perf_counter() - t1) * 1e3
         T = T_pred @ res.transformation.cpu().numpy()
         jump_m, jump_deg = relative_motion(T_pred, T)
         if res.fitness < cfg.min_fitness:

@@ -42,7 +42,7 @@ def test_reconstruct_writes_mesh_trajectory_stats(kitchen_like, tmp_path):
     proc = run_cli("reconstruct", kitchen_like, "--out", out, "--voxel-size", "0.02")
     assert proc.returncode == 0, proc.stderr
     ply = PlyData.read(str(out / "mesh.ply"))
-    assert ply.header.count("binary_little_endian") or ply.text is False
+    assert not ply.text and ply.byte_order == "<"
     names = [p.name for p in ply["vertex"].properties]
     assert names == ["x", "y", "z", "red", "green", "blue", "alpha", "label"]
     assert ply["vertex"]["label"].dtype == np.uint16 and ply["vertex"]["x"].dtype == np.float32
@@ -57,7 +57,9 @@ def test_reconstruct_writes_mesh_trajectory_stats(kitchen_like, tmp_path):
     stats = json.loads((out / "stats.json").read_text())
     assert stats["frames"] == 12 and stats["frames_dropped"] == 0 and stats["completed"]
     assert stats["ate_rmse_m"] < 0.01
-    for key in ("fps", "timing_ms", "tracking_failures", "device", "versions", "label_latency_s"):
+    assert {"track", "track_render", "track_icp", "integrate", "mesh"} <= set(stats["timing_ms"])
+    for key in ("fps", "timing_ms", "tracking_failures", "device", "versions", "label_latency_s",
+                "volume_memory_mb"):
         assert key in stats
 
 

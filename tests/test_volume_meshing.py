@@ -30,7 +30,6 @@ def test_touched_blocks_cover_every_changed_block():
     frames = orbit(3, SMALL)
     vol, _ = _fused(frames[:2])
     keys_before = {tuple(k) for k in vol.active_keys()}
-    _, _, = None, None
     w_before = {tuple(k): vol.voxel_arrays(vol.lookup(k[None]))[1].copy() for k in vol.active_keys()}
     touched = {tuple(k) for k in vol.integrate(frames[2], frames[2].T_world_cam_gt)}
     for k in vol.active_keys():

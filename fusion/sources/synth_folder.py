@@ -8,34 +8,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 
 from fusion.errors import SourceError
 from fusion.frame import Frame, Intrinsics
 from fusion.sources.base import PosedSequenceSource
+from fusion.sources.images import read_color, read_depth_m
 from fusion.trajectory import read_tum
 
 MARKER = "synth.json"
 FORMAT = "rgbd-synth"
-
-
-def _read_png(path: Path, want_mode: str) -> np.ndarray:
-    """PNG pixels as an array; SourceError naming the file when it is missing, unreadable or truncated."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if want_mode == "RGB":
-                return np.asarray(im.convert("RGB"))
-            if im.mode not in ("I;16", "I;16B", "I", "L"):
-                raise SourceError(f"{path}: depth PNG must be 16-bit greyscale, got mode {im.mode}")
-            return np.asarray(im).astype(np.uint16)
-    except SourceError:
-        raise
-    except FileNotFoundError:
-        raise SourceError(f"{path}: missing frame file") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise SourceError(f"{path}: unreadable or truncated PNG ({exc})") from None
 
 
 def _read_meta(path: Path) -> dict:
@@ -93,14 +74,12 @@ class SynthFolderSource(PosedSequenceSource):
 
     def frame(self, index: int) -> Frame:
         name = f"{index:06d}.png"
-        color = _read_png(self.path / "color" / name, "RGB")
+        color = read_color(self.path / "color" / name)
         depth_path = self.path / "depth" / name
-        raw = _read_png(depth_path, "I")
+        depth = read_depth_m(depth_path, self.depth_scale)
         K = self.intrinsics
-        for p, arr in ((self.path / "color" / name, color), (depth_path, raw)):
+        for p, arr in ((self.path / "color" / name, color), (depth_path, depth)):
             if arr.shape[:2] != (K.height, K.width):
                 raise SourceError(f"{p}: image is {arr.shape[1]}x{arr.shape[0]}, expected {K.width}x{K.height}")
-        depth = raw.astype(np.float32) / np.float32(self.depth_scale)
-        return Frame(np.ascontiguousarray(color), depth, K, float(self.timestamps_s[index]), index,
-                     self.poses[index].copy())
+        return Frame(color, depth, K, float(self.timestamps_s[index]), index, self.poses[index].copy())
 

@@ -340,5 +340,5 @@ def sofa_with_table(rng) -> Piece:
     lo, hi = s.bounds()
     tw = min(hi[0] - lo[0] - 0.4, u(rng, 0.9, 1.3))
     t = table(rng, tw, u(rng, 0.5, 0.7), h=u(rng, 0.4, 0.48))
-    tlo, thi = t.bounds()
+    thi = t.bounds()[1]
     return merge("sofa_with_table", [s, transform(t, 0, (0.0, lo[1] - u(rng, 0.35, 0.5) - thi[1], 0.0))])

@@ -52,10 +52,6 @@ class Piece:
         allp = np.concatenate(pts)
         return allp.min(0), allp.max(0)
 
-    def boxes(self) -> list:
-        """Collision boxes: the overall bounds (simple and conservative)."""
-        return [self.bounds()]
-
 
 def jitter(rng: np.random.Generator, rgb, amount: int = 12) -> tuple:
     """A colour near `rgb`."""

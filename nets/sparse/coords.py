@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import weakref
 from dataclasses import dataclass
-from typing import Callable, Hashable
+from typing import Callable
 
 import torch
 

@@ -16,7 +16,6 @@ AXIS_OFFSET = 1 << (AXIS_BITS - 1)
 AXIS_MASK = (1 << AXIS_BITS) - 1
 MAX_BATCH = 1 << BATCH_BITS
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-EMPTY = np.int64(-1)
 
 
 @numba.njit(inline="always", cache=True)
