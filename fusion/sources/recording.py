@@ -36,6 +36,7 @@ class RecordingConfig:
     poll_timeout_s: float = 0.05  # one wait for the next frameset before checking for end of file
     stall_timeout_s: float = 5.0  # no frame for this long while the file is still playing: an error
     end_grace_s: float = 0.3  # after playback stops, wait this long for framesets still in the SDK
+    first_frame_grace_s: float = 3.0  # before the first frame, "stopped" may mean "not started yet"
     filters: PostFilterConfig = field(default_factory=PostFilterConfig)
 
 
@@ -122,26 +123,40 @@ class RecordingSource(FrameSource):
     def _frames(self) -> Iterator[Frame]:
         poll_ms = max(1, int(self.cfg.poll_timeout_s * 1000))
         last_frame_t = time.monotonic()
+        stopped_since: float | None = None  # first poll that saw playback stopped, since the last frame
         while self.max_frames is None or self.frames_read < self.max_frames:
             try:
                 ok, fs = self._pipe.try_wait_for_frames(poll_ms)
             except RuntimeError as exc:
                 raise SourceError(f"{self.path}: cannot read frame {self.frames_read} ({_sdk_message(exc)})") from None
+            now = time.monotonic()
             if not ok:
-                # end of file: playback stopped and nothing more came for a grace period (the SDK's
-                # syncer may still hold the last frameset for a moment after playback stops)
-                if self._playback.current_status() == rs.playback_status.stopped \
-                        and time.monotonic() - last_frame_t > self.cfg.end_grace_s:
+                if self._at_end(now, stopped_since):
                     return
-                if time.monotonic() - last_frame_t > self.cfg.stall_timeout_s:
+                if self._playback.current_status() == rs.playback_status.stopped:
+                    stopped_since = now if stopped_since is None else stopped_since
+                else:
+                    stopped_since = None
+                if now - last_frame_t > self.cfg.stall_timeout_s:
                     raise SourceError(f"{self.path}: replay stalled after {self.frames_read} frames "
                                       "(truncated or corrupted file?)")
                 continue
-            last_frame_t = time.monotonic()
+            last_frame_t, stopped_since = now, None
             frame = self._converter.convert(fs, self.frames_read)
             if frame is not None:
                 self.frames_read += 1
                 yield frame
+
+    def _at_end(self, now: float, stopped_since: float | None) -> bool:
+        """End of file: playback has stayed stopped with nothing delivered for a grace period.
+
+        The SDK's syncer may still hold the last frameset a moment after playback stops; and before
+        the first frame, "stopped" may only mean the playback thread has not started yet (it reads
+        "stopped" before `start`), so the first frame gets a longer grace."""
+        if stopped_since is None:
+            return False
+        grace_s = self.cfg.end_grace_s if self.frames_read else self.cfg.first_frame_grace_s
+        return now - stopped_since > grace_s
 
     def close(self) -> None:
         if self._started:
