@@ -14,7 +14,7 @@ def chunk_keys_of_blocks(block_keys: np.ndarray, block_size_m: float, chunk_size
     if len(block_keys) == 0:
         return set()
     origin_m = np.asarray(block_keys, np.float64) * block_size_m + 1e-9
-    return set(map(tuple, np.unique(np.floor(origin_m / chunk_size_m).astype(np.int32), axis=0)))
+    return set(map(tuple, np.unique(np.floor(origin_m / chunk_size_m).astype(np.int32), axis=0).tolist()))
 
 
 class DirtyChunks:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nets.sparse import (CoordinateSet, GenerativeUpsample3d, NumbaCoordHash, SortedCoordIndex,
+from nets.sparse import (CoordinateSet, GenerativeConv3d, GenerativeUpsample3d, NumbaCoordHash, SortedCoordIndex,
                          SparseBatchNorm, SparseReLU, SparseTensor, StridedConv3d, SubmanifoldConv3d,
                          TransposedConv3d, prune, sparse_conv)
 from nets.sparse import coords as C
@@ -119,6 +119,24 @@ def test_generative_upsampling_spawns_children(k):
     torch.testing.assert_close(y.features, at_sites(dense, y.coordinates, shift), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("k", [1, 3])
+def test_generative_conv_dilates_and_equals_dense(k):
+    m, pad = 6, k // 2
+    x = make_input(n=m, seed=45 + k, stride=4)
+    conv = GenerativeConv3d(3, 2, k).double()
+    with torch.no_grad():
+        y = conv(x)
+        dense = F.conv3d(densify(x.coordinates, x.features, 2, m + 2 * pad, pad), conv_weight(conv.weight, k),
+                         padding=pad)
+        reach = F.conv3d(densify(x.coordinates, torch.ones(len(x), 1, dtype=torch.float64), 2, m + 2 * pad, pad),
+                         torch.ones(1, 1, k, k, k, dtype=torch.float64), padding=pad)
+    expected = torch.nonzero(reach[:, 0] > 0).to(torch.int32)
+    expected[:, 1:] -= pad
+    assert y.stride == 4
+    assert set(map(tuple, y.coordinates.tolist())) == set(map(tuple, expected.tolist()))
+    torch.testing.assert_close(y.features, at_sites(dense, y.coordinates, pad), atol=1e-5, rtol=0)
+
+
 def test_prune_keeps_marked_sites_and_passes_gradients():
     x = make_input(n=6, seed=50)
     feats = x.features.clone().requires_grad_(True)
@@ -137,7 +155,7 @@ def _gradcheck(fn, feats, weight):
                                     eps=1e-6, atol=1e-5)
 
 
-@pytest.mark.parametrize("op", ["submanifold", "strided2", "strided3", "transposed3", "generative2"])
+@pytest.mark.parametrize("op", ["submanifold", "strided2", "strided3", "transposed3", "generative2", "dilation3"])
 def test_gradcheck(op):
     x = make_input(n=4, batches=1, cin=2, seed=60, stride=2 if op[0] in "tg" else 1)
     kind, k = op.rstrip("0123456789"), int(op[-1]) if op[-1].isdigit() else 3
@@ -147,8 +165,10 @@ def test_gradcheck(op):
         kmap = C.strided_map(x.coords, C.downsample(x.coords), k)
     elif kind == "transposed":
         kmap = C.transposed_map(x.coords, CoordinateSet(random_sites(8, 1, 0.3, 61), 1), k)
-    else:
+    elif kind == "generative":
         kmap = C.transposed_map(x.coords, C.children(x.coords, k), k)
+    else:
+        kmap = C.dilation_map(x.coords, C.dilated(x.coords, k), k)
     weight = torch.randn(k ** 3, 2, 3, dtype=torch.float64)
     _gradcheck(lambda f, w: sparse_conv(f, w, kmap), x.features, weight)
 

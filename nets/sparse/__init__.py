@@ -1,5 +1,5 @@
 """Sparse-convolution engine: sparse tensors, cached kernel maps, gather-matmul-scatter conv layers."""
-from nets.sparse.conv import (ConvConfig, GenerativeUpsample3d, StridedConv3d, SubmanifoldConv3d,
+from nets.sparse.conv import (ConvConfig, GenerativeConv3d, GenerativeUpsample3d, StridedConv3d, SubmanifoldConv3d,
                               TransposedConv3d)
 from nets.sparse.coords import CoordinateSet, KernelMap, KernelMapCache
 from nets.sparse.functional import SparseConvFunction, sparse_conv
@@ -8,7 +8,7 @@ from nets.sparse.norm import FeatureWise, SparseBatchNorm, SparseELU, SparseLeak
 from nets.sparse.tensor import SparseTensor, prune
 
 __all__ = [
-    "ConvConfig", "CoordinateSet", "FeatureWise", "GenerativeUpsample3d", "KernelMap", "KernelMapCache",
+    "ConvConfig", "CoordinateSet", "FeatureWise", "GenerativeConv3d", "GenerativeUpsample3d", "KernelMap", "KernelMapCache",
     "NumbaCoordHash", "SortedCoordIndex", "SparseBatchNorm", "SparseConvFunction", "SparseELU",
     "SparseLeakyReLU", "SparseReLU", "SparseTensor", "StridedConv3d", "SubmanifoldConv3d",
     "TransposedConv3d", "prune", "sparse_conv",

@@ -1,4 +1,5 @@
-"""Sparse convolution modules: submanifold, strided (down), transposed (up) and generative upsampling."""
+"""Sparse convolution modules: submanifold, strided (down), transposed (up), generative upsampling and
+generative (dilating) convolution."""
 from __future__ import annotations
 
 import math
@@ -102,3 +103,18 @@ class GenerativeUpsample3d(_SparseConv):
         fine = C.children(x.coords, self.config.kernel_size)
         kmap = C.transposed_map(x.coords, fine, self.config.kernel_size)
         return self._apply_map(x, kmap, fine)
+
+
+class GenerativeConv3d(_SparseConv):
+    """Same-level convolution whose output sites are the input's dilated by the odd kernel (every site
+    within k//2 of an input site), for growing geometry at a coarse level. Any single thread."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, bias: bool = False):
+        if kernel_size % 2 != 1:
+            raise ValueError("generative convolution kernels must have odd size")
+        super().__init__(in_channels, out_channels, kernel_size, bias)
+
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        out = C.dilated(x.coords, self.config.kernel_size)
+        kmap = C.dilation_map(x.coords, out, self.config.kernel_size)
+        return self._apply_map(x, kmap, out)

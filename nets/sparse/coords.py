@@ -206,6 +206,29 @@ def children(cs: CoordinateSet, kernel_size: int = 2) -> CoordinateSet:
     return cs.cached(None, kernel_size, "children", build)
 
 
+def dilated(cs: CoordinateSet, kernel_size: int = 3) -> CoordinateSet:
+    """Cached set of unique(y + d - k//2) over an odd kernel: the sites a same-level generative conv creates."""
+    if kernel_size % 2 != 1:
+        raise ValueError("dilation kernels must have odd size")
+
+    def build():
+        offsets = kernel_offsets(kernel_size, kernel_size // 2, cs.device)
+        rows = (cs.coords[None] + torch.nn.functional.pad(offsets, (1, 0))[:, None]).reshape(-1, 4)
+        return cs.derive(unpack_torch(torch.unique(pack_torch(rows))), cs.stride)
+
+    return cs.cached(None, kernel_size, "dilated", build)
+
+
+def dilation_map(cs: CoordinateSet, out: CoordinateSet, kernel_size: int) -> KernelMap:
+    """Cached map of the same-level generative conv: input rows at o + d - k//2 feed out row o (conv3d)."""
+
+    def build():
+        offsets = kernel_offsets(kernel_size, kernel_size // 2)
+        return hits_to_map(query_hits(cs, out, 1, offsets), len(out), True)
+
+    return cs.cached(out, kernel_size, "dilation", build)
+
+
 def select(cs: CoordinateSet, keep: torch.Tensor) -> CoordinateSet:
     """A new set holding the rows where keep is true (not cached: keep is data dependent)."""
     return cs.derive(cs.coords[keep], cs.stride)

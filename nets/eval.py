@@ -1,0 +1,124 @@
+"""Owns evaluation of the shipped (or any) weights on held-out synthetic rooms (`python -m nets.eval`).
+
+    python -m nets.eval [--weights W] [--seeds 1000:1010] [--cache DIR] [--mesh-seeds 1000,1001]
+                        [--json FILE]
+
+Scores (see nets.metrics): per-class IoU and mIoU on the observed surface, completion IoU, SDF L1,
+coverage with and without completion. With --mesh-seeds it also runs `main.py reconstruct
+synthetic:SEED --labels final` and scores the per-vertex labels of `mesh.ply` against the ground-truth
+mesh (closest triangle's class; vertices whose closest surface is none of the 20 classes are skipped).
+Held-out seeds must never be used in training (training uses 0-999; validation 900-905).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from fusion.atomic import write_text_atomic
+from fusion.classes import SCANNET20
+from fusion.plyio import read_labeled_ply
+from fusion.synth.world import build_world
+from nets.data import CLASS_IDS, IGNORE, Sample, closest_surface, make_sample, nyu40_to_class_index
+from nets.infer import DEFAULT_WEIGHTS, ChunkModel
+from nets.metrics import sample_scores, summarise
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def held_out_samples(seeds, cache: Path | None) -> list[Sample]:
+    out = []
+    for seed in tqdm(list(seeds), desc="held-out scans", leave=False):
+        path = cache / f"{seed}_0.npz" if cache else None
+        if path is not None and path.exists():
+            out.append(Sample.load(path))
+            continue
+        s = make_sample(seed, 0)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            s.save(path)
+        out.append(s)
+    return out
+
+
+def mesh_label_accuracy(mesh_ply: Path, seed: int) -> dict:
+    """Share of mesh.ply vertices whose label equals the closest ground-truth triangle's class."""
+    mesh = read_labeled_ply(mesh_ply)
+    world = build_world(seed)
+    _, gt_class = closest_surface(world.vertices, world.triangles, nyu40_to_class_index(world.tri_labels),
+                                  np.asarray(mesh["xyz_m"], np.float32))
+    keep = gt_class != IGNORE
+    gt = CLASS_IDS[gt_class[keep].astype(np.int64)]
+    pred = np.asarray(mesh["labels"])[keep]
+    return {"vertices": int(keep.sum()), "accuracy": float(np.mean(pred == gt)) if keep.any() else float("nan"),
+            "unlabeled_share": float(np.mean(pred == 0)) if keep.any() else float("nan")}
+
+
+def reconstruct_and_score(seed: int, out_dir: Path, frames: int) -> dict:
+    """Run the headless contract with the shipped weights and score its mesh.ply."""
+    out = out_dir / f"reconstruct_{seed}"
+    cmd = [sys.executable, str(ROOT / "main.py"), "reconstruct", f"synthetic:{seed}", "--out", str(out),
+           "--labels", "final", "--max-frames", str(frames)]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return mesh_label_accuracy(out / "mesh.ply", seed)
+
+
+def table(scores: dict) -> str:
+    names = {i: SCANNET20[int(CLASS_IDS[i])][0] for i in range(len(CLASS_IDS))}
+    rows = [f"{'class':<16}{'IoU':>8}"] + [f"{names[i]:<16}{v:>8.3f}" for i, v in sorted(scores["class_iou"].items())]
+    rows += ["", f"{'mIoU (classes present)':<32}{scores['miou']:>8.3f}",
+             f"{'accuracy (observed sites)':<32}{scores['accuracy']:>8.3f}",
+             f"{'completion IoU':<32}{scores['completion_iou']:>8.3f}",
+             f"{'SDF L1 (m)':<32}{scores['sdf_l1_m']:>8.4f}",
+             f"{'coverage, observed only':<32}{scores['coverage_observed']:>8.3f}",
+             f"{'coverage, with completion':<32}{scores['coverage_completed']:>8.3f}",
+             f"{'added geometry within 1 cell':<32}{scores['added_precision']:>8.3f}"]
+    return "\n".join(rows)
+
+
+def _seeds(text: str) -> list[int]:
+    if ":" in text:
+        a, b = (int(v) for v in text.split(":"))
+        return list(range(a, b))
+    return [int(v) for v in text.split(",") if v]
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    p = argparse.ArgumentParser(prog="python -m nets.eval", description=__doc__.splitlines()[0])
+    p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    p.add_argument("--seeds", default="1000:1010", help="held-out rooms, FIRST:LAST or a,b,c")
+    p.add_argument("--cache", type=Path, help="keep the held-out scans here")
+    p.add_argument("--mesh-seeds", default="", help="also reconstruct these rooms and score mesh.ply labels")
+    p.add_argument("--mesh-frames", type=int, default=150)
+    p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "nets_eval.json")
+    args = p.parse_args(argv)
+    model = ChunkModel.load(args.weights)
+    t0 = time.perf_counter()
+    samples = held_out_samples(_seeds(args.seeds), args.cache)
+    scores = summarise([sample_scores(model.net, s) for s in samples])
+    scores["eval_s"] = time.perf_counter() - t0
+    scores["seeds"] = _seeds(args.seeds)
+    if args.mesh_seeds and args.weights != DEFAULT_WEIGHTS:
+        log.warning("--mesh-seeds scores reconstruct's output, which uses the shipped weights; skipped")
+    elif args.mesh_seeds:
+        scores["mesh"] = {s: reconstruct_and_score(s, args.json.parent, args.mesh_frames)
+                          for s in _seeds(args.mesh_seeds)}
+    print(table(scores))
+    for seed, m in scores.get("mesh", {}).items():
+        print(f"mesh.ply labels, room {seed}: {m['accuracy']:.3f} of {m['vertices']} vertices")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.json, json.dumps(scores, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,132 @@
+"""Owns inference: loading the shipped weights (with checks) and predicting labels and completion for
+coarse regions of the volume.
+
+A weights file is a torch pickle of plain data: format version, the model and grid configuration, the
+class list (NYU40 id and name per output) and the state dict. Loading checks each and names what is
+wrong in one line. `ChunkModel.predict` runs the net on a `fusion.coarse.CoarseRegion` (chunks plus
+their halo) and keeps the sites inside the chunks' cores; with the halo at least the receptive field,
+the result there equals a whole-scene pass.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fusion.classes import SCANNET20
+from fusion.coarse import CoarseGridConfig, CoarseRegion, chunk_keys_of_cells
+from fusion.errors import UserError
+from nets.data import CLASS_IDS
+from nets.model import EMPTY, ModelConfig, SemanticCompletionNet, receptive_field_cells
+from nets.sparse import SparseTensor
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "resources" / "nets" / "semantic_completion.pt"
+WEIGHTS_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class RegionPrediction:
+    """Predictions for the sites inside the cores of `keys` (immutable; any thread may read it)."""
+
+    keys: tuple
+    coords: np.ndarray      # (M,3) int32 cells
+    probs: np.ndarray       # (M,20) float32 class probabilities in CLASS_IDS order ("empty" removed)
+    empty_prob: np.ndarray  # (M,) float32 probability that the cell holds no surface
+    sdf_vox: np.ndarray     # (M,) float32 signed distance to the surface, in cells
+    observed: np.ndarray    # (M,) bool: an input site (False: created by completion)
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+
+def class_table() -> list:
+    return [[int(i), SCANNET20[int(i)][0]] for i in CLASS_IDS]
+
+
+def save_weights(path: Path, net: SemanticCompletionNet, grid: CoarseGridConfig, meta: dict | None = None) -> None:
+    """Write a weights file in the shipped format (atomically)."""
+    from fusion.atomic import atomic_path
+    state = {"format": WEIGHTS_FORMAT, "model_config": asdict(net.config), "grid": asdict(grid),
+             "classes": class_table(), "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+             "meta": meta or {}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _read_weights(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"{path}: no model weights there (train with `python -m nets.train`)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged pickle
+        raise UserError(f"{path}: not a readable weights file ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != WEIGHTS_FORMAT:
+        raise UserError(f"{path}: weights format {state.get('format') if isinstance(state, dict) else '?'} "
+                        f"is not {WEIGHTS_FORMAT}")
+    if state.get("classes") != class_table():
+        raise UserError(f"{path}: the weights were trained for other classes than ScanNet-20 in this order")
+    return state
+
+
+class ChunkModel:
+    """The net in eval mode plus its grid. One thread at a time (the nets thread)."""
+
+    def __init__(self, net: SemanticCompletionNet, grid: CoarseGridConfig, device: str = "cpu"):
+        halo = receptive_field_cells(net.config)
+        if grid.halo_voxels < halo:
+            grid = CoarseGridConfig(**{**asdict(grid), "halo_voxels": halo})
+        self.net, self.grid = net.to(device).eval(), grid
+        self.device = torch.device(device)
+
+    @classmethod
+    def load(cls, path: Path | str | None = None, device: str = "cpu") -> "ChunkModel":
+        path = Path(path) if path is not None else DEFAULT_WEIGHTS
+        state = _read_weights(path)
+        try:
+            config = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                    for k, v in state["model_config"].items()})
+            net = SemanticCompletionNet(config)
+            net.load_state_dict(state["state_dict"])
+            grid = CoarseGridConfig(**state["grid"])
+        except (TypeError, KeyError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"{path}: weights do not fit the model ({first})") from None
+        return cls(net, grid, device)
+
+    @classmethod
+    def untrained(cls, seed: int = 0, device: str = "cpu") -> "ChunkModel":
+        """Same architecture with random weights (for tests of the plumbing)."""
+        torch.manual_seed(seed)
+        return cls(SemanticCompletionNet(), CoarseGridConfig(), device)
+
+    def predict(self, region: CoarseRegion) -> RegionPrediction:
+        """Labels and completion for the cores of the region's chunks."""
+        if len(region) == 0:
+            return _empty_prediction(region.keys)
+        x = SparseTensor.from_coords(torch.from_numpy(region.coords), torch.from_numpy(region.features).to(self.device))
+        with torch.no_grad():
+            out = self.net(x)
+        coords = out.sites.coordinates[:, 1:].cpu().numpy()
+        wanted = np.isin(_pack(chunk_keys_of_cells(coords, self.grid)), _pack(np.asarray(region.keys)))
+        p = torch.softmax(out.logits, 1).cpu().numpy()[wanted]
+        cls_p = p[:, :EMPTY]
+        cls_p = cls_p / np.maximum(cls_p.sum(1, keepdims=True), 1e-12)
+        return RegionPrediction(region.keys, coords[wanted].astype(np.int32), cls_p.astype(np.float32),
+                                p[:, EMPTY].astype(np.float32), out.sdf_cells.cpu().numpy()[wanted],
+                                out.observed.cpu().numpy()[wanted])
+
+
+def _pack(keys: np.ndarray) -> np.ndarray:
+    k = np.asarray(keys, np.int64).reshape(-1, 3) + (1 << 20)
+    return (k[:, 0] << 42) | (k[:, 1] << 21) | k[:, 2]
+
+
+def _empty_prediction(keys: tuple) -> RegionPrediction:
+    return RegionPrediction(keys, np.zeros((0, 3), np.int32), np.zeros((0, EMPTY), np.float32),
+                            np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, bool))

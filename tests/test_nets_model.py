@@ -1,0 +1,100 @@
+"""The labeling net: chunk-wise inference equals whole-scene inference in the cores, weights checks,
+training steps that lower the loss, and the grid symmetries used for augmentation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fusion.coarse import CoarseGridConfig, all_chunk_keys, coarse_region
+from fusion.errors import UserError
+from fusion.pipeline import FusionPipeline, PipelineConfig
+from fusion.sources.synthetic import SyntheticSource
+from fusion.volume import VolumeConfig
+from nets.batch import Symmetry
+from nets.infer import ChunkModel, save_weights
+from nets.model import SemanticCompletionNet, receptive_field_cells
+
+
+@pytest.fixture(scope="module")
+def fused():
+    src = SyntheticSource(4, n_frames=300, max_frames=40)
+    pipe = FusionPipeline(PipelineConfig(volume=VolumeConfig(voxel_size_m=0.02), poses="gt", incremental_mesh=False))
+    for i in range(0, 40, 2):
+        pipe.process(src.frame(i))
+    yield pipe
+    pipe.close()
+
+
+def _by_cell(pred) -> dict:
+    return {tuple(c): (p, s) for c, p, s in zip(pred.coords.tolist(), pred.probs, pred.sdf_vox)}
+
+
+def test_chunk_inference_equals_whole_scene_in_the_core(fused):
+    model = ChunkModel.untrained(seed=1)
+    grid = model.grid
+    keys = sorted(all_chunk_keys(fused.volume, grid))
+    whole = _by_cell(model.predict(coarse_region(fused.volume, keys, grid)))
+    sizes = {k: sum(tuple(np.floor_divide(c, grid.chunk_voxels)) == k for c in whole) for k in keys}
+    checked = 0
+    for key in sorted(keys, key=sizes.get)[-2:]:
+        part = _by_cell(model.predict(coarse_region(fused.volume, [key], grid)))
+        assert part, f"chunk {key} produced no sites"
+        assert set(part) == {c for c in whole if tuple(np.floor_divide(c, grid.chunk_voxels)) == key}
+        for cell, (p, s) in part.items():
+            np.testing.assert_allclose(p, whole[cell][0], atol=1e-4)
+            np.testing.assert_allclose(s, whole[cell][1], atol=1e-4)
+        checked += len(part)
+    assert checked > 500
+
+
+def test_a_short_halo_changes_the_core(fused):
+    """The halo is needed: without it, border sites of a chunk differ from the whole-scene pass."""
+    model = ChunkModel.untrained(seed=1)
+    grid = model.grid
+    keys = sorted(all_chunk_keys(fused.volume, grid))
+    whole = _by_cell(model.predict(coarse_region(fused.volume, keys, grid)))
+    bare = CoarseGridConfig(halo_voxels=0)
+    diffs = 0
+    for key in keys[:3]:
+        part = _by_cell(model.predict(coarse_region(fused.volume, [key], bare)))
+        diffs += sum(not np.allclose(p, whole[c][0], atol=1e-4) for c, (p, _) in part.items() if c in whole)
+    assert diffs > 0
+    assert model.grid.halo_voxels >= receptive_field_cells()
+
+
+def test_weights_round_trip_and_clear_errors(tmp_path):
+    torch.manual_seed(0)
+    net = SemanticCompletionNet()
+    path = tmp_path / "w.pt"
+    save_weights(path, net, CoarseGridConfig())
+    loaded = ChunkModel.load(path)
+    for a, b in zip(net.state_dict().values(), loaded.net.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(UserError, match="no model weights"):
+        ChunkModel.load(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a pickle")
+    with pytest.raises(UserError, match="not a readable weights file"):
+        ChunkModel.load(tmp_path / "junk.pt")
+    state = torch.load(path, weights_only=True)
+    state["classes"] = state["classes"][::-1]
+    torch.save(state, tmp_path / "classes.pt")
+    with pytest.raises(UserError, match="other classes"):
+        ChunkModel.load(tmp_path / "classes.pt")
+    state = torch.load(path, weights_only=True)
+    state["state_dict"]["sem.weight"] = torch.zeros(3, 3)
+    torch.save(state, tmp_path / "shape.pt")
+    with pytest.raises(UserError, match="do not fit the model"):
+        ChunkModel.load(tmp_path / "shape.pt")
+
+
+@pytest.mark.parametrize("sym", [Symmetry(True, False, False), Symmetry(False, True, True), Symmetry(True, True, True)])
+def test_symmetries_map_cells_and_coarse_cells_consistently(sym):
+    c = np.random.default_rng(0).integers(-20, 20, (200, 3))
+    np.testing.assert_array_equal(sym.invert(sym.apply(c)), c)
+    # cells of one 2x2x2 parent stay together under the symmetry (strides stay aligned)
+    parents = np.floor_divide(c, 2)
+    moved = np.floor_divide(sym.apply(c), 2)
+    for p in np.unique(parents, axis=0):
+        rows = np.all(parents == p, axis=1)
+        assert len(np.unique(moved[rows], axis=0)) == 1
