@@ -6,6 +6,7 @@ from pathlib import Path
 from fusion.errors import SourceError
 from fusion.sources.base import FrameSource
 from fusion.sources.redwood import RedwoodSource
+from fusion.sources.sens import SensSource
 from fusion.sources.sevenscenes import SevenScenesSource
 from fusion.sources.synth_folder import SynthFolderSource
 from fusion.sources.synthetic import SyntheticSource
@@ -24,7 +25,7 @@ DEFAULT_SYNTHETIC_SEED = 0
 
 
 def open_source(spec: str, max_frames: int | None = None) -> FrameSource:
-    """Open SRC: `synthetic[:SEED]`, a dataset folder, a `.bag`/`.db3` file or `realsense[:SERIAL]`."""
+    """Open SRC: `synthetic[:SEED]`, a dataset folder, a `.bag`/`.db3`/`.sens` file or `realsense[:SERIAL]`."""
     if spec == "synthetic" or spec.startswith("synthetic:"):
         seed_text = spec.partition(":")[2] or str(DEFAULT_SYNTHETIC_SEED)
         if not seed_text.isdigit():
@@ -39,6 +40,8 @@ def open_source(spec: str, max_frames: int | None = None) -> FrameSource:
         from fusion.sources.recording import RecordingSource
 
         return RecordingSource(path, max_frames=max_frames)
+    if SensSource.detect(path):
+        return SensSource(path, max_frames=max_frames)
     if not path.exists():
         raise SourceError(f"{spec}: no such file or folder")
     if not path.is_dir():
