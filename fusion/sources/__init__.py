@@ -48,7 +48,7 @@ def open_source(spec: str, max_frames: int | None = None) -> FrameSource:
         if path.suffix.lower() in VIDEO_SUFFIXES:
             raise SourceError(f"{spec}: video files are not a supported source; record with "
                               "'python main.py record' (RealSense .bag/.db3) or use a dataset folder")
-        raise SourceError(f"{spec}: not a dataset folder, recording (.bag/.db3) or synthetic:SEED")
+        raise SourceError(f"{spec}: not a dataset folder, recording (.bag/.db3), ScanNet .sens or synthetic:SEED")
     if not any(path.iterdir()):
         raise SourceError(f"{spec}: folder is empty")
     for cls in FOLDER_SOURCES.values():
