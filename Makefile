@@ -8,6 +8,7 @@ APT_PKGS := python3-venv libusb-1.0-0 libgl1 libegl1 libgl1-mesa-dri libgomp1 xv
 	libxcb-render-util0 libxcb-shape0 libxcb-randr0 libxcb-xkb1 libxcb-xinerama0 \
 	libfontconfig1 libdbus-1-3
 export NUMBA_THREADING_LAYER := omp
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: setup deps run test bench clean
 
@@ -30,9 +31,14 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 run: setup
-	@echo "The desktop GUI is not in this build yet: reconstructing the demo scene headless into out/demo"
-	$(PY) main.py reconstruct synthetic:0 --out out/demo --max-frames 150
-	@echo "wrote out/demo/mesh.ply (open it in MeshLab or Blender), out/demo/trajectory.txt, out/demo/stats.json"
+	@if [ -n "$$DISPLAY" ] || [ -n "$$WAYLAND_DISPLAY" ]; then \
+	  $(PY) main.py; \
+	else \
+	  echo "no display: reconstructing and labeling the demo scene headless into out/demo"; \
+	  $(PY) main.py reconstruct synthetic:0 --out out/demo --max-frames 150 && \
+	  $(PY) main.py export out/demo/session --out out/demo/demo.glb && \
+	  echo "wrote out/demo/mesh.ply and completed.ply (labeled; MeshLab, Blender), out/demo/demo.glb, trajectory.txt, stats.json"; \
+	fi
 
 test: setup
 	@XPID=""; \
@@ -48,6 +54,8 @@ bench: setup
 	$(PY) -m bench.fusion_bench
 	$(PY) -m bench.accuracy_bench
 	$(PY) -m bench.sparse_bench
+	$(PY) -m bench.nets_bench
+	$(PY) -m nets.eval
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -1,0 +1,176 @@
+"""Owns the window's file work: open a recording or dataset folder, save and load sessions, export the
+labeled mesh, save screenshots. Slow parts run as jobs (progress + cancel); the pipeline is only
+touched on the fusion thread through `FusionWorker.call`."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PyQt6.QtWidgets import QFileDialog
+
+from app.jobs import Job, JobConfig, JobDialog
+from fusion.errors import UserError
+from fusion.export import LabeledMesh, check_output, export_mesh
+from fusion.session import load_session, save_session
+
+log = logging.getLogger(__name__)
+RECORDING_FILTER = "RealSense recordings (*.bag *.db3);;All files (*)"
+SESSION_FILTER = "Sessions (*.session);;All files (*)"
+EXPORT_FILTER = "PLY mesh (*.ply);;OBJ mesh (*.obj);;glTF binary (*.glb)"
+
+
+@dataclass(frozen=True)
+class FileOpsConfig:
+    """Defaults of the file dialogs and jobs."""
+
+    session_suffix: str = ".session"     #: added to a session name without a suffix
+    export_suffix: str = ".ply"          #: added to an export name without a known suffix
+    jobs: JobConfig = field(default_factory=JobConfig)  #: how the jobs wait and end
+
+
+def _final_mesh(worker):
+    if worker.pipeline is None or worker.pipeline.volume.n_blocks == 0:
+        raise UserError("nothing scanned yet: start a source first")
+    return (worker.pipeline.final_mesh(), *worker.trajectory())
+
+
+class FileOps:
+    """File menu work for one main window. Thread: GUI thread (job stages run on job threads)."""
+
+    def __init__(self, window, config: FileOpsConfig = FileOpsConfig()):
+        self.window, self.config = window, config
+        self.jobs: list[Job] = []
+
+    @property
+    def last_dir(self) -> str:
+        return str(self.window.settings.value("paths/last_dir", str(Path.home())))
+
+    def _remember(self, path: str) -> None:
+        self.window.settings.setValue("paths/last_dir", str(Path(path).parent))
+
+    # --- sources ------------------------------------------------------------------------------
+    def open_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self.window, "Open recording", self.last_dir, RECORDING_FILTER)
+        if path:
+            self._remember(path)
+            self.window.use_source(path)
+
+    def open_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self.window, "Open dataset folder", self.last_dir)
+        if path:
+            self.window.settings.setValue("paths/last_dir", path)
+            self.window.use_source(path)
+
+    # --- jobs ---------------------------------------------------------------------------------
+    def run(self, job: Job, title: str, on_done=None) -> Job:
+        self.jobs = [j for j in self.jobs if not j.join(0)]
+        job.signals.setParent(self.window)  # owned (and deleted) by the window, on the GUI thread
+        dialog = JobDialog(job, title, self.window)
+        job.signals.failed.connect(lambda msg: self.window.show_event("info" if msg == "cancelled" else "error",
+                                                                      f"{title}: {msg}"))
+        if on_done is not None:
+            job.signals.done.connect(on_done)
+        job.dialog = dialog
+        self.jobs.append(job)
+        job.start()
+        return job
+
+    def save_session(self, path: str | None = None) -> Job | None:
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self.window, "Save session", self.last_dir, SESSION_FILTER)
+            if not path:
+                return None
+        path = Path(path) if Path(path).suffix else Path(path).with_suffix(self.config.session_suffix)
+        self._remember(str(path))
+        w = self.window
+        settings = {"command": "gui", "source": w.worker_source(), "saved_at_unix_s": time.time()}
+
+        def save(job):
+            extras = w.nets.session_extras()
+            fut = w.worker.call(lambda wk: save_session(path, _pipeline(wk), *wk.trajectory(), _describe(wk),
+                                                        settings, extras))
+            job.ctx["result"] = job.wait(fut)
+
+        return self.run(Job("save-session", [("saving", save)], cancellable=False, config=self.config.jobs),
+                        "Save session", lambda size: w.show_event("info", f"saved session {path} ({size / 1e6:.1f} MB)"))
+
+    def load_session(self, path: str | None = None) -> Job | None:
+        if path is None:
+            path, _ = QFileDialog.getOpenFileName(self.window, "Open session", self.last_dir, SESSION_FILTER)
+            if not path:
+                return None
+        self._remember(path)
+        w = self.window
+
+        def read(job):
+            job.ctx["session"] = load_session(path)
+
+        def hand_over(job):
+            w.worker.command("load", job.ctx.pop("session"))
+            job.ctx["result"] = path
+
+        job = Job("load-session", [("reading", read), ("building the view", hand_over)], config=self.config.jobs)
+        job.on_cancel = lambda ctx: ctx["session"].pipeline.close() if "session" in ctx else None
+        return self.run(job, "Open session", lambda p: w.show_event("info", f"loaded session {p}"))
+
+    def export(self, path: str | None = None) -> Job | None:
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self.window, "Export labeled mesh", self.last_dir, EXPORT_FILTER)
+            if not path:
+                return None
+        path = Path(path)
+        if path.suffix.lower() not in (".ply", ".obj", ".glb"):
+            path = path.with_suffix(self.config.export_suffix)
+        try:
+            check_output(path)
+        except UserError as exc:
+            self.window.show_event("error", str(exc))
+            return None
+        self._remember(str(path))
+        w = self.window
+
+        def mesh(job):
+            job.ctx["mesh"], job.ctx["stamps"], job.ctx["poses"] = job.wait(w.worker.call(_final_mesh))
+
+        def labels(job):
+            m = job.ctx["mesh"]
+            job.ctx["labeled"] = LabeledMesh.from_mesh(m, w.nets.labels_at(m.positions_m)[0])
+
+        def write(job):
+            job.ctx["result"] = export_mesh(path, job.ctx["labeled"], job.ctx["stamps"], job.ctx["poses"])
+
+        job = Job("export", [("meshing", mesh), ("labelling", labels), ("writing", write)], config=self.config.jobs)
+        return self.run(job, "Export", lambda files: w.show_event("info", f"exported {', '.join(map(str, files))}"))
+
+    def screenshot(self, path: str | None = None) -> Path | None:
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self.window, "Save screenshot", self.last_dir, "PNG (*.png)")
+            if not path:
+                return None
+        path = Path(path)
+        self.window.viewport.flush_uploads()
+        if not self.window.grab().save(str(path)):
+            self.window.show_event("error", f"cannot write screenshot {path}")
+            return None
+        self.window.show_event("info", f"screenshot saved to {path}")
+        return path
+
+    def shutdown(self) -> None:
+        """Cancel and join every job (bounded)."""
+        for job in self.jobs:
+            job.cancel()
+        for job in self.jobs:
+            if not job.join():
+                log.warning("job %s did not end within %.1f s", job.name, job.config.join_timeout_s)
+
+
+def _pipeline(worker):
+    if worker.pipeline is None:
+        raise UserError("nothing scanned yet: start a source first")
+    return worker.pipeline
+
+
+def _describe(worker) -> dict:
+    return worker.source.describe() if worker.source is not None else {"spec": worker.source_spec}

@@ -1,0 +1,375 @@
+"""Owns the fusion worker: the thread that reads the source, fuses frames, serves the nets' snapshot
+requests and publishes display snapshots to the GUI through a newest-only outbox.
+
+The GUI thread talks to it only through commands (queued, run on the fusion thread) and `call`
+(a function run on the fusion thread, answered through a Future); it never touches the pipeline.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from app.nets_hookup import NetsHookup
+from app.publisher import build_snapshot, label_dirty_chunks
+from app.snapshots import DisplayOutbox, Event, FusionStatus
+from app.thumbnails import process_memory_mb
+from app.worker_env import lower_thread_priority, open_gui_source
+from fusion.errors import UserError
+from fusion.pipeline import FusionPipeline, PipelineConfig
+from fusion.sources.base import FrameSource
+
+log = logging.getLogger(__name__)
+LOST_HINT = "move the camera back to an area that is already scanned and hold it still for a moment"
+
+
+@dataclass(frozen=True)
+class FusionWorkerConfig:
+    """How the fusion worker paces itself and what it publishes."""
+
+    idle_wait_s: float = 0.02          #: idle loop: wait this long for a command between checks
+    publish_interval_s: float = 0.03   #: a display snapshot at most this often
+    status_interval_s: float = 0.25    #: while nothing changes, status-only snapshots at most this often
+    join_timeout_s: float = 2.0        #: bound on joining the thread
+    thumb_width_px: int = 160          #: thumbnails' width at most
+    fps_window: int = 30               #: frames in the fusion frames/s window
+    serve_regions_idle: int = 4        #: nets snapshot regions served per idle iteration at most
+    real_time_recordings: bool = False  #: pace .bag/.db3 replay at the recorded rate (drops what fusion cannot keep up with)
+    retime_gap_s: float = 1 / 30       #: a new source fused into an older model starts this long after its last frame
+    nice: int = 5                      #: the worker (and the threads it starts: nets, kernels) runs this much nicer than the GUI
+    lod_cell_voxels: float = 4.0       #: the display's simplified surface clusters vertices in cells this many voxels wide
+
+
+class FusionWorker:
+    """Public methods are for the GUI thread (they queue commands or read the outbox); the pipeline,
+    the source and everything else run on the thread named "fusion" (or inside `step()` in tests)."""
+
+    def __init__(self, notify: Callable[[], None], nets: NetsHookup,
+                 pipeline_config: PipelineConfig = PipelineConfig(),
+                 config: FusionWorkerConfig = FusionWorkerConfig()):
+        self.config, self.nets, self._notify = config, nets, notify
+        self.pipeline_config = pipeline_config
+        self.outbox = DisplayOutbox()
+        self._commands: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # fusion-thread state
+        self.pipeline: FusionPipeline | None = None
+        self.source: FrameSource | None = None
+        self.source_spec = ""
+        self.state = "idle"
+        self._it = None
+        self.events: list[Event] = []   # messages for the user, handed out with the next snapshot
+        self._new_scan()
+
+    # --- GUI-thread API -----------------------------------------------------------------------
+    def start_thread(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="fusion", daemon=True)
+        self._thread.start()
+
+    def command(self, name: str, *args) -> None:
+        """Queue a command: start(spec, max_frames), pause, resume, stop_source, reset, config(cfg),
+        nets(on), record(path | None), load(LoadedSession)."""
+        self._commands.put((name, args))
+
+    def call(self, fn: Callable[["FusionWorker"], object]) -> Future:
+        """Run fn(worker) on the fusion thread; the Future holds its result or exception."""
+        fut: Future = Future()
+        self._commands.put(("call", (fn, fut)))
+        return fut
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._commands.put(("wake", ()))
+
+    def join(self, timeout_s: float | None = None) -> bool:
+        """Wait (bounded by config.join_timeout_s); True when the thread has ended."""
+        if self._thread is not None:
+            self._thread.join(self.config.join_timeout_s if timeout_s is None else timeout_s)
+            return not self._thread.is_alive()
+        return True
+
+    # --- the loop -----------------------------------------------------------------------------
+    def _run(self) -> None:
+        lower_thread_priority(self.config.nice)
+        try:
+            while not self._stop.is_set():
+                self.step(wait=True)
+        except Exception as exc:  # a bug, not a user mistake: keep the app alive and say so
+            log.exception("fusion worker failed")
+            self._event("error", f"fusion stopped: {type(exc).__name__}: {exc}", "see the log; Reset to go on")
+            self._publish(force=True)
+        finally:
+            self.shutdown()
+
+    def step(self, wait: bool = False) -> None:
+        """One iteration: run queued commands, fuse one frame (or serve the nets when idle), publish."""
+        self._drain_commands()
+        self.nets.poll()
+        if self.state == "running" and self._it is not None:
+            self._fuse_next()
+        else:
+            served = self.pipeline.serve_requests(self.config.serve_regions_idle) if self.pipeline else 0
+            if not served and wait:
+                try:
+                    self._handle(*self._commands.get(timeout=self.config.idle_wait_s))
+                except queue.Empty:
+                    pass
+        self._publish()
+
+    def shutdown(self) -> None:
+        """Stop the nets, close the source and the pipeline (fusion thread, or after the thread ended)."""
+        self.nets.close()
+        self._close_source()
+        if self.pipeline is not None:
+            self.pipeline.close()
+            self.pipeline = None
+        while True:  # answer pending calls so nobody waits forever
+            try:
+                name, args = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            if name == "call":
+                args[1].set_exception(UserError("the fusion worker has stopped"))
+
+    def _drain_commands(self) -> None:
+        while True:
+            try:
+                self._handle(*self._commands.get_nowait())
+            except queue.Empty:
+                return
+
+    def _handle(self, name: str, args: tuple) -> None:
+        if name == "wake":
+            return
+        if name == "call":
+            fn, fut = args
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn(self))
+                except BaseException as exc:  # handed to the caller
+                    fut.set_exception(exc)
+            return
+        try:
+            COMMANDS[name](self, *args)
+        except UserError as exc:
+            self._event("error", str(exc))
+        except Exception as exc:  # an SDK or Open3D failure: report it, keep the worker alive
+            log.exception("command %s failed", name)
+            self._event("error", f"{name} failed: {type(exc).__name__}: {exc}")
+        self._changed = True
+
+    # --- commands (fusion thread) ------------------------------------------------------------
+    def _cmd_start(self, spec: str, max_frames: int | None = None) -> None:
+        """Fuse `spec` from its start: into a fresh model, or into a loaded session's model."""
+        self._close_source()
+        self.state = "idle"
+        source = open_gui_source(spec, max_frames, self.config.real_time_recordings)  # a bad source keeps the model
+        if not self._continuable:
+            self._cmd_reset()
+        self.source, self.source_spec = source, spec
+        self._it = iter(source)
+        self._retime_s, self._continuable = None, False
+        self.state = "running"
+        self._event("info", f"fusing {spec}")
+
+    def _cmd_pause(self) -> None:
+        if self.state == "running":
+            self.state = "paused"
+
+    def _cmd_resume(self) -> None:
+        if self.state == "paused":
+            self.state = "running"
+
+    def _cmd_stop_source(self) -> None:
+        if self.source is not None:
+            self._close_source()
+            self.state = "idle"
+            self._event("info", "stopped; the model stays (save, export or correct it; Start scans anew)")
+
+    def _cmd_reset(self) -> None:
+        self.nets.detach()
+        if self.pipeline is not None:
+            self.pipeline.close()
+        self.pipeline = FusionPipeline(self.pipeline_config)
+        self._new_scan()
+        self.nets.attach(self.pipeline)
+
+    def _cmd_config(self, cfg: PipelineConfig) -> None:
+        self.pipeline_config = cfg
+
+    def _cmd_nets(self, on: bool) -> None:
+        self.nets.set_enabled(on, self.pipeline)
+
+    def _cmd_record(self, path: Path | None) -> None:
+        if not hasattr(self.source, "start_recording"):
+            raise UserError("recording needs a live RealSense camera as the source")
+        if path is None:
+            done = self.source.stop_recording()
+            self._event("info", f"recording saved to {done}" if done else "not recording")
+        else:
+            used = self.source.start_recording(Path(path))
+            self._event("info", f"recording to {used}")
+
+    def _cmd_load(self, session) -> None:
+        """Take over a LoadedSession's pipeline (scanning may go on into it with Start)."""
+        self._close_source()
+        self.nets.detach()
+        if self.pipeline is not None:
+            self.pipeline.close()
+        self.pipeline = session.pipeline
+        self.pipeline_config = session.pipeline.config
+        self._new_scan()
+        self.stamps = [float(t) for t in session.timestamps_s]
+        self.poses = [np.asarray(T) for T in session.poses]
+        self._up_from(self.poses[0] if self.poses else None)
+        self.nets.attach(self.pipeline, session.extras)
+        self._continuable = True
+        self.state = "idle"
+
+    # --- fusing -------------------------------------------------------------------------------
+    def _new_scan(self) -> None:
+        self.stamps: list[float] = []
+        self.poses: list[np.ndarray] = []
+        self._positions = np.zeros((0, 3), np.float32)
+        self.last_frame = None
+        self.frames_read = self._integrated = self._rejected = 0
+        self._frame_times: list[float] = []
+        self._tracking, self._retime_s = "ok", None
+        self.up: np.ndarray | None = None
+        self._continuable, self.reset_pending, self._changed = False, True, True
+        self._last_pub = self._last_status = 0.0
+
+    def _fuse_next(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            frame = next(self._it)
+        except StopIteration:
+            self._finish(Event("info", f"source finished after {self.frames_read} frames"))
+            return
+        except Exception as exc:  # SourceError, or the SDK failing underneath
+            log.debug("source failed", exc_info=True)
+            self._finish(Event("error", str(exc) if isinstance(exc, UserError) else f"source failed: {exc}",
+                               "check the file, or the camera's USB connection, then press Start"))
+            return
+        try:
+            frame = self._retime(frame)
+            T_start = None if self.pipeline.tracker.started else frame.T_world_cam_gt
+            res = self.pipeline.process(frame, T_start=T_start)
+        except UserError as exc:
+            self._finish(Event("error", str(exc)))
+            return
+        except Exception as exc:  # a fusion failure: stop this source, keep the model and the app
+            log.exception("fusing frame %d failed", frame.index)
+            self._finish(Event("error", f"fusion failed: {type(exc).__name__}: {exc}", "Reset to start over"))
+            return
+        self._after_frame(frame, res, time.perf_counter() - t0)
+
+    def _retime(self, frame):
+        """Frames of a new source fused into an older model keep time increasing."""
+        last = self.pipeline.last_timestamp_s
+        if self._retime_s is None:
+            gap = self.config.retime_gap_s
+            self._retime_s = 0.0 if last is None or frame.timestamp_s > last else last - frame.timestamp_s + gap
+        return dataclasses.replace(frame, timestamp_s=frame.timestamp_s + self._retime_s) if self._retime_s else frame
+
+    def _after_frame(self, frame, res, elapsed_s: float) -> None:
+        self.last_frame, self.frames_read = frame, self.frames_read + 1
+        self._frame_times = (self._frame_times + [elapsed_s])[-self.config.fps_window:]
+        if res.integrated:
+            self._integrated += 1
+            self._up_from(res.T_world_cam if self.up is None else None)
+        else:
+            self._rejected += 1
+        last = res.T_world_cam if res.T_world_cam is not None else (self.poses[-1] if self.poses else None)
+        if last is not None:
+            self.stamps.append(res.timestamp_s)
+            self.poses.append(np.asarray(last))
+        if res.state != self._tracking:
+            if res.state == "lost":
+                self._event("warning", "tracking lost", LOST_HINT)
+            elif res.state == "ok" and self._tracking != "ok":
+                self._event("info", "tracking recovered")
+            self._tracking = res.state
+        self._changed = True
+
+    def _up_from(self, T) -> None:
+        if T is not None:
+            self.up = -np.asarray(T, float)[:3, 1]
+
+    def _finish(self, event: Event) -> None:
+        self._close_source()
+        self.state = "finished"
+        self._event(event.level, event.text, event.hint)
+
+    def _close_source(self) -> None:
+        self._it = None
+        if self.source is not None:
+            try:
+                self.source.close()
+            except Exception:  # a device that vanished may fail to close; nothing to do about it
+                log.exception("closing the source failed")
+            self.source = None
+
+    def _event(self, level: str, text: str, hint: str = "") -> None:
+        (log.warning if level != "info" else log.info)("%s%s", text, f" ({hint})" if hint else "")
+        self.events.append(Event(level, text, hint))
+        self._changed = True
+
+    def positions_m(self) -> np.ndarray:
+        """(T,3) float32 camera positions of this scan (fusion thread; grown incrementally)."""
+        n, cached = len(self.poses), self._positions
+        if len(cached) != n:
+            new = np.array([T[:3, 3] for T in self.poses[len(cached):]], np.float32).reshape(-1, 3)
+            self._positions = np.concatenate([cached, new]) if len(cached) < n else new
+        return self._positions
+
+    def trajectory(self) -> tuple[np.ndarray, np.ndarray]:
+        """(T,) timestamps in seconds and (T,4,4) T_world_cam of this scan (fusion thread)."""
+        return np.array(self.stamps, float), np.array(self.poses, float).reshape(-1, 4, 4)
+
+    # --- publishing ---------------------------------------------------------------------------
+    def _publish(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and (not self.outbox.empty or now - self._last_pub < self.config.publish_interval_s):
+            return
+        label_keys = label_dirty_chunks(self.pipeline, self.nets.changed_boxes())
+        dirty = self.pipeline is not None and self.pipeline.dirty.pending("mesh") > 0
+        if not (force or self._changed or label_keys or dirty or self.nets.has_news()):
+            if now - self._last_status < self.config.status_interval_s:
+                return
+        self._last_pub = self._last_status = now
+        snap = build_snapshot(self, label_keys)
+        self.events, self.reset_pending, self._changed = [], False, False
+        if self.outbox.put(snap):
+            try:
+                self._notify()
+            except RuntimeError:  # the window (and its signal object) is already gone
+                log.debug("snapshot not delivered: the window has been deleted")
+
+    def status(self) -> FusionStatus:
+        """Numbers for the status bar (fusion thread)."""
+        p, times = self.pipeline, self._frame_times
+        src = self.source
+        capture_drops = getattr(getattr(src, "slot", None), "dropped", 0)
+        return FusionStatus(
+            state=self.state, source=self.source_spec, frames=self.frames_read, frames_integrated=self._integrated,
+            frames_dropped=self._rejected + capture_drops,
+            fps=len(times) / sum(times) if times and sum(times) > 0 else 0.0, tracking=self._tracking,
+            n_blocks=p.volume.n_blocks if p else 0, volume_mb=p.volume.memory_bytes() / 2**20 if p else 0.0,
+            process_mb=process_memory_mb(), recording=str(getattr(src, "recording_path", "") or ""),
+            can_record=hasattr(src, "start_recording"), nets=self.nets.status())
+
+
+COMMANDS = {"start": FusionWorker._cmd_start, "pause": FusionWorker._cmd_pause,
+            "resume": FusionWorker._cmd_resume, "stop_source": FusionWorker._cmd_stop_source,
+            "reset": FusionWorker._cmd_reset, "config": FusionWorker._cmd_config,
+            "nets": FusionWorker._cmd_nets, "record": FusionWorker._cmd_record, "load": FusionWorker._cmd_load}

@@ -1,0 +1,221 @@
+"""Owns the GUI's hookup to the nets: the label store of the current scan, the incremental labeler
+(nets worker thread) and the completion overlay, plus what the display needs from them.
+
+This is the only module of app/ that imports nets/. When the labeling nets are missing (no weights
+yet, or a build without them) scanning and manual label correction still work and `status()` says why
+the nets are off.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.snapshots import MeshDisplay, pack_mesh
+from fusion.coarse import CoarseGridConfig
+from fusion.errors import UserError
+from nets.completion import PREFIX as COMPLETION_PREFIX
+from nets.completion import CompletionStore
+from nets.incremental import IncrementalLabeler, LabelerConfig
+from nets.labels import LabelStore, LabelStoreConfig, has_label_arrays
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NetsConfig:
+    """Whether and how the nets label the scan."""
+
+    enabled: bool = True                  #: run the labeler (when weights are available)
+    untrained: bool = False               #: use an untrained model when no weights are shipped (tests)
+    grid: CoarseGridConfig = field(default_factory=CoarseGridConfig)      #: the nets' cell grid
+    store: LabelStoreConfig = field(default_factory=LabelStoreConfig)     #: label fusion settings
+    join_timeout_s: float = 2.0           #: bound on joining the nets thread
+    labeler: LabelerConfig = field(default_factory=LabelerConfig)         #: the nets worker's settings
+    counts_interval_s: float = 0.5        #: class amounts recounted at most this often
+    completion_interval_s: float = 1.0    #: the completion overlay re-meshed at most this often
+
+
+class NetsHookup:
+    """Thread: created on the GUI thread; attach/detach/set_enabled and the display queries run on the
+    fusion thread. `store` (thread-safe) is read by the GUI thread for picking and corrections."""
+
+    def __init__(self, config: NetsConfig = NetsConfig()):
+        self.config = config
+        self._lock = threading.Lock()
+        self._store = LabelStore(config.grid, config.store)
+        self._completion = CompletionStore(config.grid)
+        self.enabled = config.enabled
+        self.message = "nets off" if not config.enabled else ""
+        self._model, self._untrained = None, False
+        self._loader: threading.Thread | None = None
+        self._labeler = None
+        self._pipeline = None
+        self._seen_version = 0
+        self._completion_version, self._completion_at = 0, 0.0
+        self._counts_at, self._counts_version = 0.0, -1
+
+    @property
+    def store(self) -> LabelStore:
+        """The current scan's label store (replaced on reset and session load)."""
+        with self._lock:
+            return self._store
+
+    # --- lifecycle (fusion thread) ------------------------------------------------------------
+    def attach(self, pipeline, extras: dict | None = None) -> None:
+        """A new scan: fresh stores (or the session's), and the labeler when enabled."""
+        self.detach()
+        store, completion = LabelStore(self.config.grid, self.config.store), CompletionStore(self.config.grid)
+        try:
+            if extras and has_label_arrays(extras):
+                store = LabelStore.from_arrays(extras, self.config.grid, self.config.store)
+            if extras and any(k.startswith(COMPLETION_PREFIX) for k in extras):
+                completion = CompletionStore.from_arrays(extras, self.config.grid)
+        except ValueError as exc:
+            log.warning("session labels not restored: %s", exc)
+        with self._lock:
+            self._store, self._completion = store, completion
+        self._seen_version, self._counts_version = -1, -1
+        self._completion_version = 0 if completion.version == 0 else -1
+        self._pipeline = pipeline
+        if self.enabled:
+            self._start_labeler()
+
+    def detach(self) -> None:
+        """Stop and join the nets thread (bounded)."""
+        labeler, self._labeler = self._labeler, None
+        if labeler is not None:
+            labeler.stop()
+            if not labeler.join(self.config.join_timeout_s):
+                log.warning("nets thread did not end within %.1f s", self.config.join_timeout_s)
+
+    def close(self) -> None:
+        """Detach and join the model loader (bounded); the hookup is not used afterwards."""
+        self.detach()
+        self._pipeline = None
+        loader = self._loader
+        if loader is not None and loader.ident is not None:
+            loader.join(self.config.join_timeout_s)
+
+    def set_enabled(self, on: bool, pipeline) -> None:
+        self.enabled = bool(on)
+        if not on:
+            self.detach()
+            self.message = "nets off"
+        else:
+            self._pipeline = pipeline if pipeline is not None else self._pipeline
+            self._start_labeler()
+
+    def _start_labeler(self) -> None:
+        """Start the labeler once the model is loaded (loading runs on its own thread the first time)."""
+        if not self.enabled or self._labeler is not None or self._pipeline is None:
+            return
+        if self._model is None:
+            if self._loader is None:
+                self.message = "nets: loading the model…"
+                self._loader = threading.Thread(target=self._load_model, name="nets-load", daemon=True)
+                self._loader.start()
+            return
+        self._labeler = IncrementalLabeler(self._pipeline, self._model, self.store, self._completion,
+                                           self.config.labeler)
+        self._labeler.start()
+        self.message = "nets on" + (" (untrained model)" if self._untrained else "")
+
+    def _load_model(self) -> None:
+        """Thread "nets-load": import torch, load the weights (or the untrained model in tests)."""
+        try:
+            from nets.infer import ChunkModel
+
+            try:
+                model = ChunkModel.load()
+            except UserError as exc:
+                if not self.config.untrained:
+                    self.message = "nets off: no trained weights shipped yet (scanning and manual labels work)"
+                    log.warning("labeling nets off: %s", exc)
+                    return
+                self._untrained, model = True, ChunkModel.untrained()
+        except Exception as exc:  # torch missing or broken: the app goes on without nets
+            self.message = f"nets off: cannot load the model ({type(exc).__name__}: {exc})"
+            log.exception("loading the nets failed")
+            return
+        g, mine = model.grid, self.config.grid
+        if (g.voxel_size_m, g.chunk_voxels) != (mine.voxel_size_m, mine.chunk_voxels):
+            self.message = f"nets off: the weights use a {g.voxel_size_m} m grid, the app {mine.voxel_size_m} m"
+            log.warning("%s", self.message)
+            return
+        self._model = model
+
+    # --- display queries (fusion thread) ------------------------------------------------------
+    def labels_at(self, positions_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if len(positions_m) == 0:
+            return np.zeros(0, np.uint16), np.zeros(0, np.float32)
+        return self.store.labels_at(positions_m)
+
+    def changed_boxes(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(lo_m, hi_m) boxes of the nets chunks whose labels changed since the last call."""
+        version, keys = self.store.changed_since(self._seen_version)
+        self._seen_version = version
+        size = self.config.grid.chunk_size_m
+        return [(np.asarray(k, float) * size, (np.asarray(k, float) + 1) * size) for k in keys]
+
+    def drain(self, timeout_s: float = 30.0) -> int:
+        """Label every pending chunk now (fusion thread only: it serves the labeler's snapshots);
+        returns the chunks inferred, 0 when the nets are off."""
+        return 0 if self._labeler is None else self._labeler.drain(timeout_s)
+
+    def label_changes_pending(self) -> bool:
+        """Labels changed since the display last took them (any thread; for tests and scripts)."""
+        return self.store.version != self._seen_version
+
+    def _due(self, version: int, seen: int, at_s: float, interval_s: float) -> bool:
+        return version != seen and time.monotonic() - at_s >= interval_s
+
+    def poll(self) -> None:
+        """Start the labeler once its model has loaded (fusion thread, every loop iteration; cheap)."""
+        if self.enabled and self._labeler is None and self._model is not None and self._pipeline is not None:
+            self._start_labeler()
+
+    def has_news(self) -> bool:
+        """Whether class amounts or the completion are due to be handed out again."""
+        c = self.config
+        return (self._due(self.store.version, self._counts_version, self._counts_at, c.counts_interval_s)
+                or self._due(self._completion.version, self._completion_version, self._completion_at,
+                             c.completion_interval_s))
+
+    def class_counts(self) -> dict | None:
+        """{NYU40 id: cells} when they changed (at most every counts_interval_s), else None."""
+        store = self.store
+        version = store.version
+        if not self._due(version, self._counts_version, self._counts_at, self.config.counts_interval_s):
+            return None
+        self._counts_version, self._counts_at = version, time.monotonic()
+        return store.class_counts()
+
+    def completion_display(self) -> MeshDisplay | None:
+        """The completed geometry when it changed (at most every completion_interval_s), else None."""
+        comp = self._completion
+        version = comp.version
+        if not self._due(version, self._completion_version, self._completion_at, self.config.completion_interval_s):
+            return None
+        self._completion_version, self._completion_at = version, time.monotonic()
+        done = comp.mesh()
+        m = done.mesh
+        return pack_mesh(m.positions_m, m.colors, m.normals, m.faces, done.labels, np.ones(len(done.labels)))
+
+    def status(self) -> dict:
+        """enabled, message and whatever the labeler's stats() reports (queue, latency)."""
+        loading = self._loader is not None and self._loader.is_alive()
+        out = {"enabled": self._labeler is not None, "loading": loading, "message": self.message}
+        if self._labeler is not None:
+            try:
+                out |= dict(self._labeler.stats())
+            except Exception:  # stats are informative only
+                log.exception("labeler stats failed")
+        return out
+
+    def session_extras(self) -> dict:
+        """Arrays to save with a session: the label store (corrections included) and the completion."""
+        return self.store.to_arrays() | self._completion.to_arrays()

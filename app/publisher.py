@@ -1,0 +1,68 @@
+"""Owns how the fusion worker turns its state into a display snapshot: changed mesh chunks packed for
+the viewport with their labels, the chunks whose labels changed, thumbnails and the camera path.
+Runs on the fusion thread (it reads the pipeline's mesher)."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from app.snapshots import DisplaySnapshot, MeshDisplay, pack_mesh
+from app.thumbnails import depth_colormap, downsample
+from fusion.meshing import unpack_keys
+
+
+def seam_vertices(vertex_keys: np.ndarray, chunk_key: tuple, chunk_voxels: int) -> np.ndarray:
+    """Vertices a chunk's mesh shares with its neighbours: surface-nets cells (the vertex keys are
+    global cell indices) one voxel below either face of the chunk, which both chunks mesh."""
+    cells = unpack_keys(np.asarray(vertex_keys, np.int64))
+    start = np.asarray(chunk_key, np.int64) * chunk_voxels
+    return np.any((cells == start - 1) | (cells == start + chunk_voxels - 1), axis=1)
+
+
+def chunk_display(pipeline, nets, key: tuple, lod_cell_voxels: float) -> MeshDisplay:
+    """One mesh chunk with the label store's labels, plus its simplified surface (seams kept)."""
+    mesh = pipeline.mesher.chunk_mesh(key)
+    labels, conf = nets.labels_at(mesh.positions_m)
+    cfg = pipeline.config
+    keep = seam_vertices(mesh.vertex_keys, key, cfg.mesh.chunk_blocks * cfg.volume.block_resolution)
+    return pack_mesh(mesh.positions_m, mesh.colors, mesh.normals, mesh.faces, labels, conf,
+                     lod_cell_voxels * cfg.volume.voxel_size_m, keep)
+
+
+def label_dirty_chunks(pipeline, boxes: list) -> set:
+    """Mesh chunks of `pipeline` overlapping any (lo_m, hi_m) box whose labels changed."""
+    if not boxes or pipeline is None or not pipeline.mesher.chunks:
+        return set()
+    cfg = pipeline.config
+    chunk_m = cfg.mesh.chunk_blocks * cfg.volume.block_size_m
+    keys = np.array(list(pipeline.mesher.chunks), np.int64).reshape(-1, 3)
+    lo, hi = keys * chunk_m, (keys + 1) * chunk_m
+    hit = np.zeros(len(keys), bool)
+    for b_lo, b_hi in boxes:
+        hit |= np.all((lo < b_hi) & (hi > b_lo), axis=1)
+    return set(map(tuple, keys[hit].tolist()))
+
+
+def thumbnails(frame, width_px: int, depth_max_m: float) -> tuple[np.ndarray, np.ndarray]:
+    depth = downsample(frame.depth_m, width_px)
+    return downsample(frame.color, width_px), depth_colormap(depth, depth_max_m)
+
+
+def build_snapshot(worker, label_keys: set) -> DisplaySnapshot:
+    """Everything that changed since the last snapshot (takes the pipeline's dirty mesh chunks)."""
+    cfg, p, nets = worker.config, worker.pipeline, worker.nets
+    chunks = {}
+    if p is not None:
+        for key in p.dirty.take("mesh") | label_keys:
+            chunks[key] = chunk_display(p, nets, key, cfg.lod_cell_voxels)
+    frame, poses = worker.last_frame, worker.poses
+    thumbs = (None, None) if frame is None else thumbnails(frame, cfg.thumb_width_px,
+                                                           worker.pipeline_config.volume.depth_max_m)
+    return DisplaySnapshot(
+        seq=worker.frames_read, status=worker.status(), chunks=chunks, reset=worker.reset_pending,
+        completion=nets.completion_display(), T_world_cam=poses[-1] if poses else None, up=worker.up,
+        trajectory_m=worker.positions_m(),
+        intrinsics=None if frame is None else dataclasses.astuple(frame.intrinsics),
+        color_thumb=thumbs[0], depth_thumb=thumbs[1], class_counts=nets.class_counts(),
+        events=tuple(worker.events))

@@ -1,0 +1,225 @@
+"""Owns the side panel: source choice (RealSense devices, file, folder, demo), scan controls, scan
+settings, view options, live thumbnails, label-correction tools and the class legend.
+
+It only emits intents (signals) and shows what it is given; the main window wires it to the workers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from PyQt6.QtCore import Qt, pyqtSignal
+from PyQt6.QtGui import QImage, QPixmap
+from PyQt6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+                             QPushButton, QScrollArea, QVBoxLayout, QWidget)
+
+from app.legend import Legend, LegendConfig
+from app.viewport import COLOR_MODES
+
+DEMO_SOURCE = "synthetic:0"
+MODE_NAMES = {"rgb": "RGB", "labels": "Labels", "confidence": "Label confidence", "completion": "Completion overlay"}
+
+
+@dataclass(frozen=True)
+class PanelConfig:
+    """Ranges and sizes of the panel's controls."""
+
+    voxel_cm: tuple = (0.4, 10.0)        #: voxel size range (cm)
+    depth_m: tuple = (0.1, 10.0)         #: depth range limits (m)
+    brush_cm: tuple = (2.0, 100.0)       #: brush radius range (cm)
+    thumb_width_px: int = 160            #: thumbnail width
+    panel_width_px: int = 330            #: panel width
+    legend: LegendConfig = field(default_factory=LegendConfig)
+
+
+def _spin(lo: float, hi: float, value: float, step: float, suffix: str, decimals: int = 2) -> QDoubleSpinBox:
+    s = QDoubleSpinBox()
+    s.setRange(lo, hi)
+    s.setDecimals(decimals)
+    s.setSingleStep(step)
+    s.setValue(value)
+    s.setSuffix(suffix)
+    return s
+
+
+def to_pixmap(rgb: np.ndarray) -> QPixmap:
+    """(h,w,3) uint8 -> QPixmap (copied)."""
+    a = np.ascontiguousarray(rgb, np.uint8)
+    img = QImage(a.data, a.shape[1], a.shape[0], 3 * a.shape[1], QImage.Format.Format_RGB888)
+    return QPixmap.fromImage(img.copy())
+
+
+class SidePanel(QScrollArea):
+    """Controls and readouts. Thread: GUI thread."""
+
+    open_file = pyqtSignal()
+    open_folder = pyqtSignal()
+    refresh_devices = pyqtSignal()
+    start = pyqtSignal()
+    pause = pyqtSignal(bool)          #: True: pause, False: resume
+    stop = pyqtSignal()
+    reset = pyqtSignal()
+    record = pyqtSignal(bool)
+    settings_changed = pyqtSignal()   #: voxel size or depth range edited
+    nets_toggled = pyqtSignal(bool)
+    mode_changed = pyqtSignal(str)
+    fit = pyqtSignal()
+
+    def __init__(self, config: PanelConfig = PanelConfig(), parent=None):
+        super().__init__(parent)
+        self.config = config
+        body = QWidget()
+        lay = QVBoxLayout(body)
+        for group in (self._source_group(), self._scan_group(), self._view_group(), self._frames_group(),
+                      self._correct_group()):
+            lay.addWidget(group)
+        self.legend = Legend(config.legend)
+        lay.addWidget(self.legend, 1)
+        self.setWidget(body)
+        self.setWidgetResizable(True)
+        self.setMinimumWidth(config.panel_width_px)
+
+    # --- groups -------------------------------------------------------------------------------
+    def _source_group(self) -> QGroupBox:
+        g = QGroupBox("Source")
+        lay = QVBoxLayout(g)
+        self.source_box = QComboBox()
+        self.source_box.setMinimumContentsLength(18)
+        lay.addWidget(self.source_box)
+        row = QHBoxLayout()
+        for text, sig in (("File…", self.open_file), ("Folder…", self.open_folder), ("Cameras", self.refresh_devices)):
+            b = QPushButton(text)
+            b.clicked.connect(sig)
+            row.addWidget(b)
+        lay.addLayout(row)
+        self.set_sources([], [])
+        return g
+
+    def _scan_group(self) -> QGroupBox:
+        g = QGroupBox("Scan")
+        lay = QVBoxLayout(g)
+        row = QHBoxLayout()
+        self.start_btn, self.pause_btn = QPushButton("Start"), QPushButton("Pause")
+        self.stop_btn, self.reset_btn = QPushButton("Stop"), QPushButton("Reset")
+        self.record_btn = QPushButton("Record")
+        for b in (self.pause_btn, self.record_btn):
+            b.setCheckable(True)
+        self.start_btn.clicked.connect(self.start)
+        self.pause_btn.toggled.connect(self.pause)
+        self.stop_btn.clicked.connect(self.stop)
+        self.reset_btn.clicked.connect(self.reset)
+        self.record_btn.toggled.connect(self.record)
+        for b in (self.start_btn, self.pause_btn, self.stop_btn, self.reset_btn, self.record_btn):
+            row.addWidget(b)
+        lay.addLayout(row)
+        form = QFormLayout()
+        c = self.config
+        self.voxel_spin = _spin(*c.voxel_cm, 1.0, 0.1, " cm", 1)
+        self.depth_min_spin = _spin(*c.depth_m, 0.15, 0.05, " m")
+        self.depth_max_spin = _spin(*c.depth_m, 4.0, 0.25, " m")
+        for s in (self.voxel_spin, self.depth_min_spin, self.depth_max_spin):
+            s.valueChanged.connect(lambda _v: self.settings_changed.emit())
+        form.addRow("Voxel size", self.voxel_spin)
+        form.addRow("Depth from", self.depth_min_spin)
+        form.addRow("Depth to", self.depth_max_spin)
+        self.nets_check = QCheckBox("Labeling nets")
+        self.nets_check.setChecked(True)
+        self.nets_check.toggled.connect(self.nets_toggled)
+        form.addRow(self.nets_check)
+        lay.addLayout(form)
+        return g
+
+    def _view_group(self) -> QGroupBox:
+        g = QGroupBox("View")
+        lay = QFormLayout(g)
+        self.mode_box = QComboBox()
+        for m in COLOR_MODES:
+            self.mode_box.addItem(MODE_NAMES[m], m)
+        self.mode_box.currentIndexChanged.connect(lambda _i: self.mode_changed.emit(self.mode_box.currentData()))
+        lay.addRow("Colour", self.mode_box)
+        row = QHBoxLayout()
+        self.lighting_check, self.follow_check = QCheckBox("Lighting"), QCheckBox("Follow camera")
+        self.lighting_check.setChecked(True)
+        fit = QPushButton("Fit")
+        fit.clicked.connect(self.fit)
+        for w in (self.lighting_check, self.follow_check, fit):
+            row.addWidget(w)
+        lay.addRow(row)
+        return g
+
+    def _frames_group(self) -> QGroupBox:
+        g = QGroupBox("Camera")
+        row = QHBoxLayout(g)
+        self.color_thumb, self.depth_thumb = QLabel("colour"), QLabel("depth")
+        for lab in (self.color_thumb, self.depth_thumb):
+            lab.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            lab.setMinimumHeight(self.config.thumb_width_px * 3 // 4 // 2)
+            row.addWidget(lab)
+        return g
+
+    def _correct_group(self) -> QGroupBox:
+        g = QGroupBox("Correct labels")
+        lay = QFormLayout(g)
+        row = QHBoxLayout()
+        self.correct_btn = QPushButton("Pick on surface")
+        self.correct_btn.setCheckable(True)
+        self.tool_box = QComboBox()
+        self.tool_box.addItem("Connected region", "region")
+        self.tool_box.addItem("Brush", "brush")
+        row.addWidget(self.correct_btn)
+        row.addWidget(self.tool_box)
+        lay.addRow(row)
+        self.brush_spin = _spin(*self.config.brush_cm, 15.0, 1.0, " cm", 0)
+        lay.addRow("Brush radius", self.brush_spin)
+        self.undo_row = QHBoxLayout()
+        lay.addRow(self.undo_row)
+        lay.addRow(QLabel("Pick a class below, then click the surface."))
+        return g
+
+    # --- readouts -----------------------------------------------------------------------------
+    def set_sources(self, devices: list, recent: list[str], current: str | None = None) -> None:
+        """devices: [(label, spec)]; recent: specs opened before."""
+        current = current or self.source_spec()
+        self.source_box.blockSignals(True)
+        self.source_box.clear()
+        self.source_box.addItem("Demo scene (synthetic room)", DEMO_SOURCE)
+        for label, spec in devices:
+            self.source_box.addItem(label, spec)
+        if not devices:
+            self.source_box.addItem("No RealSense camera found", None)
+            self.source_box.model().item(self.source_box.count() - 1).setEnabled(False)
+        for spec in recent:
+            if self.source_box.findData(spec) < 0:
+                self.source_box.addItem(spec, spec)
+        self.source_box.blockSignals(False)
+        if current:
+            self.select_source(current)
+
+    def select_source(self, spec: str) -> None:
+        i = self.source_box.findData(spec)
+        if i < 0:
+            self.source_box.addItem(spec, spec)
+            i = self.source_box.count() - 1
+        self.source_box.setCurrentIndex(i)
+
+    def source_spec(self) -> str | None:
+        if not hasattr(self, "source_box"):
+            return None
+        return self.source_box.currentData()
+
+    def set_thumbnails(self, color: np.ndarray | None, depth: np.ndarray | None) -> None:
+        for lab, img in ((self.color_thumb, color), (self.depth_thumb, depth)):
+            if img is not None:
+                lab.setPixmap(to_pixmap(img))
+
+    def set_state(self, state: str, can_record: bool, recording: bool) -> None:
+        """Enable the buttons that make sense in the worker's state."""
+        active = state in ("running", "paused")
+        self.pause_btn.setEnabled(active)
+        self.stop_btn.setEnabled(active)
+        self.record_btn.setEnabled(can_record)
+        for b, on in ((self.pause_btn, state == "paused"), (self.record_btn, recording)):
+            b.blockSignals(True)
+            b.setChecked(on)
+            b.blockSignals(False)
+        self.pause_btn.setText("Resume" if state == "paused" else "Pause")

@@ -1,0 +1,163 @@
+"""Owns what workers hand the GUI: immutable display snapshots, the packed vertex layout, and the
+newest-only display outbox that merges pending chunk updates.
+
+Snapshots are frozen dataclasses of arrays made on the fusion thread; the GUI thread only reads them.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from fusion.classes import palette_lut
+
+#: interleaved vertex layout the viewport uploads as is (32 bytes a vertex): position and normal
+#: float32, observed colour RGBA8, label colour RGB8 with the label confidence in its alpha byte
+VERTEX_DTYPE = np.dtype([("pos", np.float32, 3), ("nrm", np.float32, 3), ("rgb", np.uint8, 4),
+                         ("lab", np.uint8, 4)])
+_LUT = palette_lut()
+
+
+@dataclass(frozen=True)
+class MeshDisplay:
+    """One display mesh (a fusion chunk, or the completed geometry): packed vertices, uint32 indices."""
+
+    vertices: np.ndarray      #: (N,) VERTEX_DTYPE
+    indices: np.ndarray       #: (3M,) uint32
+    lo_m: np.ndarray          #: (3,) bounding box min (zeros when empty)
+    hi_m: np.ndarray          #: (3,) bounding box max
+    coarse_indices: np.ndarray | None = None  #: (3K,) uint32 into the same vertices: a simplified surface
+
+    @property
+    def empty(self) -> bool:
+        return len(self.indices) == 0
+
+
+def _pack_rows(a: np.ndarray) -> np.ndarray:
+    k = np.asarray(a, np.int64) + (1 << 20)
+    return (k[:, 0] << 42) | (k[:, 1] << 21) | k[:, 2]
+
+
+def cluster_faces(positions_m: np.ndarray, faces: np.ndarray, cell_m: float, keep=None) -> np.ndarray:
+    """Faces of a vertex-clustered copy of the mesh (cells of cell_m): every vertex is replaced by the
+    first vertex of its cell, collapsed and repeated faces are dropped; indices stay valid for the mesh.
+    Vertices where `keep` (bool per vertex) is set stay as they are: the seams a mesh shares with
+    neighbouring meshes simplified on their own stay closed."""
+    if len(faces) == 0:
+        return np.zeros((0, 3), np.uint32)
+    keys = _pack_rows(np.floor(positions_m / cell_m))
+    if keep is not None:
+        keys[keep] = -1 - np.nonzero(keep)[0]  # a cell of their own (packed keys are never negative)
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    f = first[inverse][faces]
+    f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])]
+    if len(f) == 0:
+        return np.zeros((0, 3), np.uint32)
+    _, kept = np.unique(_pack_rows(np.sort(f, axis=1)), return_index=True)
+    return f[np.sort(kept)].astype(np.uint32)
+
+
+def pack_mesh(positions_m, colors, normals, faces, labels=None, confidence=None,
+              lod_cell_m: float | None = None, keep=None) -> MeshDisplay:
+    """Pack a mesh with optional per-vertex NYU40 labels and confidences (0..1) for the viewport;
+    with lod_cell_m also a simplified surface (vertex clustering, see cluster_faces) for far or
+    crowded views."""
+    n = len(positions_m)
+    v = np.empty(n, VERTEX_DTYPE)
+    v["pos"], v["nrm"] = positions_m, normals
+    v["rgb"][:, :3], v["rgb"][:, 3] = colors, 255
+    lab = np.zeros(n, np.int64) if labels is None else np.asarray(labels, np.int64)
+    v["lab"][:, :3] = _LUT[np.clip(lab, 0, len(_LUT) - 1)] * (lab < len(_LUT))[:, None]
+    conf = np.zeros(n, np.float32) if confidence is None else np.asarray(confidence, np.float32)
+    v["lab"][:, 3] = np.clip(np.round(conf * 255), 0, 255).astype(np.uint8)
+    pos = np.asarray(positions_m, np.float32)
+    lo, hi = (pos.min(0), pos.max(0)) if n else (np.zeros(3, np.float32), np.zeros(3, np.float32))
+    coarse = None if lod_cell_m is None else cluster_faces(pos, np.asarray(faces), lod_cell_m, keep).ravel()
+    return MeshDisplay(v, np.ascontiguousarray(faces, np.uint32).ravel(), lo, hi, coarse)
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something to tell the user: level is "info", "warning" or "error"; hint says what to do."""
+
+    level: str
+    text: str
+    hint: str = ""
+
+
+@dataclass(frozen=True)
+class FusionStatus:
+    """Numbers for the status bar and panels (made on the fusion thread)."""
+
+    state: str = "idle"                 #: idle | running | paused | finished
+    source: str = ""                    #: what is being fused, for the title
+    frames: int = 0                     #: frames read from the source in this scan
+    frames_integrated: int = 0
+    frames_dropped: int = 0             #: not integrated + dropped by the capture loop
+    fps: float = 0.0                    #: fusion frames/s (recent window)
+    tracking: str = "ok"                #: ok | lost | recovering
+    n_blocks: int = 0
+    volume_mb: float = 0.0
+    process_mb: float = 0.0             #: resident memory of the whole process
+    timings_ms: dict = field(default_factory=dict)
+    recording: str = ""                 #: file being recorded to ("" when not recording)
+    can_record: bool = False
+    nets: dict = field(default_factory=dict)   #: NetsStatus fields (see app.nets_hookup)
+
+
+@dataclass(frozen=True)
+class DisplaySnapshot:
+    """Everything the GUI needs to redraw after some frames; chunk entries are changes since the last."""
+
+    seq: int
+    status: FusionStatus
+    chunks: dict = field(default_factory=dict)     #: mesh chunk key -> MeshDisplay (empty: remove it)
+    reset: bool = False                            #: drop all chunks before applying `chunks`
+    completion: MeshDisplay | None = None          #: None: unchanged
+    T_world_cam: np.ndarray | None = None          #: latest integrated pose
+    up: np.ndarray | None = None                   #: world up as the first camera saw it
+    trajectory_m: np.ndarray | None = None         #: (T,3) camera positions
+    intrinsics: tuple | None = None                #: (fx, fy, cx, cy, width, height) of the live camera
+    color_thumb: np.ndarray | None = None          #: (h,w,3) uint8
+    depth_thumb: np.ndarray | None = None          #: (h,w,3) uint8, colour-mapped depth
+    class_counts: dict | None = None               #: NYU40 id -> amount (label-store cells); None: unchanged
+    events: tuple = ()
+
+
+def merge(old: DisplaySnapshot, new: DisplaySnapshot) -> DisplaySnapshot:
+    """One snapshot with the effect of `old` then `new` (newer fields win, chunk changes accumulate)."""
+    chunks = dict(new.chunks) if new.reset else {**old.chunks, **new.chunks}
+    keep = lambda name: getattr(new, name) if getattr(new, name) is not None else getattr(old, name)  # noqa: E731
+    return replace(new, chunks=chunks, reset=old.reset or new.reset,
+                   completion=new.completion if new.reset else keep("completion"),
+                   class_counts=keep("class_counts"), color_thumb=keep("color_thumb"),
+                   depth_thumb=keep("depth_thumb"), events=old.events + new.events)
+
+
+class DisplayOutbox:
+    """Newest-only mailbox from the fusion thread to the GUI: a pending snapshot is merged, never queued.
+
+    Any thread may `put`; the GUI thread calls `take`. `put` returns True when the box was empty, so
+    the producer signals the GUI once per batch instead of once per frame.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._item: DisplaySnapshot | None = None
+
+    def put(self, snap: DisplaySnapshot) -> bool:
+        with self._lock:
+            was_empty = self._item is None
+            self._item = snap if was_empty else merge(self._item, snap)
+        return was_empty
+
+    def take(self) -> DisplaySnapshot | None:
+        with self._lock:
+            item, self._item = self._item, None
+        return item
+
+    @property
+    def empty(self) -> bool:
+        with self._lock:
+            return self._item is None

@@ -1,0 +1,62 @@
+"""Owns the status bar: fusion frames/s, dropped frames, tracking state, blocks and memory, nets queue and
+label latency, and the viewport's paint time."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PyQt6.QtCore import Qt
+from PyQt6.QtWidgets import QLabel, QStatusBar
+
+from app.snapshots import FusionStatus
+
+TRACKING_COLORS = {"ok": "#3c9a3c", "recovering": "#d08a00", "lost": "#d03030"}
+
+
+@dataclass(frozen=True)
+class StatusBarConfig:
+    """How long transient messages stay."""
+
+    message_ms: int = 6000      #: info messages
+    warning_ms: int = 15000     #: warnings and errors
+    nets_width_px: int = 330    #: the nets readout is cut to this width (the whole text is its tooltip)
+
+
+def _fmt_s(value) -> str:
+    return "–" if value is None else f"{value:.2f} s"
+
+
+def nets_text(nets: dict) -> str:
+    """'nets: queue 3 · latency p50 0.41 s p95 1.20 s' or the reason the nets are off."""
+    if not nets.get("enabled"):
+        return nets.get("message") or "nets off"
+    queue = nets.get("queue", nets.get("queue_length", "–"))
+    return (f"nets: queue {queue} · latency p50 {_fmt_s(nets.get('latency_p50_s'))}"
+            f" p95 {_fmt_s(nets.get('latency_p95_s'))}")
+
+
+class StatusBar(QStatusBar):
+    """Permanent readouts plus transient messages. Thread: GUI thread."""
+
+    def __init__(self, config: StatusBarConfig = StatusBarConfig(), parent=None):
+        super().__init__(parent)
+        self.config = config
+        self.labels = {name: QLabel() for name in ("fusion", "dropped", "tracking", "memory", "nets", "ui")}
+        self.labels["nets"].setMaximumWidth(config.nets_width_px)
+        for lab in self.labels.values():
+            self.addPermanentWidget(lab)
+        self.show_status(FusionStatus(), {})
+
+    def show_status(self, s: FusionStatus, paint: dict) -> None:
+        L = self.labels
+        L["fusion"].setText(f"{s.state} · {s.fps:.1f} fps · {s.frames} frames")
+        L["dropped"].setText(f"{s.frames_dropped} dropped")
+        L["tracking"].setText(f"tracking {s.tracking}")
+        L["tracking"].setStyleSheet(f"color: {TRACKING_COLORS.get(s.tracking, '#888')}; font-weight: bold")
+        L["memory"].setText(f"{s.n_blocks} blocks · {s.volume_mb:.0f} MB volume · {s.process_mb:.0f} MB in all")
+        text = nets_text(s.nets)
+        L["nets"].setText(L["nets"].fontMetrics().elidedText(text, Qt.TextElideMode.ElideRight, self.config.nets_width_px))
+        L["nets"].setToolTip(text)
+        L["ui"].setText(f"UI {paint['p50']:.0f} ms (p95 {paint['p95']:.0f})" if paint else "UI –")
+
+    def message(self, level: str, text: str) -> None:
+        self.showMessage(text, self.config.message_ms if level == "info" else self.config.warning_ms)
