@@ -6,7 +6,7 @@
 Data: `nets.data` samples (written first with `--make-data` if the folder is empty). A fixed
 validation split (`--val`, seeds never trained on) is scored every `val_every` steps. Checkpoints are
 written atomically every `checkpoint_every` steps and at the end; `--resume` continues from the last
-one. Deterministic given `--seed` (one process, same thread count).
+one. The finished net is also written as `OUT/weights.pt` in the shipped format (`nets.infer`). Deterministic given `--seed` (one process, same thread count).
 """
 from __future__ import annotations
 
@@ -24,8 +24,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fusion.atomic import atomic_path
+from fusion.coarse import CoarseGridConfig
 from nets.batch import BatchTargets, make_batch
 from nets.data import Sample, build_dataset
+from nets.infer import save_weights
 from nets.metrics import evaluate_samples
 from nets.model import EMPTY, ModelConfig, SemanticCompletionNet
 
@@ -172,8 +174,10 @@ def train(train_samples: list[Sample], val_samples: list[Sample], out_dir: Path,
                      metrics["completion_iou"])
     bar.close()
     if dist.rank == 0 and step == cfg.steps:
-        save_checkpoint(out_dir / "model.pt", net, opt, step, cfg,
-                        {"val": metrics, "train_s": time.monotonic() - t_start})
+        meta = {"val": metrics, "train_s": time.monotonic() - t_start, "steps": step,
+                "train_samples": len(train_samples), "val_samples": len(val_samples)}
+        save_checkpoint(out_dir / "model.pt", net, opt, step, cfg, meta)
+        save_weights(out_dir / "weights.pt", net, CoarseGridConfig(), meta)
     dist.close()
     return metrics
 
