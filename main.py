@@ -20,7 +20,8 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--voxel-size", type=float, default=0.01, help="voxel edge in metres (default 0.01)")
     r.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
     r.add_argument("--poses", choices=("track", "gt"), default="track")
-    r.add_argument("--labels", choices=("none", "incremental", "final"), default="none")
+    r.add_argument("--labels", choices=("none", "incremental", "final"), default=None,
+                   help="labeling nets: incremental (default when trained weights are shipped), final or none")
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     s = sub.add_parser("synth", help="write a synthetic labeled RGB-D sequence")
@@ -28,7 +29,7 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--frames", type=int, default=300)
     g = sub.add_parser("gui", help="open the desktop app")
-    g.add_argument("--source", default="synthetic:0")
+    g.add_argument("--source", default=None, help="SRC as for reconstruct (default: the last one used, else the demo)")
     g.add_argument("--autostart", action="store_true")
     g.add_argument("--exit-after-frames", type=int, default=None)
     g.add_argument("--screenshot", type=Path, default=None)
@@ -41,6 +42,34 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _label_hook(mode: str | None, device: str):
+    """(mode, hook factory or None) for --labels; the default is incremental when weights are shipped."""
+    from fusion.errors import UserError
+
+    if mode == "none":
+        return mode, None
+    try:
+        import torch
+        from nets.infer import DEFAULT_WEIGHTS, ChunkModel
+    except ImportError as exc:  # a build without the nets' dependencies
+        if mode is not None:
+            raise UserError(f"--labels {mode}: the labeling nets cannot be loaded ({exc})") from None
+        log.info("labels: none (the labeling nets cannot be loaded: %s)", exc)
+        return "none", None
+    if mode is None:
+        mode = "incremental" if Path(DEFAULT_WEIGHTS).is_file() else "none"
+        if mode == "none":
+            log.info("labels: none (no trained weights at %s)", DEFAULT_WEIGHTS)
+            return mode, None
+    from nets.reconstruct_labels import label_hook_factory
+
+    try:
+        model = ChunkModel.load(device="cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+    except UserError as exc:
+        raise UserError(f"--labels {mode}: {exc}") from None
+    return mode, label_hook_factory(mode, model)
+
+
 def _cmd_reconstruct(args) -> int:
     from fusion.errors import UserError
     from fusion.pipeline import PipelineConfig
@@ -50,8 +79,9 @@ def _cmd_reconstruct(args) -> int:
     if not 0.002 <= args.voxel_size <= 0.2:
         raise UserError(f"--voxel-size {args.voxel_size}: expected metres between 0.002 and 0.2")
     cfg = PipelineConfig(volume=VolumeConfig(voxel_size_m=args.voxel_size, device=args.device), poses=args.poses)
-    stats = reconstruct(ReconstructRequest(args.source, args.out, cfg, args.max_frames, args.labels,
-                                           progress=not args.no_progress))
+    labels, hook = _label_hook(args.labels, args.device)
+    stats = reconstruct(ReconstructRequest(args.source, args.out, cfg, args.max_frames, labels,
+                                           progress=not args.no_progress, label_hook=hook))
     ate = f", ATE {stats['ate_rmse_m'] * 1000:.1f} mm" if "ate_rmse_m" in stats else ""
     log.info("%d frames at %.1f frames/s (%d dropped)%s -> %s", stats["frames"], stats["fps"],
              stats["frames_dropped"], ate, args.out)
@@ -79,6 +109,19 @@ def _cmd_record(args) -> int:
     return 0
 
 
+def _session_labels(extras: dict, positions_m):
+    """Per-vertex NYU40 labels from the session's label store; None when it has none."""
+    from fusion.errors import UserError
+    from nets.labels import LabelStore, has_label_arrays
+
+    if not has_label_arrays(extras):
+        return None
+    try:
+        return LabelStore.from_arrays(extras).labels_at(positions_m)[0]
+    except ValueError as exc:
+        raise UserError(f"the session's labels cannot be read: {exc}") from None
+
+
 def _cmd_export(args) -> int:
     from fusion.export import LabeledMesh, check_output, export_mesh
     from fusion.session import load_session
@@ -86,14 +129,23 @@ def _cmd_export(args) -> int:
     out = check_output(args.out)  # before the (slow) load: bad --out fails fast and writes nothing
     session = load_session(args.session)
     try:
-        mesh = LabeledMesh.from_mesh(session.pipeline.final_mesh())
+        final = session.pipeline.final_mesh()
     finally:
         session.pipeline.close()
-    log.info("labels are all 0 (unlabeled): the labeling nets are not available in this build")
+    labels = _session_labels(session.extras, final.positions_m)
+    if labels is None:
+        log.info("labels are all 0 (unlabeled): the session holds no labels (reconstructed with --labels none)")
+    mesh = LabeledMesh.from_mesh(final, labels)
     written = export_mesh(out, mesh, session.timestamps_s, session.poses)
     log.info("exported %d vertices, %d faces -> %s", len(mesh.positions_m), len(mesh.faces),
              ", ".join(str(p) for p in written))
     return 0
+
+
+def _cmd_gui(args) -> int:
+    from app.cli import run_gui
+
+    return run_gui(args.source, args.autostart, args.exit_after_frames, args.screenshot)
 
 
 def _cmd_unavailable(args) -> int:
@@ -103,7 +155,7 @@ def _cmd_unavailable(args) -> int:
                     "use 'python main.py reconstruct synthetic:0 --out DIR' for the demo scene")
 
 
-COMMANDS = {"reconstruct": _cmd_reconstruct, "synth": _cmd_synth, "gui": _cmd_unavailable,
+COMMANDS = {"reconstruct": _cmd_reconstruct, "synth": _cmd_synth, "gui": _cmd_gui,
             "record": _cmd_record, "export": _cmd_export}
 
 
@@ -111,7 +163,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _build_parser().parse_args(argv)
     if args.command is None:
-        args = _build_parser().parse_args(["gui"])
+        args = _build_parser().parse_args(["gui", "--source", "synthetic:0", "--autostart"])
     from fusion.errors import UserError
 
     try:

@@ -1,16 +1,28 @@
-"""Owns the fusion loop for one frame: track (or take ground truth), integrate, re-mesh, mark dirty chunks."""
+"""Owns the fusion loop for one frame: track (or take ground truth), integrate, re-mesh, mark dirty chunks.
+
+It also serves snapshot requests (`fusion.snapshots`): another thread (the nets) asks for coarse
+regions of chunks (`request_regions`, thread-safe); the fusion thread, which owns the volume, works on
+them at the end of `process()` (within a per-frame time budget) or in `serve_requests()` (when idle
+or paused) and puts them in an outbox the other thread reads (`take_snapshots`). Every integration
+leaves an `IntegrationStamp` (frame, time, pose) for the requester to measure latency and follow the
+camera. Locks are held only to swap lists.
+"""
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from fusion.coarse import CoarseGridConfig
 from fusion.dirty import DirtyChunks, chunk_keys_of_blocks
 from fusion.errors import SourceError, UserError
 from fusion.frame import Frame
 from fusion.meshing import ChunkMesher, MeshConfig
+from fusion.snapshots import RegionSnapshot, SnapshotRequest, SnapshotServer  # noqa: F401 (SnapshotRequest re-exported)
 from fusion.tracking import Tracker, TrackerConfig, TrackState
 from fusion.volume import TsdfVolume, VolumeConfig
 
@@ -26,6 +38,11 @@ class PipelineConfig:
     nets_chunk_m: float = 1.6       #: edge of a nets chunk (the semantics/completion dirty grid)
     incremental_mesh: bool = True   #: re-mesh touched blocks after every frame
     min_valid_depth_share: float = 0.01  #: frames with a smaller share of valid depth pixels are skipped
+    snapshot_regions_per_frame: int = 1  #: region snapshots completed at the end of one process() at most
+    snapshot_budget_ms: float = 8.0      #: fusion-thread time per process() for snapshot work (a big region
+    #:     is finished over several frames)
+    snapshot_halo_lag_frames: int = 10   #: budgeted snapshots reuse halo chunks summarised this many frames back
+    stamp_history: int = 1024            #: integration stamps kept for readers on other threads
 
 
 @dataclass(frozen=True)
@@ -42,6 +59,16 @@ class FrameResult:
     n_blocks: int
 
 
+@dataclass(frozen=True)
+class IntegrationStamp:
+    """One integrated frame, for other threads (immutable)."""
+
+    count: int                   #: frames integrated so far, this one included
+    index: int                   #: the frame's index
+    time_s: float                #: time.monotonic() when its integration (and dirty marks) were done
+    T_world_cam: np.ndarray      #: the pose it was fused with
+
+
 class FusionPipeline:
     """Tracks and fuses frames into a TsdfVolume with an incremental mesh. Thread: the fusion thread."""
 
@@ -55,9 +82,23 @@ class FusionPipeline:
         self.dirty = DirtyChunks()
         self.last_timestamp_s: float | None = None
         self.frames_with_depth = 0
+        self._snap_cond = threading.Condition()  # guards the stamps (and their dirty marks)
+        self._snapshots = SnapshotServer(self.volume, config.nets_chunk_m, config.snapshot_halo_lag_frames)
+        self._stamps: deque[IntegrationStamp] = deque(maxlen=max(1, config.stamp_history))
+        self._last_stamp: IntegrationStamp | None = None
 
     def process(self, frame: Frame, T_start: np.ndarray | None = None) -> FrameResult:
-        """Fuse one frame. T_start: pose of the first fused frame when tracking (identity if None)."""
+        """Fuse one frame, then serve snapshot requests within the per-frame budget.
+
+        T_start: pose of the first fused frame when tracking (identity if None)."""
+        result = self._fuse(frame, T_start)
+        if self._snapshots.pending():
+            t0 = time.perf_counter()
+            self.serve_requests(self.config.snapshot_regions_per_frame, self.config.snapshot_budget_ms)
+            result.timings_ms["snapshot"] = (time.perf_counter() - t0) * 1e3
+        return result
+
+    def _fuse(self, frame: Frame, T_start: np.ndarray | None) -> FrameResult:
         if self.last_timestamp_s is not None and frame.timestamp_s <= self.last_timestamp_s:
             raise SourceError(f"frame {frame.index}: timestamp {frame.timestamp_s:.6f} s is not after "
                               f"the previous one ({self.last_timestamp_s:.6f} s)")
@@ -73,7 +114,7 @@ class FusionPipeline:
         t0 = time.perf_counter()
         touched = self.volume.integrate(frame, T)
         timings["integrate"] = (time.perf_counter() - t0) * 1e3
-        self._after_integrate(touched, timings)
+        self._after_integrate(frame, T, touched, timings)
         return self._result(frame, T, True, "", timings)
 
     def _pose(self, frame: Frame, T_start, timings) -> tuple[np.ndarray | None, str]:
@@ -90,10 +131,15 @@ class FusionPipeline:
         timings.update(self.tracker.last_timings_ms)
         return res.T_world_cam, res.reason
 
-    def _after_integrate(self, touched: np.ndarray, timings: dict) -> None:
+    def _after_integrate(self, frame: Frame, T: np.ndarray, touched: np.ndarray, timings: dict) -> None:
         cfg = self.config
-        self.dirty.mark(chunk_keys_of_blocks(touched, cfg.volume.block_size_m, cfg.nets_chunk_m),
-                        ("semantics", "completion"))
+        chunks = chunk_keys_of_blocks(touched, cfg.volume.block_size_m, cfg.nets_chunk_m)
+        stamp = IntegrationStamp(self.volume.frames_integrated, frame.index, time.monotonic(), T.copy())
+        self._snapshots.touch(touched)
+        with self._snap_cond:  # stamp and marks together: `take_dirty` sees both or neither
+            self._stamps.append(stamp)
+            self._last_stamp = stamp
+            self.dirty.mark(chunks, ("semantics", "completion"))
         if cfg.incremental_mesh:
             t0 = time.perf_counter()
             self.dirty.mark(self.mesher.update(touched), ("mesh",))
@@ -103,6 +149,44 @@ class FusionPipeline:
         state = TrackState.OK.value if self.config.poses == "gt" else self.tracker.state.value
         return FrameResult(frame.index, frame.timestamp_s, T, state, integrated, reason,
                            timings, self.volume.n_blocks)
+
+    # --- snapshot requests (other threads ask, the fusion thread serves) ------------------------
+    def take_dirty(self, consumers, since_count: int) -> tuple[set, list[IntegrationStamp]]:
+        """Take and clear the consumers' dirty sets together with the stamps of the frames integrated
+        after the first `since_count` (oldest first): the marks came from exactly those frames (or
+        from a session load, without stamps). Any thread."""
+        with self._snap_cond:
+            keys = set().union(*(self.dirty.take(c) for c in consumers))
+            if not self._stamps or self._stamps[-1].count <= since_count:
+                return keys, []
+            return keys, [s for s in self._stamps if s.count > since_count]
+
+    def latest_stamp(self) -> IntegrationStamp | None:
+        """The newest integration stamp (None before the first). Any thread."""
+        with self._snap_cond:
+            return self._last_stamp
+
+    def request_regions(self, groups, grid: CoarseGridConfig, tag: int = 0) -> None:
+        """Ask for one coarse region per group of chunk keys. Any thread; never waits for fusion."""
+        self._snapshots.request(groups, grid, tag)
+
+    def cancel_requests(self, tag: int | None = None) -> int:
+        """Drop pending requests and unread snapshots (all, or those of `tag`); returns how many. Any thread."""
+        return self._snapshots.cancel(tag)
+
+    def pending_requests(self) -> int:
+        return self._snapshots.pending()
+
+    def serve_requests(self, max_regions: int | None = None, budget_ms: float | None = None) -> int:
+        """Work on pending requests: complete at most `max_regions`, stop once `budget_ms` is spent
+        (None: finish them all, each one consistent state). Thread: the fusion thread only (it reads
+        the voxel buffers in place). Returns the regions completed."""
+        last = self._last_stamp
+        return self._snapshots.serve(max_regions, budget_ms, -1 if last is None else last.index)
+
+    def take_snapshots(self, timeout_s: float = 0.0) -> list[RegionSnapshot]:
+        """Completed snapshots (oldest first), waiting up to `timeout_s` for one. Any thread."""
+        return self._snapshots.take(timeout_s)
 
     def final_mesh(self):
         """The whole observed surface (meshes any blocks not yet meshed first)."""

@@ -1,6 +1,10 @@
 """Owns the headless `reconstruct` command: run a source through the pipeline, write mesh, trajectory, stats, session.
 
 Whatever was fused is written even when the source fails or the user interrupts mid-sequence.
+Labels come from a `LabelHook` the caller builds (main.py, from nets/; fusion never imports nets):
+it sees every frame on this (the fusion) thread, finishes after the last one, then labels the mesh
+vertices, gives the completion layer (`completed.ply`, always written, empty without labels), its
+statistics and the arrays the session keeps.
 """
 from __future__ import annotations
 
@@ -10,19 +14,34 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Protocol
 
 import numpy as np
 
 from fusion.atomic import write_text_atomic
 from fusion.errors import SourceError, UserError
-from fusion.pipeline import FusionPipeline, PipelineConfig
+from fusion.meshing import MeshArrays
+from fusion.pipeline import FrameResult, FusionPipeline, PipelineConfig
 from fusion.plyio import write_labeled_ply
 from fusion.session import save_session
 from fusion.sources import open_source
 from fusion.trajectory import ate_rmse_m, write_tum
 
 log = logging.getLogger(__name__)
-STAGES = ("read", "track", "track_render", "track_icp", "integrate", "mesh")
+STAGES = ("read", "track", "track_render", "track_icp", "integrate", "mesh", "snapshot")
+LABEL_MODES = ("none", "incremental", "final")
+
+
+class LabelHook(Protocol):
+    """The labeler `reconstruct` drives. Thread: the reconstruct (fusion) thread calls every method."""
+
+    def on_frame(self, result: FrameResult) -> None: ...          # after each processed frame
+    def finish(self, interrupted: bool) -> None: ...              # after the last frame (drain)
+    def vertex_labels(self, positions_m: np.ndarray) -> np.ndarray: ...  # (N,) uint16 NYU40
+    def completed_mesh(self) -> tuple[MeshArrays, np.ndarray]: ...      # mesh, (V,) uint16 labels
+    def extras(self) -> dict: ...                                  # arrays for the session
+    def stats(self) -> dict: ...                                   # goes into stats.json["label_work"]
+    def close(self) -> None: ...                                   # stop any thread it runs
 
 
 @dataclass(frozen=True)
@@ -31,8 +50,9 @@ class ReconstructRequest:
     out_dir: Path
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     max_frames: int | None = None
-    labels: str = "none"
+    labels: str = "none"            #: none | incremental | final
     progress: bool = True
+    label_hook: Callable[[FusionPipeline], LabelHook] | None = None  #: builds the labeler (labels != none)
 
 
 @dataclass
@@ -60,7 +80,7 @@ def _progress(total):
     return tqdm(total=total or None, unit="frame", desc="reconstruct", dynamic_ncols=True, leave=True)
 
 
-def _fuse(source, pipeline: FusionPipeline, show_progress: bool) -> _Run:
+def _fuse(source, pipeline: FusionPipeline, show_progress: bool, hook: LabelHook | None) -> _Run:
     run = _Run()
     bar = _progress(len(source)) if show_progress else None
     T_start = source.first_gt_pose()
@@ -76,6 +96,8 @@ def _fuse(source, pipeline: FusionPipeline, show_progress: bool) -> _Run:
             res = pipeline.process(frame, T_start=None if T_start is None else np.asarray(T_start))
             run.results.append(res)
             run.gt.append(frame.T_world_cam_gt)
+            if hook is not None:
+                hook.on_frame(res)
             if bar is not None:
                 bar.set_postfix(track=res.state, blocks=res.n_blocks, refresh=False)
                 bar.update(1)
@@ -120,6 +142,7 @@ def _stats(req: ReconstructRequest, source, pipeline: FusionPipeline, run: _Run,
         "poses": req.pipeline.poses,
         "labels": req.labels,
         "label_latency_s": None,
+        "label_work": None,
         "voxel_size_m": req.pipeline.volume.voxel_size_m,
         "blocks": pipeline.volume.n_blocks,
         "volume_memory_mb": round(pipeline.volume.memory_bytes() / 2**20, 1),
@@ -138,25 +161,59 @@ def _stats(req: ReconstructRequest, source, pipeline: FusionPipeline, run: _Run,
     return stats
 
 
-def write_outputs(req: ReconstructRequest, source, pipeline: FusionPipeline, run: _Run) -> dict:
-    """Write mesh.ply, trajectory.txt, stats.json and the session file `session` into req.out_dir (atomically)."""
+def _label_stats(hook: LabelHook | None, frames: int) -> dict:
+    """label_latency_s percentiles and label_work (with per-frame work) from the hook's statistics."""
+    if hook is None:
+        return {}
+    work = dict(hook.stats())
+    latency = work.pop("latency_s", None)
+    per_frame = {f"{k}_per_frame": round(work[k] / frames, 2) for k in ("chunks_inferred", "sites_inferred")
+                 if isinstance(work.get(k), (int, float)) and frames}
+    return {"label_latency_s": latency, "label_work": work | per_frame}
+
+
+def _write_completed(path: Path, hook: LabelHook | None) -> int:
+    mesh, labels = hook.completed_mesh() if hook is not None else (MeshArrays.empty(), np.zeros(0, np.uint16))
+    write_labeled_ply(path, mesh.positions_m, mesh.colors, labels, mesh.faces)
+    return int(len(mesh.positions_m))
+
+
+def write_outputs(req: ReconstructRequest, source, pipeline: FusionPipeline, run: _Run,
+                  hook: LabelHook | None = None) -> dict:
+    """Write mesh.ply, completed.ply, trajectory.txt, stats.json and the session file `session` into
+    req.out_dir (atomically); labels and completion come from `hook` (none: all 0, empty)."""
     mesh = pipeline.final_mesh()
-    labels = np.zeros(len(mesh.positions_m), np.uint16)
+    labels = (hook.vertex_labels(mesh.positions_m) if hook is not None
+              else np.zeros(len(mesh.positions_m), np.uint16))
     write_labeled_ply(req.out_dir / "mesh.ply", mesh.positions_m, mesh.colors, labels, mesh.faces)
+    completed_vertices = _write_completed(req.out_dir / "completed.ply", hook)
     stamps, poses = _trajectory(run)
     write_tum(req.out_dir / "trajectory.txt", stamps, poses)
-    stats = _stats(req, source, pipeline, run, mesh)
+    stats = _stats(req, source, pipeline, run, mesh) | _label_stats(hook, len(run.results))
+    stats["completed_mesh"] = {"vertices": completed_vertices}
     write_text_atomic(req.out_dir / "stats.json", json.dumps(stats, indent=2) + "\n")
     settings = {"command": "reconstruct", "source": req.source, "max_frames": req.max_frames, "labels": req.labels,
                 "completed": stats["completed"]}
-    save_session(req.out_dir / "session", pipeline, stamps, poses, stats["source"], settings)
+    extras = hook.extras() if hook is not None else None
+    save_session(req.out_dir / "session", pipeline, stamps, poses, stats["source"], settings, extras)
     return stats
+
+
+def _finish(hook: LabelHook, run: _Run) -> None:
+    """Let the labeler drain; an interrupt there skips the rest of the drain, outputs are still written."""
+    try:
+        hook.finish(run.interrupted)
+    except KeyboardInterrupt:
+        run.interrupted = True
+        hook.finish(True)
 
 
 def reconstruct(req: ReconstructRequest) -> dict:
     """Run the whole command; raises UserError (after writing partial outputs) when the source fails."""
-    if req.labels != "none":
-        raise UserError(f"--labels {req.labels}: the labeling nets are not available in this build; use --labels none")
+    if req.labels not in LABEL_MODES:
+        raise UserError(f"--labels {req.labels}: expected one of {', '.join(LABEL_MODES)}")
+    if req.labels != "none" and req.label_hook is None:
+        raise UserError(f"--labels {req.labels}: no labeling model was given; use --labels none")
     if req.max_frames is not None and req.max_frames < 1:
         raise UserError("--max-frames must be at least 1")
     source = open_source(req.source, max_frames=req.max_frames)
@@ -167,12 +224,18 @@ def reconstruct(req: ReconstructRequest) -> dict:
     except OSError as exc:
         raise UserError(f"cannot create output folder {req.out_dir}: {exc.strerror}") from None
     pipeline = FusionPipeline(req.pipeline)
+    hook = None
     try:
-        run = _fuse(source, pipeline, req.progress)
+        hook = req.label_hook(pipeline) if req.labels != "none" else None
+        run = _fuse(source, pipeline, req.progress, hook)
         if pipeline.frames_with_depth == 0 and run.error is None:
             run.error = SourceError(f"{req.source}: no frame has valid depth")
-        stats = write_outputs(req, source, pipeline, run)
+        if hook is not None:
+            _finish(hook, run)
+        stats = write_outputs(req, source, pipeline, run, hook)
     finally:
+        if hook is not None:
+            hook.close()
         pipeline.close()
         source.close()
     if run.error is not None:

@@ -59,8 +59,25 @@ def test_reconstruct_writes_mesh_trajectory_stats(kitchen_like, tmp_path):
     assert stats["ate_rmse_m"] < 0.01
     assert {"track", "track_render", "track_icp", "integrate", "mesh"} <= set(stats["timing_ms"])
     for key in ("fps", "timing_ms", "tracking_failures", "device", "versions", "label_latency_s",
-                "volume_memory_mb"):
+                "volume_memory_mb", "labels", "label_work"):
         assert key in stats
+    completed = PlyData.read(str(out / "completed.ply"))  # always written (empty without labels)
+    assert [p.name for p in completed["vertex"].properties] == names
+
+
+def test_labels_option(kitchen_like, tmp_path):
+    """--labels final runs the shipped model, or fails cleanly naming the missing weights."""
+    from nets.infer import DEFAULT_WEIGHTS
+
+    out = tmp_path / "o"
+    proc = run_cli("reconstruct", kitchen_like, "--out", out, "--voxel-size", "0.02", "--max-frames", "4",
+                   "--labels", "final", "--no-progress")
+    if not DEFAULT_WEIGHTS.is_file():
+        assert_clean_error(proc, "--labels final", "weights")
+        return
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "stats.json").read_text())["labels"] == "final"
+    assert np.mean(PlyData.read(str(out / "mesh.ply"))["vertex"]["label"] > 0) > 0.9
 
 
 def test_ground_truth_poses_and_max_frames(kitchen_like, tmp_path):
@@ -144,5 +161,4 @@ def test_option_errors(kitchen_like, tmp_path):
     assert_clean_error(run_cli("reconstruct", ds_no_poses, "--out", tmp_path / "o", "--poses", "gt"), "ground-truth")
     assert_clean_error(run_cli("reconstruct", kitchen_like, "--out", tmp_path / "o", "--voxel-size", "5"), "voxel")
     assert_clean_error(run_cli("reconstruct", "synthetic:x", "--out", tmp_path / "o"), "seed")
-    assert_clean_error(run_cli("reconstruct", kitchen_like, "--out", tmp_path / "o", "--labels", "final"), "labels")
     assert_clean_error(run_cli("reconstruct", "recording.db3", "--out", tmp_path / "o"), "recording")

@@ -1,0 +1,364 @@
+"""Owns the label store: per-cell class probabilities on the nets' grid, fused over predictions, plus user corrections.
+
+Cells are the nets' coarse cells (`fusion.coarse.CoarseGridConfig`, 5 cm). Each chunk (32^3 cells)
+keeps a dense int32 index of its cells into row arrays (probabilities, evidence weight, correction),
+so lookups are vectorised numpy. Chunks are immutable snapshots replaced on every change
+(copy-on-write): readers take the current chunk references under a short lock and compute without it.
+
+Fusion of a new prediction q (probabilities over the 20 classes) into a cell holding P with weight W:
+the old evidence is discounted (`keep_old`), the new one counts with its confidence c = max(q):
+    P <- (keep_old * W * P + c * q) / (keep_old * W + c),   W <- keep_old * W + c
+so the latest prediction, made with the most evidence, dominates the probabilities. The label shown
+is their argmax with hysteresis: a cell switches class only when the new class leads the current one
+by `switch_margin`, so near-ties that alternate between re-inferences do not flicker, while a clear
+change of evidence switches at once. `settle()` (when scanning stops: a drain) drops the hysteresis and
+shows the plain argmax, the labels a single pass over the final volume would give. A user correction
+always wins over predictions and survives re-inference; cells a re-inferred chunk no longer predicts
+are dropped unless corrected. The per-chunk cell table itself lives in `nets.cells`.
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from fusion.classes import SCANNET20
+from fusion.coarse import CoarseGridConfig
+from nets.cells import (CLASS_IDS, NO_CORRECTION, ChunkCells, build_chunk, empty_chunk, group_by_chunk,
+                        labels_differ, overlapping_chunks, pack_cells, rows_of, unpack_cells)
+
+PREFIX = "labels_"                                #: prefix of the arrays `to_arrays` returns
+_OFFSETS6 = np.array([(1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)], np.int32)
+_OFFSETS26 = np.array([(x, y, z) for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1)
+                       if (x, y, z) != (0, 0, 0)], np.int32)
+
+
+@dataclass(frozen=True)
+class LabelStoreConfig:
+    """How predictions fuse and how lookups search."""
+
+    keep_old: float = 0.05        #: share of a cell's earlier evidence kept when a new prediction arrives
+    switch_margin: float = 0.1    #: probability lead a new class needs over the shown one to replace it
+    connectivity: int = 6         #: 6 or 26: neighbours that connect cells in `connected_region`
+    history: int = 4096           #: change records kept for `changed_since` (older asks get every chunk)
+    max_brush_cells: int = 200_000  #: a brush larger than this many cells is refused
+
+
+@dataclass(frozen=True)
+class Correction:
+    """One user correction (immutable): `revert` undoes it, `apply` re-applies it (redo)."""
+
+    cells: np.ndarray        #: (K,3) int32 cells
+    label: int               #: NYU40 id the user set
+    previous: np.ndarray     #: (K,) uint16 correction each cell had before (NO_CORRECTION: none)
+
+
+class LabelStore:
+    """Fused labels of the coarse cells. Thread-safe: the nets thread fuses, the GUI thread looks up
+    and corrects; a short lock guards the chunk table, a writer lock serialises changes."""
+
+    def __init__(self, grid: CoarseGridConfig = CoarseGridConfig(), config: LabelStoreConfig = LabelStoreConfig()):
+        if config.connectivity not in (6, 26):
+            raise ValueError("connectivity must be 6 or 26")
+        self.grid = grid
+        self.config = config
+        self._lock = threading.Lock()
+        self._write_lock = threading.RLock()
+        self._chunks: dict[tuple, ChunkCells] = {}
+        self._version = 0
+        self._history: deque[tuple[int, frozenset]] = deque(maxlen=config.history)
+
+    # --- changes -------------------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        with self._lock:
+            return self._version
+
+    def _commit(self, new: dict, changed: set | None = None) -> set:
+        """Swap in new chunks (None removes one); bump the version when `changed` (default: all of
+        `new`) is not empty. Caller holds the writer lock. Returns `changed`."""
+        changed = set(new) if changed is None else changed
+        with self._lock:
+            for key, chunk in new.items():
+                if chunk is None:
+                    self._chunks.pop(key, None)
+                else:
+                    self._chunks[key] = chunk
+            if changed:
+                self._version += 1
+                self._history.append((self._version, frozenset(changed)))
+        return changed
+
+    def changed_since(self, version: int) -> tuple[int, set]:
+        """(current version, chunk keys changed after `version`); every chunk if that is too old."""
+        with self._lock:
+            if version >= self._version:
+                return self._version, set()
+            oldest = self._history[0][0] if self._history else self._version + 1
+            if version < oldest - 1:
+                keys = set(self._chunks).union(*(k for _, k in self._history))
+            else:
+                keys = set().union(*(k for v, k in self._history if v > version))
+            return self._version, keys
+
+    def fuse(self, pred) -> set:
+        """Fuse a RegionPrediction's observed sites into the cores of its chunks; returns chunk keys
+        whose labels or cells changed. Chunks of `pred.keys` with no site lose their uncorrected cells."""
+        n = self.grid.chunk_voxels
+        coords = np.asarray(pred.coords, np.int32)[np.asarray(pred.observed, bool)]
+        probs = np.asarray(pred.probs, np.float32)[np.asarray(pred.observed, bool)]
+        groups = dict(group_by_chunk(coords, n))
+        empty = np.zeros(0, np.int64)
+        with self._write_lock:
+            new, changed = {}, set()
+            for key in map(tuple, pred.keys):
+                sel = groups.get(key, empty)
+                old = self._chunks.get(key)
+                new[key] = self._fuse_chunk(old, key, coords[sel], probs[sel])
+                if labels_differ(old, new[key]):
+                    changed.add(key)
+            return self._commit(new, changed)
+
+    def _fuse_chunk(self, old: ChunkCells | None, key, coords, q) -> ChunkCells | None:
+        n = self.grid.chunk_voxels
+        c = q.max(1) if len(q) else np.zeros(0, np.float32)
+        probs, weight = q.copy(), c.astype(np.float32)
+        corrected = np.full(len(coords), NO_CORRECTION, np.uint16)
+        shown = np.zeros(len(coords), np.uint16)
+        if old is not None:
+            rows = rows_of(old, key, n, coords)
+            has = rows >= 0
+            w_old = old.weight[rows[has]] * self.config.keep_old
+            weight[has] = w_old + c[has]
+            mix = np.where(weight[has] > 0, w_old / np.maximum(weight[has], 1e-12), 0)[:, None]
+            probs[has] = mix * old.probs[rows[has]] + (1 - mix) * q[has]
+            corrected[has] = old.corrected[rows[has]]
+            shown[has] = old.predicted[rows[has]]
+            hit = np.zeros(len(old.coords), bool)
+            hit[rows[has]] = True
+            kept = ~hit & (old.corrected != NO_CORRECTION)  # corrected cells survive re-inference
+            coords = np.concatenate([coords, old.coords[kept]])
+            probs = np.concatenate([probs, old.probs[kept]])
+            weight = np.concatenate([weight, np.zeros(int(kept.sum()), np.float32)])  # no evidence left
+            corrected = np.concatenate([corrected, old.corrected[kept]])
+            shown = np.concatenate([shown, old.predicted[kept]])
+        return build_chunk(key, n, coords, probs, weight, corrected, shown, self.config.switch_margin)
+
+    def correct(self, cells, nyu40: int) -> Correction:
+        """Set the user's label on `cells` ((K,3) int); it wins over every prediction until reverted."""
+        cells = unpack_cells(np.unique(pack_cells(np.asarray(cells, np.int32).reshape(-1, 3))))
+        label = int(nyu40)
+        if label != 0 and label not in SCANNET20:
+            raise ValueError(f"{label} is not a ScanNet-20 NYU40 id (or 0)")
+        with self._write_lock:
+            previous = self._set_corrected(cells, np.full(len(cells), label, np.uint16))
+        return Correction(cells, label, previous)
+
+    def apply(self, correction: Correction) -> set:
+        """Re-apply a correction (redo); returns changed chunk keys."""
+        with self._write_lock:
+            self._set_corrected(correction.cells, np.full(len(correction.cells), correction.label, np.uint16))
+            return {k for k, _ in group_by_chunk(correction.cells, self.grid.chunk_voxels)}
+
+    def revert(self, correction: Correction) -> set:
+        """Undo a correction: each cell gets back the correction it had before; returns changed chunk keys."""
+        with self._write_lock:
+            self._set_corrected(correction.cells, correction.previous)
+            return {k for k, _ in group_by_chunk(correction.cells, self.grid.chunk_voxels)}
+
+    def _set_corrected(self, cells: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Set `corrected` of cells (creating rows); returns the previous values. Caller holds the writer lock."""
+        n = self.grid.chunk_voxels
+        previous = np.full(len(cells), NO_CORRECTION, np.uint16)
+        new = {}
+        for key, sel in group_by_chunk(cells, n):
+            old = self._chunks.get(key)
+            k = len(old.coords) if old is not None else 0
+            coords = old.coords if old is not None else np.zeros((0, 3), np.int32)
+            probs = old.probs.copy() if old is not None else np.zeros((0, len(CLASS_IDS)), np.float32)
+            weight = old.weight if old is not None else np.zeros(0, np.float32)
+            corrected = old.corrected.copy() if old is not None else np.zeros(0, np.uint16)
+            shown = old.predicted if old is not None else np.zeros(0, np.uint16)
+            rows = rows_of(old, key, n, cells[sel]) if old is not None else np.full(len(sel), -1, np.int32)
+            missing = rows < 0
+            previous[sel[~missing]] = corrected[rows[~missing]]
+            rows[missing] = np.arange(k, k + int(missing.sum()), dtype=np.int32)
+            coords = np.concatenate([coords, cells[sel][missing]])
+            probs = np.concatenate([probs, np.zeros((int(missing.sum()), len(CLASS_IDS)), np.float32)])
+            weight = np.concatenate([weight, np.zeros(int(missing.sum()), np.float32)])
+            corrected = np.concatenate([corrected, np.zeros(int(missing.sum()), np.uint16)])
+            shown = np.concatenate([shown, np.zeros(int(missing.sum()), np.uint16)])
+            corrected[rows] = values[sel]
+            new[key] = build_chunk(key, n, coords, probs, weight, corrected, shown, self.config.switch_margin)
+        self._commit(new)
+        return previous
+
+    def settle(self, keys=None) -> set:
+        """Show the plain argmax (no hysteresis) in the chunks `keys` (default all); returns changed keys."""
+        n = self.grid.chunk_voxels
+        with self._write_lock:
+            chunks = self._chunks if keys is None else {k: self._chunks[k] for k in map(tuple, keys)
+                                                         if k in self._chunks}
+            new = {key: build_chunk(key, n, c.coords, c.probs, c.weight, c.corrected) for key, c in chunks.items()}
+            return self._commit(new, {k for k, c in new.items() if labels_differ(chunks[k], c)})
+
+    def clear(self) -> None:
+        with self._write_lock:
+            self._commit({key: None for key in list(self._chunks)})
+
+    # --- lookups -------------------------------------------------------------------------------
+    def _snapshot(self) -> dict:
+        with self._lock:
+            return dict(self._chunks)
+
+    def cells_at(self, points_m) -> np.ndarray:
+        """(N,3) int32 cell containing each point (metres)."""
+        p = np.asarray(points_m, np.float64).reshape(-1, 3)
+        return np.floor(p / self.grid.voxel_size_m).astype(np.int32)
+
+    def labels_of_cells(self, cells) -> tuple[np.ndarray, np.ndarray]:
+        """(label uint16, confidence float32) of each cell ((N,3) int); (0, 0) where the store has none."""
+        return self._labels_of(np.asarray(cells, np.int32).reshape(-1, 3), self._snapshot())
+
+    def _labels_of(self, cells: np.ndarray, chunks: dict) -> tuple[np.ndarray, np.ndarray]:
+        label, conf = np.zeros(len(cells), np.uint16), np.zeros(len(cells), np.float32)
+        n = self.grid.chunk_voxels
+        for key, sel in group_by_chunk(cells, n):
+            chunk = chunks.get(key)
+            if chunk is None:
+                continue
+            rows = rows_of(chunk, key, n, cells[sel])
+            ok = rows >= 0
+            label[sel[ok]], conf[sel[ok]] = chunk.label[rows[ok]], chunk.conf[rows[ok]]
+        return label, conf
+
+    def labels_at(self, points_m) -> tuple[np.ndarray, np.ndarray]:
+        """(NYU40 uint16, confidence float32) per point: its cell's label, else the nearest labelled
+        cell among the 26 neighbours (by distance to the cell centre), else (0, 0)."""
+        p = np.asarray(points_m, np.float64).reshape(-1, 3)
+        chunks = self._snapshot()
+        cells = self.cells_at(p)
+        label, conf = self._labels_of(cells, chunks)
+        miss = np.nonzero(label == 0)[0]
+        if len(miss) and chunks:
+            cand = (cells[miss][:, None, :] + _OFFSETS26[None]).reshape(-1, 3)
+            lab, cf = (a.reshape(len(miss), 26) for a in self._labels_of(cand, chunks))
+            centres = (cand.reshape(len(miss), 26, 3) + 0.5) * self.grid.voxel_size_m
+            dist = np.linalg.norm(centres - p[miss][:, None, :], axis=2)
+            dist[lab == 0] = np.inf
+            best = dist.argmin(1)
+            found = np.isfinite(dist[np.arange(len(miss)), best])
+            label[miss[found]] = lab[found, best[found]]
+            conf[miss[found]] = cf[found, best[found]]
+        return label, conf
+
+    def brush(self, center_m, radius_m: float) -> np.ndarray:
+        """(K,3) int32 stored cells whose centres lie within `radius_m` of `center_m`."""
+        v = self.grid.voxel_size_m
+        c = np.asarray(center_m, np.float64).reshape(3)
+        lo, hi = np.floor((c - radius_m) / v).astype(int), np.floor((c + radius_m) / v).astype(int)
+        if np.prod(hi - lo + 1) > self.config.max_brush_cells:
+            raise ValueError(f"brush of radius {radius_m} m covers too many cells")
+        axes = [np.arange(a, b + 1, dtype=np.int32) for a, b in zip(lo, hi)]
+        cells = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+        cells = cells[np.linalg.norm((cells + 0.5) * v - c, axis=1) <= radius_m]
+        return cells[self._stored(cells)]
+
+    def _stored(self, cells: np.ndarray, chunks: dict | None = None) -> np.ndarray:
+        chunks = self._snapshot() if chunks is None else chunks
+        out = np.zeros(len(cells), bool)
+        for key, sel in group_by_chunk(cells, self.grid.chunk_voxels):
+            if key in chunks:
+                out[sel] = rows_of(chunks[key], key, self.grid.chunk_voxels, cells[sel]) >= 0
+        return out
+
+    def connected_region(self, seed_point_m, max_cells: int = 100_000) -> np.ndarray:
+        """(K,3) int32 cells with the seed's label connected to it through stored cells (breadth first,
+        `config.connectivity` neighbours, at most `max_cells`); empty when no labelled cell is near the seed."""
+        chunks = self._snapshot()
+        seed_label, _ = self.labels_at(np.asarray(seed_point_m, np.float64).reshape(1, 3))
+        if seed_label[0] == 0:
+            return np.zeros((0, 3), np.int32)
+        seed = self.cells_at(seed_point_m)
+        lab, _ = self._labels_of(seed, chunks)
+        if lab[0] != seed_label[0]:  # the label came from a neighbour: start there
+            near = (seed + _OFFSETS26).astype(np.int32)
+            seed = near[self._labels_of(near, chunks)[0] == seed_label[0]][:1]
+        offsets = _OFFSETS6 if self.config.connectivity == 6 else _OFFSETS26
+        visited = pack_cells(seed)
+        frontier, found = seed, [seed]
+        while len(frontier) and sum(map(len, found)) < max_cells:
+            cand = np.unique(pack_cells((frontier[:, None, :] + offsets[None]).reshape(-1, 3)))
+            cand = cand[~np.isin(cand, visited)]
+            cells = unpack_cells(cand)
+            same = self._labels_of(cells, chunks)[0] == seed_label[0]
+            visited = np.union1d(visited, cand)
+            frontier = cells[same]
+            found.append(frontier)
+        return np.concatenate(found)[:max_cells]
+
+    def class_counts(self) -> dict[int, int]:
+        """{NYU40 id: labelled cells} over every class present (0 excluded)."""
+        counts = np.zeros(0x10000, np.int64)
+        for chunk in self._snapshot().values():
+            counts += np.bincount(chunk.label, minlength=0x10000)
+        return {int(i): int(counts[i]) for i in np.nonzero(counts)[0] if i != 0}
+
+    def mesh_chunks(self, keys, mesh_chunk_m: float) -> set:
+        """Keys of the mesh chunks (edge `mesh_chunk_m`) overlapping the store's chunks `keys`, e.g. from
+        `changed_since`: the meshes to recolour when labels land."""
+        return overlapping_chunks(keys, self.grid.chunk_size_m, mesh_chunk_m)
+
+    def chunk_keys(self) -> set:
+        return set(self._snapshot())
+
+    def __len__(self) -> int:
+        return sum(len(c.coords) for c in self._snapshot().values())
+
+    def cells(self) -> tuple[np.ndarray, np.ndarray]:
+        """(coords (N,3) int32, labels (N,) uint16) of every stored cell, sorted by packed cell key."""
+        chunks = self._snapshot()
+        if not chunks:
+            return np.zeros((0, 3), np.int32), np.zeros(0, np.uint16)
+        coords = np.concatenate([c.coords for c in chunks.values()])
+        labels = np.concatenate([c.label for c in chunks.values()])
+        order = np.argsort(pack_cells(coords))
+        return coords[order], labels[order]
+
+    # --- persistence ---------------------------------------------------------------------------
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Named arrays (prefix `labels_`) that `from_arrays` restores; for session extras."""
+        chunks = list(self._snapshot().values())
+        empty = empty_chunk()
+        out = {f"{PREFIX}{f}": np.concatenate([getattr(c, f) for c in chunks]) if chunks else getattr(empty, f)
+               for f in ("coords", "probs", "weight", "corrected", "predicted")}
+        return out | {f"{PREFIX}grid": np.array([self.grid.voxel_size_m, self.grid.chunk_voxels], np.float64)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, grid: CoarseGridConfig = CoarseGridConfig(),
+                    config: LabelStoreConfig = LabelStoreConfig()) -> "LabelStore":
+        """A store from `to_arrays` output; ValueError when the arrays are missing or do not fit `grid`."""
+        store = cls(grid, config)
+        try:
+            coords = np.asarray(arrays[f"{PREFIX}coords"], np.int32).reshape(-1, 3)
+            probs = np.asarray(arrays[f"{PREFIX}probs"], np.float32).reshape(len(coords), len(CLASS_IDS))
+            weight = np.asarray(arrays[f"{PREFIX}weight"], np.float32).reshape(len(coords))
+            corrected = np.asarray(arrays[f"{PREFIX}corrected"], np.uint16).reshape(len(coords))
+            shown = np.asarray(arrays.get(f"{PREFIX}predicted", np.zeros(len(coords))), np.uint16).reshape(len(coords))
+            saved_grid = np.asarray(arrays[f"{PREFIX}grid"], np.float64)
+        except KeyError as exc:
+            raise ValueError(f"label store arrays lack {exc}") from None
+        if not np.allclose(saved_grid, [grid.voxel_size_m, grid.chunk_voxels]):
+            raise ValueError(f"label store grid {saved_grid.tolist()} differs from {grid}")
+        n = grid.chunk_voxels
+        with store._write_lock:
+            store._commit({key: build_chunk(key, n, coords[sel], probs[sel], weight[sel], corrected[sel],
+                                             shown[sel], config.switch_margin)
+                           for key, sel in group_by_chunk(coords, n)})
+        return store
+
+
+def has_label_arrays(arrays: dict) -> bool:
+    return f"{PREFIX}coords" in arrays
