@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("NUMBA_THREADING_LAYER", "omp")
+# torch (nets thread) and numba/Open3D (fusion) share the cores: OpenMP threads must not spin-wait
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 log = logging.getLogger("main")
 
 

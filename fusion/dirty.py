@@ -9,12 +9,17 @@ import numpy as np
 CONSUMERS = ("mesh", "semantics", "completion")
 
 
-def chunk_keys_of_blocks(block_keys: np.ndarray, block_size_m: float, chunk_size_m: float) -> set:
-    """Chunk keys (tuples) of the chunks containing the given block keys (chunks are cubes on a fixed grid)."""
-    if len(block_keys) == 0:
+def chunk_keys_of_blocks(blocks: np.ndarray, block_size_m: float, chunk_size_m: float) -> set:
+    """Chunk keys (tuples) of every chunk a block overlaps (also when blocks straddle chunk borders)."""
+    if len(blocks) == 0:
         return set()
-    origin_m = np.asarray(block_keys, np.float64) * block_size_m + 1e-9
-    return set(map(tuple, np.unique(np.floor(origin_m / chunk_size_m).astype(np.int32), axis=0).tolist()))
+    lo = np.floor(np.asarray(blocks, np.float64) * block_size_m / chunk_size_m + 1e-9).astype(np.int64)
+    hi = np.floor((np.asarray(blocks, np.float64) + 1) * block_size_m / chunk_size_m - 1e-9).astype(np.int64)
+    keys = {tuple(k) for k in np.unique(lo, axis=0).tolist()}
+    for i in np.nonzero(np.any(hi != lo, axis=1))[0]:
+        axes = [range(a, b + 1) for a, b in zip(lo[i], hi[i])]
+        keys.update((x, y, z) for x in axes[0] for y in axes[1] for z in axes[2])
+    return keys
 
 
 class DirtyChunks:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fusion.coarse import FEATURES, CoarseGridConfig, CoarseRegion, coarse_region
+from fusion.dirty import chunk_keys_of_blocks
 from fusion.volume import TsdfVolume
 
 
@@ -43,19 +44,6 @@ class RegionSnapshot:
     frame_index: int             #: index of the last fused frame when it was completed (-1: none)
     served_s: float              #: time.monotonic() when it was completed
     serve_ms: float              #: fusion-thread time it cost (over all the calls that served it)
-
-
-def chunks_spanned(blocks: np.ndarray, block_size_m: float, chunk_size_m: float) -> set:
-    """Chunk keys (tuples) of every chunk a block overlaps (also when blocks straddle chunk borders)."""
-    if len(blocks) == 0:
-        return set()
-    lo = np.floor(np.asarray(blocks, np.float64) * block_size_m / chunk_size_m + 1e-9).astype(np.int64)
-    hi = np.floor((np.asarray(blocks, np.float64) + 1) * block_size_m / chunk_size_m - 1e-9).astype(np.int64)
-    keys = {tuple(k) for k in np.unique(lo, axis=0).tolist()}
-    for i in np.nonzero(np.any(hi != lo, axis=1))[0]:
-        axes = [range(a, b + 1) for a, b in zip(lo[i], hi[i])]
-        keys.update((x, y, z) for x in axes[0] for y in axes[1] for z in axes[2])
-    return keys
 
 
 def _in_boxes(coords: np.ndarray, keys: np.ndarray, n: int, halo: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,7 +71,7 @@ class CoarseCache:
 
     def touch(self, blocks: np.ndarray) -> None:
         count = self.volume.frames_integrated
-        for key in chunks_spanned(blocks, self.volume.config.block_size_m, self.chunk_size_m):
+        for key in chunk_keys_of_blocks(blocks, self.volume.config.block_size_m, self.chunk_size_m):
             self.touched_at[key] = count
 
     def fits(self, grid: CoarseGridConfig) -> bool:
@@ -104,7 +92,7 @@ class CoarseCache:
     def refresh(self, key: tuple, grid: CoarseGridConfig) -> None:
         """Summarise one chunk; a chunk no integration or load ever touched has no blocks: no sites."""
         if not self._seeded:
-            for k in chunks_spanned(self.volume.active_keys(), self.volume.config.block_size_m, self.chunk_size_m):
+            for k in chunk_keys_of_blocks(self.volume.active_keys(), self.volume.config.block_size_m, self.chunk_size_m):
                 self.touched_at.setdefault(k, 0)
             self._seeded = True
         if key in self.touched_at:

@@ -21,11 +21,11 @@ from fusion.coarse import CoarseGridConfig, CoarseRegion, chunk_keys_of_cells
 from fusion.errors import UserError
 from nets.data import CLASS_IDS
 from nets.model import EMPTY, ModelConfig, SemanticCompletionNet, receptive_field_cells
+from nets.resources import DEFAULT_WEIGHTS
 from nets.sparse import SparseTensor
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "resources" / "nets" / "semantic_completion.pt"
 WEIGHTS_FORMAT = 1
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("NUMBA_THREADING_LAYER", "omp")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # torch and numba share 2 cores in the tests
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

@@ -18,7 +18,7 @@ MAX_BATCH = 1 << BATCH_BITS
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-@numba.njit(inline="always", cache=True)
+@numba.njit(inline="always", cache=True, nogil=True)
 def _pack(b, x, y, z):
     """Packed key of one row, or -1 where the row is outside the packable range."""
     if b < 0 or b >= MAX_BATCH:
@@ -31,13 +31,13 @@ def _pack(b, x, y, z):
     return (np.int64(b) << (3 * AXIS_BITS)) | (xo << (2 * AXIS_BITS)) | (yo << AXIS_BITS) | zo
 
 
-@numba.njit(inline="always", cache=True)
+@numba.njit(inline="always", cache=True, nogil=True)
 def _slot(key, shift):
     """High bits of a multiplicative (Fibonacci) hash: the low bits cluster on grid keys."""
     return np.int64((np.uint64(key) * _GOLDEN) >> np.uint64(shift))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _build(coords, bits):
     """Open-addressing table (keys, values) for coords (N,4); returns also the first duplicate row or -1."""
     size = np.int64(1) << bits
@@ -59,7 +59,7 @@ def _build(coords, bits):
     return keys, vals, -1
 
 
-@numba.njit(inline="always", cache=True)
+@numba.njit(inline="always", cache=True, nogil=True)
 def _find(keys, vals, shift, mask, key):
     if key < 0:
         return np.int32(-1)
@@ -73,7 +73,7 @@ def _find(keys, vals, shift, mask, key):
         s = (s + 1) & mask
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _lookup(keys, vals, bits, coords):
     shift = 64 - bits
     mask = (np.int64(1) << bits) - 1
@@ -84,7 +84,7 @@ def _lookup(keys, vals, bits, coords):
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _query_offsets(keys, vals, bits, src, scale, offsets):
     """hits[k, j] = row of (b, scale*src[j] + offsets[k]) in the table, or -1."""
     shift = 64 - bits
