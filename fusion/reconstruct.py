@@ -25,6 +25,7 @@ from fusion.pipeline import FrameResult, FusionPipeline, PipelineConfig
 from fusion.plyio import write_labeled_ply
 from fusion.session import save_session
 from fusion.sources import open_source
+from fusion.sources.stall import StallGuardConfig, guarded_frames
 from fusion.trajectory import ate_rmse_m, write_tum
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class ReconstructRequest:
     labels: str = "none"            #: none | incremental | final
     progress: bool = True
     label_hook: Callable[[FusionPipeline], LabelHook] | None = None  #: builds the labeler (labels != none)
+    stall: StallGuardConfig = field(default_factory=StallGuardConfig)  #: when a silent source has stalled
 
 
 @dataclass
@@ -80,12 +82,13 @@ def _progress(total):
     return tqdm(total=total or None, unit="frame", desc="reconstruct", dynamic_ncols=True, leave=True)
 
 
-def _fuse(source, pipeline: FusionPipeline, show_progress: bool, hook: LabelHook | None) -> _Run:
+def _fuse(source, pipeline: FusionPipeline, show_progress: bool, hook: LabelHook | None,
+          stall: StallGuardConfig = StallGuardConfig()) -> _Run:
     run = _Run()
     bar = _progress(len(source)) if show_progress else None
     T_start = source.first_gt_pose()
     t_start = time.perf_counter()
-    it = iter(source)
+    it = guarded_frames(source, stall)
     try:
         while True:
             t0 = time.perf_counter()
@@ -106,6 +109,7 @@ def _fuse(source, pipeline: FusionPipeline, show_progress: bool, hook: LabelHook
     except KeyboardInterrupt:
         run.interrupted = True
     finally:
+        it.close()
         run.wall_s = time.perf_counter() - t_start
         if bar is not None:
             bar.close()
@@ -227,7 +231,7 @@ def reconstruct(req: ReconstructRequest) -> dict:
     hook = None
     try:
         hook = req.label_hook(pipeline) if req.labels != "none" else None
-        run = _fuse(source, pipeline, req.progress, hook)
+        run = _fuse(source, pipeline, req.progress, hook, req.stall)
         if pipeline.frames_with_depth == 0 and run.error is None:
             run.error = SourceError(f"{req.source}: no frame has valid depth")
         if hook is not None:

@@ -30,7 +30,7 @@ def open_source(spec: str, max_frames: int | None = None) -> FrameSource:
         seed_text = spec.partition(":")[2] or str(DEFAULT_SYNTHETIC_SEED)
         if not seed_text.isdigit():
             raise SourceError(f"synthetic seed must be a non-negative integer, got {seed_text!r}")
-        return SyntheticSource(int(seed_text), max_frames=max_frames)
+        return SyntheticSource(int(seed_text), n_frames=max(300, max_frames or 0), max_frames=max_frames)
     if spec == "realsense" or spec.startswith("realsense:"):
         from fusion.sources.realsense import LiveConfig, open_live
 
