@@ -13,6 +13,7 @@ from PyQt6.QtWidgets import QFileDialog
 from app.jobs import Job, JobConfig, JobDialog
 from fusion.errors import UserError
 from fusion.export import LabeledMesh, check_output, export_mesh
+from fusion.autosave import discard, find_recoverable
 from fusion.session import load_session, save_session
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,16 @@ class FileOps:
         job = Job("load-session", [("reading", read), ("building the view", hand_over)], config=self.config.jobs)
         job.on_cancel = lambda ctx: ctx["session"].pipeline.close() if "session" in ctx else None
         return self.run(job, "Open session", lambda p: w.show_event("info", f"loaded session {p}"))
+
+    def recover_autosave(self) -> Job | None:
+        """Load the newest autosave a crashed run left behind (and stop offering it)."""
+        found = find_recoverable()
+        if not found:
+            self.window.show_event("info", "no autosaved scan to recover")
+            return None
+        entry = found[0]
+        discard(entry)
+        return self.load_session(str(entry.session_path))
 
     def export(self, path: str | None = None) -> Job | None:
         if path is None:

@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -23,9 +23,12 @@ from app.publisher import build_snapshot, label_dirty_chunks
 from app.snapshots import DisplayOutbox, Event, FusionStatus
 from app.thumbnails import process_memory_mb
 from app.worker_env import lower_thread_priority, open_gui_source
+from fusion.autosave import AutosaveConfig, Autosaver
 from fusion.errors import UserError
 from fusion.pipeline import FusionPipeline, PipelineConfig
+from fusion.session import save_session
 from fusion.sources.base import FrameSource
+from fusion.sources.stall import StallGuardConfig, guarded_frames
 
 log = logging.getLogger(__name__)
 LOST_HINT = "move the camera back to an area that is already scanned and hold it still for a moment"
@@ -46,6 +49,8 @@ class FusionWorkerConfig:
     retime_gap_s: float = 1 / 30       #: a new source fused into an older model starts this long after its last frame
     nice: int = 5                      #: the worker (and the threads it starts: nets, kernels) runs this much nicer than the GUI
     lod_cell_voxels: float = 4.0       #: the display's simplified surface clusters vertices in cells this many voxels wide
+    autosave: AutosaveConfig = field(default_factory=AutosaveConfig)  #: periodic session saves for crash recovery
+    stall: StallGuardConfig = field(default_factory=StallGuardConfig)  #: when a silent source counts as stalled
 
 
 class FusionWorker:
@@ -67,6 +72,7 @@ class FusionWorker:
         self.source_spec = ""
         self.state = "idle"
         self._it = None
+        self._autosaver: Autosaver | None = None
         self.events: list[Event] = []   # messages for the user, handed out with the next snapshot
         self._new_scan()
 
@@ -129,6 +135,7 @@ class FusionWorker:
         """Stop the nets, close the source and the pipeline (fusion thread, or after the thread ended)."""
         self.nets.close()
         self._close_source()
+        self._close_autosaver()
         if self.pipeline is not None:
             self.pipeline.close()
             self.pipeline = None
@@ -176,7 +183,10 @@ class FusionWorker:
         if not self._continuable:
             self._cmd_reset()
         self.source, self.source_spec = source, spec
-        self._it = iter(source)
+        self._it = guarded_frames(source, self.config.stall)
+        self._close_autosaver()
+        self._autosaver = Autosaver(self._write_autosave, self.config.autosave, info={"source": spec})
+        self._autosaver.start(time.monotonic())
         self._retime_s, self._continuable = None, False
         self.state = "running"
         self._event("info", f"fusing {spec}")
@@ -196,6 +206,7 @@ class FusionWorker:
             self._event("info", "stopped; the model stays (save, export or correct it; Start scans anew)")
 
     def _cmd_reset(self) -> None:
+        self._close_autosaver()
         self.nets.detach()
         if self.pipeline is not None:
             self.pipeline.close()
@@ -222,6 +233,7 @@ class FusionWorker:
     def _cmd_load(self, session) -> None:
         """Take over a LoadedSession's pipeline (scanning may go on into it with Start)."""
         self._close_source()
+        self._close_autosaver()
         self.nets.detach()
         if self.pipeline is not None:
             self.pipeline.close()
@@ -272,6 +284,8 @@ class FusionWorker:
             self._finish(Event("error", f"fusion failed: {type(exc).__name__}: {exc}", "Reset to start over"))
             return
         self._after_frame(frame, res, time.perf_counter() - t0)
+        if self._autosaver is not None:
+            self._autosaver.maybe_save(time.monotonic())
 
     def _retime(self, frame):
         """Frames of a new source fused into an older model keep time increasing."""
@@ -311,6 +325,8 @@ class FusionWorker:
         self._event(event.level, event.text, event.hint)
 
     def _close_source(self) -> None:
+        if self._it is not None and hasattr(self._it, "close"):
+            self._it.close()  # stops the stall guard's reader
         self._it = None
         if self.source is not None:
             try:
@@ -318,6 +334,18 @@ class FusionWorker:
             except Exception:  # a device that vanished may fail to close; nothing to do about it
                 log.exception("closing the source failed")
             self.source = None
+
+    def _write_autosave(self, path: Path) -> None:
+        """Autosave the scan (fusion thread, between frames)."""
+        describe = self.source.describe() if self.source is not None else {"spec": self.source_spec}
+        save_session(path, self.pipeline, *self.trajectory(), describe,
+                     {"command": "gui", "source": self.source_spec, "autosave": True}, self.nets.session_extras())
+
+    def _close_autosaver(self) -> None:
+        """Clean end of a scan: its autosave is no longer offered for recovery."""
+        if self._autosaver is not None:
+            self._autosaver.close()
+            self._autosaver = None
 
     def _event(self, level: str, text: str, hint: str = "") -> None:
         (log.warning if level != "info" else log.info)("%s%s", text, f" ({hint})" if hint else "")

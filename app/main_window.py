@@ -22,6 +22,7 @@ from app.side_panel import DEMO_SOURCE, PanelConfig, SidePanel
 from app.snapshots import DisplaySnapshot, FusionStatus
 from app.status_bar import StatusBar, StatusBarConfig
 from app.viewport import Viewport, ViewportConfig
+from fusion.autosave import find_recoverable
 from fusion.pipeline import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,15 @@ class MainWindow(QMainWindow):
         self.worker.start_thread()
         if config.list_devices_at_start:
             QTimer.singleShot(0, lambda: self.refresh_devices(announce=False))
+        QTimer.singleShot(0, self._offer_recovery)
+
+    def _offer_recovery(self) -> None:
+        """Say (without blocking) when a crashed run left an autosave behind."""
+        found = find_recoverable()
+        if found:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(found[0].saved_at_unix_s))
+            self.show_event("warning", f"a scan autosaved at {when} was not closed cleanly",
+                            "File > Recover autosaved scan loads it")
 
     # --- construction -------------------------------------------------------------------------
     def _build_widgets(self) -> None:

@@ -25,6 +25,7 @@ def _file_menu(w, acts: dict) -> None:
     acts["open_file"] = _action(w, m, "Open &recording…", lambda: f.open_file(), StdKey.Open)
     acts["open_folder"] = _action(w, m, "Open dataset &folder…", lambda: f.open_folder(), "Ctrl+Shift+O")
     acts["open_session"] = _action(w, m, "Open &session…", lambda: f.load_session(), "Ctrl+L")
+    acts["recover"] = _action(w, m, "Recover &autosaved scan", lambda: f.recover_autosave())
     acts["save_session"] = _action(w, m, "&Save session…", lambda: f.save_session(), StdKey.Save)
     acts["export"] = _action(w, m, "&Export labeled mesh…", lambda: f.export(), "Ctrl+E")
     acts["screenshot"] = _action(w, m, "Save screens&hot…", lambda: f.screenshot(), "Ctrl+P")
