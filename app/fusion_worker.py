@@ -1,7 +1,5 @@
 """Owns the fusion worker: the thread that reads the source, fuses frames, serves the nets' snapshot
-requests and publishes display snapshots to the GUI through a newest-only outbox.
-
-The GUI thread talks to it only through commands (queued, run on the fusion thread) and `call`
+requests, autosaves, and publishes display snapshots to the GUI through a newest-only outbox. The GUI thread talks to it only through commands (queued, run on the fusion thread) and `call`
 (a function run on the fusion thread, answered through a Future); it never touches the pipeline.
 """
 from __future__ import annotations
@@ -335,17 +333,15 @@ class FusionWorker:
                 log.exception("closing the source failed")
             self.source = None
 
-    def _write_autosave(self, path: Path) -> None:
-        """Autosave the scan (fusion thread, between frames)."""
+    def _write_autosave(self, path: Path) -> None:  # fusion thread, between frames
         describe = self.source.describe() if self.source is not None else {"spec": self.source_spec}
         save_session(path, self.pipeline, *self.trajectory(), describe,
                      {"command": "gui", "source": self.source_spec, "autosave": True}, self.nets.session_extras())
 
-    def _close_autosaver(self) -> None:
-        """Clean end of a scan: its autosave is no longer offered for recovery."""
+    def _close_autosaver(self) -> None:  # a clean end of a scan: its autosave is not offered for recovery
         if self._autosaver is not None:
             self._autosaver.close()
-            self._autosaver = None
+        self._autosaver = None
 
     def _event(self, level: str, text: str, hint: str = "") -> None:
         (log.warning if level != "info" else log.info)("%s%s", text, f" ({hint})" if hint else "")
