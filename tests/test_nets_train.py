@@ -67,7 +67,7 @@ def test_loss_falls_when_fitting_one_scan(samples):
         opt.zero_grad()
         terms["loss"].backward()
         opt.step()
-        losses.append(float(terms["loss"]))
+        losses.append(float(terms["loss"].detach()))
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:3])
 
 
