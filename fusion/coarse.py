@@ -142,11 +142,11 @@ def coarse_region(volume: TsdfVolume, keys, grid: CoarseGridConfig = CoarseGridC
                     grid.voxel_size_m, cfg.trunc_m, lo, dims, acc)
     local, feats = _features(acc, grid, cfg.voxel_size_m)
     coords = (local + lo).astype(np.int32)
-    in_region, core = _membership(coords, k, n, halo)
+    in_region, core = region_membership(coords, k, n, halo)
     return CoarseRegion(keys, coords[in_region], feats[in_region], core[in_region], grid)
 
 
-def _membership(coords: np.ndarray, keys: np.ndarray, n: int, halo: int) -> tuple[np.ndarray, np.ndarray]:
+def region_membership(coords: np.ndarray, keys: np.ndarray, n: int, halo: int) -> tuple[np.ndarray, np.ndarray]:
     """Per site: inside some chunk's halo box; inside some chunk's core."""
     in_region = np.zeros(len(coords), bool)
     core = np.zeros(len(coords), bool)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fusion.coarse import FEATURES, CoarseGridConfig, CoarseRegion, coarse_region
+from fusion.coarse import FEATURES, CoarseGridConfig, CoarseRegion, coarse_region, region_membership
 from fusion.dirty import chunk_keys_of_blocks
 from fusion.volume import TsdfVolume
 
@@ -44,17 +44,6 @@ class RegionSnapshot:
     frame_index: int             #: index of the last fused frame when it was completed (-1: none)
     served_s: float              #: time.monotonic() when it was completed
     serve_ms: float              #: fusion-thread time it cost (over all the calls that served it)
-
-
-def _in_boxes(coords: np.ndarray, keys: np.ndarray, n: int, halo: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per cell: inside some chunk's halo box; inside some chunk's core (as `coarse_region` decides)."""
-    in_region = np.zeros(len(coords), bool)
-    core = np.zeros(len(coords), bool)
-    for key in keys:
-        rel = coords - key * n
-        in_region |= np.all((rel >= -halo) & (rel < n + halo), axis=1)
-        core |= np.all((rel >= 0) & (rel < n), axis=1)
-    return in_region, core
 
 
 class CoarseCache:
@@ -110,7 +99,7 @@ class CoarseCache:
         count = min(now if entries[k][0] >= self.touched_at.get(k, -1) else entries[k][0] for k in near)
         coords = np.concatenate([entries[k][1] for k in near])
         feats = np.concatenate([entries[k][2] for k in near])
-        in_region, core = _in_boxes(coords, np.asarray(keys, np.int64), grid.chunk_voxels, grid.halo_voxels)
+        in_region, core = region_membership(coords, np.asarray(keys, np.int64), grid.chunk_voxels, grid.halo_voxels)
         coords, feats, core = coords[in_region], feats[in_region], core[in_region]
         order = np.lexsort(coords.T[::-1])  # x, then y, then z: coarse_region's order
         return CoarseRegion(keys, coords[order], feats[order], core[order], grid), count
