@@ -37,6 +37,7 @@ class RecordingConfig:
     stall_timeout_s: float = 5.0  # no frame for this long while the file is still playing: an error
     end_grace_s: float = 0.3  # after playback stops, wait this long for framesets still in the SDK
     first_frame_grace_s: float = 3.0  # before the first frame, "stopped" may mean "not started yet"
+    empty_replay_retries: int = 2  # a replay that delivered nothing is tried again this many times
     filters: PostFilterConfig = field(default_factory=PostFilterConfig)
 
 
@@ -73,13 +74,9 @@ class RecordingSource(FrameSource):
         self.path, self.cfg = Path(path), config or RecordingConfig()
         self.max_frames = max_frames
         check_container(self.path)
-        self._pipe, self._rs_cfg = rs.pipeline(), rs.config()
         try:
-            self._rs_cfg.enable_device_from_file(str(self.path), repeat_playback=False)
-            profile = self._rs_cfg.resolve(rs.pipeline_wrapper(self._pipe))
+            profile = self._open()
             device = profile.get_device()
-            self._playback = device.as_playback()
-            self._playback.set_real_time(self.cfg.real_time)  # before start: no frame lost at the start
             info = stream_info(profile.get_streams(), depth_scale_of(device), device_info(device))
         except RuntimeError as exc:
             raise SourceError(f"{self.path}: cannot open recording ({_sdk_message(exc)})") from None
@@ -91,6 +88,16 @@ class RecordingSource(FrameSource):
         self._started = self._replayed = False
         self.frames_read = 0
         self._converter: Optional[FramesetConverter] = None
+
+    def _open(self):
+        """A fresh pipeline and playback device for the file; real time set before start (no frame
+        lost at the start). Returns the resolved profile."""
+        self._pipe, self._rs_cfg = rs.pipeline(), rs.config()
+        self._rs_cfg.enable_device_from_file(str(self.path), repeat_playback=False)
+        profile = self._rs_cfg.resolve(rs.pipeline_wrapper(self._pipe))
+        self._playback = profile.get_device().as_playback()
+        self._playback.set_real_time(self.cfg.real_time)
+        return profile
 
     def __len__(self) -> int:
         return 0
@@ -110,15 +117,27 @@ class RecordingSource(FrameSource):
             raise SourceError(f"{self.path}: a recording can be replayed once per source; open it again")
         self._replayed = True
         self._converter = FramesetConverter(self.info, self.cfg.filters)
+        for attempt in range(self.cfg.empty_replay_retries + 1):
+            if attempt:  # the SDK sometimes loses a short file's only frames: replay it afresh
+                log.info("%s: the replay delivered no frame; replaying it again", self.path)
+                try:
+                    self._open()
+                except RuntimeError as exc:
+                    raise SourceError(f"{self.path}: cannot reopen recording ({_sdk_message(exc)})") from None
+            self._start()
+            try:
+                yield from self._frames()
+            finally:
+                self.close()
+            if self.frames_read or self._converter.incomplete:
+                return
+
+    def _start(self) -> None:
         try:
             self._pipe.start(self._rs_cfg)
         except RuntimeError as exc:
             raise SourceError(f"{self.path}: cannot start replay ({_sdk_message(exc)})") from None
         self._started = True
-        try:
-            yield from self._frames()
-        finally:
-            self.close()
 
     def _frames(self) -> Iterator[Frame]:
         poll_ms = max(1, int(self.cfg.poll_timeout_s * 1000))
