@@ -150,13 +150,6 @@ def _cmd_gui(args) -> int:
     return run_gui(args.source, args.autostart, args.exit_after_frames, args.screenshot)
 
 
-def _cmd_unavailable(args) -> int:
-    from fusion.errors import UserError
-
-    raise UserError(f"'{args.command}' is not available in this build yet; "
-                    "use 'python main.py reconstruct synthetic:0 --out DIR' for the demo scene")
-
-
 COMMANDS = {"reconstruct": _cmd_reconstruct, "synth": _cmd_synth, "gui": _cmd_gui,
             "record": _cmd_record, "export": _cmd_export}
 

@@ -12,8 +12,9 @@ chunks (and a halo of context around them) into its coarse cell:
     r, g, b    mean colour of the near-surface voxels (of all observed ones if none), 0..1, centred
 
 A cell becomes a site when it was observed and the surface passes within `site_band_voxels` of it.
-The fine voxel buffers are read in place (no copy), so call it on the thread that owns the volume
-(the fusion thread); the snapshot it returns is immutable and may be handed to any thread.
+On the CPU the fine voxel buffers are read in place (on a GPU only the region's blocks are copied),
+so call it on the thread that owns the volume (the fusion thread); the snapshot it returns is immutable
+and may be handed to any thread.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+import open3d.core as o3c
 
 from fusion.dirty import chunk_keys_of_blocks
 from fusion.volume import TsdfVolume
@@ -137,7 +139,10 @@ def coarse_region(volume: TsdfVolume, keys, grid: CoarseGridConfig = CoarseGridC
     acc = np.zeros((*dims, 10), np.float32)
     acc[..., 2] = np.inf
     if len(bufs):
-        tsdf, weight, color = volume.voxel_arrays()
+        if volume.device.get_type() == o3c.Device.DeviceType.CPU:
+            tsdf, weight, color = volume.voxel_arrays()  # zero-copy views, indexed by buffer row
+        else:  # copy only the blocks in the region to the host, not the whole GPU buffer
+            (tsdf, weight, color), bufs = volume.voxel_arrays(bufs), np.arange(len(bufs))
         _accumulate(bufs, block_keys, tsdf, weight, color, cfg.block_resolution, cfg.voxel_size_m,
                     grid.voxel_size_m, cfg.trunc_m, lo, dims, acc)
     local, feats = _features(acc, grid, cfg.voxel_size_m)

@@ -11,12 +11,14 @@ and a random sub-cell offset of the world. Samples are deterministic given (seed
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import open3d as o3d
 import open3d.core as o3c
+from tqdm import tqdm
 
 from fusion.atomic import atomic_path
 from fusion.classes import SCANNET20
@@ -151,8 +153,6 @@ def build_dataset(out_dir: Path, seeds, variants: int, cfg: SampleConfig = Sampl
     jobs = [(s, v) for s in seeds for v in range(variants)]
     todo = [(s, v) for s, v in jobs if not (out_dir / f"{s}_{v}.npz").exists()]
     if todo:
-        from concurrent.futures import ProcessPoolExecutor
-        from tqdm import tqdm
         bar = tqdm(total=len(todo), desc="scanning rooms", unit="scan", disable=not progress)
         with ProcessPoolExecutor(max_workers=workers) as pool:
             for _ in pool.map(_write_one, [(out_dir, s, v, cfg) for s, v in todo]):

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fusion.atomic import atomic_path
 from fusion.classes import SCANNET20
 from fusion.coarse import CoarseGridConfig, CoarseRegion, chunk_keys_of_cells
 from fusion.errors import UserError
@@ -50,7 +51,6 @@ def class_table() -> list:
 
 def save_weights(path: Path, net: SemanticCompletionNet, grid: CoarseGridConfig, meta: dict | None = None) -> None:
     """Write a weights file in the shipped format (atomically)."""
-    from fusion.atomic import atomic_path
     state = {"format": WEIGHTS_FORMAT, "model_config": asdict(net.config), "grid": asdict(grid),
              "classes": class_table(), "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
              "meta": meta or {}}

@@ -32,3 +32,16 @@ def shared_data(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"real sensor data {path} is absent")
     return path
+
+
+def one_line_error(fn, *names, kind=None):
+    """Run fn, expect `kind` (SourceError by default); its message is one line and names each of `names`."""
+    from fusion.errors import SourceError
+
+    with pytest.raises(kind or SourceError) as info:
+        fn()
+    msg = str(info.value)
+    assert "\n" not in msg
+    for name in names:
+        assert name in msg, msg
+    return msg

@@ -66,6 +66,14 @@ class Recording:
         return sum(key in keys for keys in self.calls)
 
 
+
+def serve_until(pipeline, done, deadline: float) -> bool:
+    """Serve the pipeline's snapshot requests (as the fusion thread does) until done() or the deadline."""
+    while not done() and time.monotonic() < deadline:
+        pipeline.serve_requests()
+        time.sleep(0.01)
+    return done()
+
 def test_class_order_matches_the_model():
     import nets.infer
 
@@ -240,10 +248,7 @@ def test_threaded_worker_reinfers_a_chunk_changed_meanwhile(frames, model, pipel
     labeler.start()
     try:
         deadline = time.monotonic() + 10
-        while not entered.is_set() and time.monotonic() < deadline:
-            pipeline.serve_requests()
-            time.sleep(0.01)
-        assert entered.is_set()
+        assert serve_until(pipeline, entered.is_set, deadline)
         first = rec.calls[0]
         pipeline.process(frames[1])            # changes chunks while the first region is inferred
         release.set()
@@ -280,10 +285,7 @@ def test_start_stop_reset_100_times_leaves_no_thread_and_no_stale_result(frames,
     labeler.start()
     try:
         deadline = time.monotonic() + 10
-        while not entered.is_set() and time.monotonic() < deadline:
-            pipeline.serve_requests()
-            time.sleep(0.01)
-        assert entered.is_set()
+        assert serve_until(pipeline, entered.is_set, deadline)
         labeler.reset()
         release.set()
         while labeler.stats()["stale_results_dropped"] == 0 and time.monotonic() < deadline:

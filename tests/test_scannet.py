@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 from plyfile import PlyData, PlyElement
 
-from fusion.errors import SourceError, UserError
+from fusion.errors import UserError
 from fusion.sources import open_source
 from fusion.sources.images import resize_color
 from fusion.sources.sens import FRAME_HEAD, SensSource, read_header
 from nets.scannet import (LabeledMesh, ScanNetScene, read_label_map, read_labeled_mesh, to_scannet20)
+from tests.conftest import one_line_error
 from tests.fixtures_rgbd import TINY
 from tests.scenes import orbit
 from tests.sens_fixture import depth_to_raw, write_sens
@@ -35,15 +36,6 @@ def _write(path, scan, **kw):
     return write_sens(path, scan["colors"], scan["raws"], scan["poses"], TINY, **kw)
 
 
-def _error(fn, *names, kind=SourceError):
-    """Run fn, expect `kind`; its message is one line and names each of `names`."""
-    with pytest.raises(kind) as info:
-        fn()
-    msg = str(info.value)
-    assert "\n" not in msg
-    for name in names:
-        assert name in msg, msg
-    return msg
 
 
 # --- .sens ----------------------------------------------------------------------------------------
@@ -104,27 +96,27 @@ def test_sens_truncated_frame_names_it_after_earlier_frames(tmp_path, scan):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 50])  # cuts into the last frame's data
     got = []
-    msg = _error(lambda: got.extend(open_source(str(path))), str(path), f"frame {N_FRAMES - 1}", "truncated")
+    msg = one_line_error(lambda: got.extend(open_source(str(path))), str(path), f"frame {N_FRAMES - 1}", "truncated")
     assert len(got) == N_FRAMES - 1, msg
     offset = read_header(path).data_offset
     path.write_bytes(data[: offset + FRAME_HEAD.size // 2])  # frame 0's head cut short: fails at open
-    _error(lambda: open_source(str(path)), "frame 0", "truncated")
+    one_line_error(lambda: open_source(str(path)), "frame 0", "truncated")
 
 
 def test_sens_bad_headers(tmp_path, scan):
     path = _write(tmp_path / "s.sens", scan)
     data = path.read_bytes()
     path.write_bytes(data[:40])
-    _error(lambda: open_source(str(path)), str(path), "header")
+    one_line_error(lambda: open_source(str(path)), str(path), "header")
     path.write_bytes((3).to_bytes(4, "little") + data[4:])
-    _error(lambda: open_source(str(path)), "version")
+    one_line_error(lambda: open_source(str(path)), "version")
     occi = _write(tmp_path / "occi.sens", scan, depth_codec="raw_ushort")
     raw = bytearray(occi.read_bytes())
     offset = read_header(occi).data_offset
     raw[offset - 32 : offset - 28] = (2).to_bytes(4, "little", signed=True)  # depth codec -> occi_ushort
     occi.write_bytes(bytes(raw))
-    _error(lambda: open_source(str(occi)), "occi_ushort", "not supported")
-    _error(lambda: open_source(str(tmp_path / "absent.sens")), "absent.sens")
+    one_line_error(lambda: open_source(str(occi)), "occi_ushort", "not supported")
+    one_line_error(lambda: open_source(str(tmp_path / "absent.sens")), "absent.sens")
 
 
 # --- label map, labeled mesh, scene folder --------------------------------------------------------
@@ -140,10 +132,10 @@ def test_read_label_map(tmp_path):
     path.write_text(TSV)
     assert read_label_map(path) == {1: 1, 2: 5, 22: 22}
     path.write_text(TSV.replace("\t5\t4\t", "\tfive\t4\t"))
-    _error(lambda: read_label_map(path), f"{path}:3", "nyu40id", kind=UserError)
+    one_line_error(lambda: read_label_map(path), f"{path}:3", "nyu40id", kind=UserError)
     path.write_text(TSV.replace("nyu40id", "nyu"))
-    _error(lambda: read_label_map(path), "nyu40id", kind=UserError)
-    _error(lambda: read_label_map(tmp_path / "none.tsv"), "none.tsv", kind=UserError)
+    one_line_error(lambda: read_label_map(path), "nyu40id", kind=UserError)
+    one_line_error(lambda: read_label_map(tmp_path / "none.tsv"), "none.tsv", kind=UserError)
 
 
 def _write_labeled_ply(path, labels):
@@ -169,19 +161,19 @@ def test_read_labeled_mesh_and_scannet20(tmp_path):
     assert mesh.faces.shape == (5, 3) and mesh.faces[4].tolist() == [4, 5, 6]
     assert to_scannet20(labels).tolist() == [1, 5, 0, 0, 39, 0, 0]
     (tmp_path / "bad.ply").write_bytes(b"not a ply")
-    _error(lambda: read_labeled_mesh(tmp_path / "bad.ply"), "bad.ply", kind=UserError)
+    one_line_error(lambda: read_labeled_mesh(tmp_path / "bad.ply"), "bad.ply", kind=UserError)
 
 
 def test_scannet_scene_pairs_scan_and_target(tmp_path, scan):
     folder = tmp_path / "scene0007_00"
     folder.mkdir()
-    _error(lambda: ScanNetScene(folder), "scene0007_00.sens", kind=UserError)
+    one_line_error(lambda: ScanNetScene(folder), "scene0007_00.sens", kind=UserError)
     _write(folder / "scene0007_00.sens", scan)
-    _error(lambda: ScanNetScene(folder), "scene0007_00_vh_clean_2.labels.ply", kind=UserError)
+    one_line_error(lambda: ScanNetScene(folder), "scene0007_00_vh_clean_2.labels.ply", kind=UserError)
     _write_labeled_ply(folder / "scene0007_00_vh_clean_2.labels.ply", np.array([3, 22, 34, 1], np.uint16))
     scene = ScanNetScene(folder)
     src = scene.source(max_frames=2)
     assert isinstance(src, SensSource) and len(list(src)) == 2
     target = scene.target()
     assert target.labels.tolist() == [3, 0, 34, 1] and target.positions_m.shape == (4, 3)
-    _error(lambda: ScanNetScene(tmp_path / "nope"), "nope", kind=UserError)
+    one_line_error(lambda: ScanNetScene(tmp_path / "nope"), "nope", kind=UserError)

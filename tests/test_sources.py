@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fusion.errors import SourceError
 from fusion.frame import Intrinsics
 from fusion.sources import open_source
 from fusion.sources.images import read_color, read_depth_m
 from fusion.sources.redwood import RedwoodSource
 from fusion.sources.sevenscenes import SevenScenesSource
 from fusion.sources.tum import FREIBURG_K, TumConfig, TumSource, interpolate_pose
+from tests.conftest import one_line_error
 from tests.fixtures_rgbd import (TINY, quantised_depth_m, scene_frames, write_redwood, write_sevenscenes,
                                  write_tum)
 from tests.conftest import shared_data
@@ -41,15 +41,6 @@ def _check_frames(source, expected, units_per_m, timestamps, exact_color=True):
     return got
 
 
-def _error(fn, *names):
-    """Run fn, expect SourceError; its message is one line and names each of `names`."""
-    with pytest.raises(SourceError) as info:
-        fn()
-    msg = str(info.value)
-    assert "\n" not in msg
-    for name in names:
-        assert name in msg, msg
-    return msg
 
 
 # --- 7-Scenes -------------------------------------------------------------------------------------
@@ -88,13 +79,13 @@ def test_sevenscenes_65535_is_invalid(tmp_path, frames):
 def test_sevenscenes_several_frame_folders(tmp_path, frames):
     write_sevenscenes(tmp_path / "scene", frames[:1], subfolder="seq-01")
     write_sevenscenes(tmp_path / "scene", frames[:1], subfolder="seq-02")
-    _error(lambda: open_source(str(tmp_path / "scene")), "seq-01", "seq-02")
+    one_line_error(lambda: open_source(str(tmp_path / "scene")), "seq-01", "seq-02")
 
 
 def test_sevenscenes_missing_colour_partner(tmp_path, frames):
     root = write_sevenscenes(tmp_path / "s", frames[:2])
     (root / "rgbd-frames" / "frame-000001.color.png").unlink()
-    _error(lambda: SevenScenesSource(root), "frame-000001")
+    one_line_error(lambda: SevenScenesSource(root), "frame-000001")
 
 
 # --- TUM ------------------------------------------------------------------------------------------
@@ -123,7 +114,7 @@ def test_tum_intrinsics_json_and_unmatched_rgb_dropped(tmp_path, frames):
 
 def test_tum_no_rgb_within_tolerance(tmp_path, frames):
     root = write_tum(tmp_path / "t", frames, rgb_offset_s=0.5)
-    _error(lambda: TumSource(root), "0.02")
+    one_line_error(lambda: TumSource(root), "0.02")
 
 
 def test_tum_intrinsics_from_folder_name(tmp_path, caplog):
@@ -162,7 +153,7 @@ def test_tum_non_monotonic_timestamps(tmp_path, frames, list_name):
     lines = (root / list_name).read_text().splitlines()
     lines[2], lines[3] = lines[3], lines[2]
     (root / list_name).write_text("\n".join(lines) + "\n")
-    _error(lambda: open_source(str(root)), f"{list_name}:4", "does not increase")
+    one_line_error(lambda: open_source(str(root)), f"{list_name}:4", "does not increase")
 
 
 # --- Open3D / Redwood ----------------------------------------------------------------------------
@@ -204,30 +195,30 @@ def test_redwood_not_detected_with_synth_json(tmp_path, frames):
 def test_redwood_count_mismatch(tmp_path, frames):
     root = write_redwood(tmp_path / "r", frames, log_name=None)
     (root / "color" / "000003.png").unlink()
-    _error(lambda: open_source(str(root)), "color/ holds 3", "depth/ holds 4")
+    one_line_error(lambda: open_source(str(root)), "color/ holds 3", "depth/ holds 4")
 
 
 def test_redwood_log_count_mismatch(tmp_path, frames):
     root = write_redwood(tmp_path / "r", frames)
     lines = (root / "trajectory.log").read_text().splitlines()
     (root / "trajectory.log").write_text("\n".join(lines[:15]) + "\n")
-    _error(lambda: RedwoodSource(root), "trajectory.log", "3 poses")
+    one_line_error(lambda: RedwoodSource(root), "trajectory.log", "3 poses")
 
 
 # --- bad input ------------------------------------------------------------------------------------
 
 def test_open_source_missing_empty_unknown(tmp_path):
-    _error(lambda: open_source(str(tmp_path / "nope")), "nope", "no such")
+    one_line_error(lambda: open_source(str(tmp_path / "nope")), "nope", "no such")
     (tmp_path / "empty").mkdir()
-    _error(lambda: open_source(str(tmp_path / "empty")), "empty")
+    one_line_error(lambda: open_source(str(tmp_path / "empty")), "empty")
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "notes.txt").write_text("hello")
-    _error(lambda: open_source(str(tmp_path / "odd")), "odd", "unknown dataset layout")
+    one_line_error(lambda: open_source(str(tmp_path / "odd")), "odd", "unknown dataset layout")
 
 
 def test_max_frames_must_be_positive(tmp_path, frames):
     root = write_sevenscenes(tmp_path / "s", frames[:1])
-    _error(lambda: open_source(str(root), max_frames=0), "max_frames")
+    one_line_error(lambda: open_source(str(root), max_frames=0), "max_frames")
 
 
 @pytest.mark.parametrize("kind", ["depth", "color"])
@@ -240,7 +231,7 @@ def test_bad_image_fails_at_that_frame(tmp_path, frames, kind, damage):
     src = open_source(str(root))  # opening reads no pixels
     it = iter(src)
     assert [next(it).index for _ in range(2)] == [0, 1]
-    msg = _error(lambda: next(it), "frame-000002")
+    msg = one_line_error(lambda: next(it), "frame-000002")
     assert "cannot read" in msg
 
 
@@ -248,7 +239,7 @@ def test_missing_image_at_iteration(tmp_path, frames):
     root = write_redwood(tmp_path / "r", frames)
     src = RedwoodSource(root)
     (root / "depth" / "000001.png").unlink()
-    _error(lambda: list(src), "000001.png", "missing")
+    one_line_error(lambda: list(src), "000001.png", "missing")
 
 
 def test_all_zero_depth_is_yielded(tmp_path, frames):
@@ -276,14 +267,14 @@ def test_depth_of_other_size_fails_naming_file(tmp_path, frames):
     Image.fromarray(np.ones((24, 32), np.uint16)).save(path)
     it = iter(open_source(str(root)))
     next(it)
-    _error(lambda: next(it), "frame-000001.depth.png", "32x24")
+    one_line_error(lambda: next(it), "frame-000001.depth.png", "32x24")
 
 
 def test_depth_size_differs_from_intrinsics_json(tmp_path, frames):
     root = write_redwood(tmp_path / "r", frames[:1])
     (root / "intrinsic.json").write_text(
         '{"width": 32, "height": 24, "intrinsic_matrix": [30, 0, 0, 0, 30, 0, 15.5, 11.5, 1]}')
-    _error(lambda: RedwoodSource(root), "000000.png", "intrinsic.json")
+    one_line_error(lambda: RedwoodSource(root), "000000.png", "intrinsic.json")
 
 
 @pytest.mark.parametrize("image, expected", [
@@ -293,32 +284,32 @@ def test_depth_size_differs_from_intrinsics_json(tmp_path, frames):
 def test_depth_wrong_format(tmp_path, frames, image, expected):
     root = write_sevenscenes(tmp_path / "s", frames[:2])
     Image.fromarray(image).save(root / "rgbd-frames" / "frame-000001.depth.png")
-    _error(lambda: list(SevenScenesSource(root)), "frame-000001.depth.png", expected)
+    one_line_error(lambda: list(SevenScenesSource(root)), "frame-000001.depth.png", expected)
 
 
 def test_colour_wrong_channel_count(tmp_path, frames):
     root = write_sevenscenes(tmp_path / "s", frames[:1])
     Image.fromarray(np.zeros((48, 64), np.uint8)).save(root / "rgbd-frames" / "frame-000000.color.png")
-    _error(lambda: list(SevenScenesSource(root)), "frame-000000.color.png", "1 channel")
+    one_line_error(lambda: list(SevenScenesSource(root)), "frame-000000.color.png", "1 channel")
 
 
 def test_nan_in_pose_files(tmp_path, frames):
     root = write_sevenscenes(tmp_path / "s", frames[:2])
     pose = root / "rgbd-frames" / "frame-000001.pose.txt"
     pose.write_text(pose.read_text().replace(pose.read_text().split()[0], "nan", 1))
-    _error(lambda: open_source(str(root)), "frame-000001.pose.txt:1", "NaN")
+    one_line_error(lambda: open_source(str(root)), "frame-000001.pose.txt:1", "NaN")
 
     root = write_tum(tmp_path / "t", frames)
     lines = (root / "groundtruth.txt").read_text().splitlines()
     lines[2] = " ".join(lines[2].split()[:2] + ["nan"] + lines[2].split()[3:])
     (root / "groundtruth.txt").write_text("\n".join(lines) + "\n")
-    _error(lambda: open_source(str(root)), "groundtruth.txt:3")
+    one_line_error(lambda: open_source(str(root)), "groundtruth.txt:3")
 
     root = write_redwood(tmp_path / "r", frames)
     lines = (root / "trajectory.log").read_text().splitlines()
     lines[7] = "0 nan 0 1"
     (root / "trajectory.log").write_text("\n".join(lines) + "\n")
-    _error(lambda: open_source(str(root)), "trajectory.log:8", "NaN")
+    one_line_error(lambda: open_source(str(root)), "trajectory.log:8", "NaN")
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -333,7 +324,7 @@ def test_nan_in_pose_files(tmp_path, frames):
 def test_wrong_sevenscenes_intrinsics(tmp_path, frames, text, expected):
     root = write_sevenscenes(tmp_path / "s", frames[:1])
     (root / "camera-intrinsics.txt").write_text(text)
-    _error(lambda: open_source(str(root)), "camera-intrinsics.txt", expected)
+    one_line_error(lambda: open_source(str(root)), "camera-intrinsics.txt", expected)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -347,7 +338,7 @@ def test_wrong_sevenscenes_intrinsics(tmp_path, frames, text, expected):
 def test_wrong_redwood_intrinsics(tmp_path, frames, text, expected):
     root = write_redwood(tmp_path / "r", frames[:1])
     (root / "intrinsic.json").write_text(text)
-    _error(lambda: open_source(str(root)), "intrinsic.json", expected)
+    one_line_error(lambda: open_source(str(root)), "intrinsic.json", expected)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -358,16 +349,16 @@ def test_wrong_redwood_intrinsics(tmp_path, frames, text, expected):
 def test_wrong_tum_camera_file(tmp_path, frames, text, expected):
     root = write_tum(tmp_path / "t", frames[:2])
     (root / "camera.txt").write_text(text)
-    _error(lambda: open_source(str(root)), "camera.txt", expected)
+    one_line_error(lambda: open_source(str(root)), "camera.txt", expected)
 
 
 def test_malformed_tum_list_line_and_missing_image(tmp_path, frames):
     root = write_tum(tmp_path / "t", frames[:2])
     next((root / "depth").iterdir()).unlink()
-    _error(lambda: TumSource(root), "depth.txt", "missing")
+    one_line_error(lambda: TumSource(root), "depth.txt", "missing")
     with open(root / "depth.txt", "a") as fh:
         fh.write("1305031103.5\n")
-    _error(lambda: TumSource(root), "depth.txt:4")
+    one_line_error(lambda: TumSource(root), "depth.txt:4")
 
 
 # --- real data ------------------------------------------------------------------------------------
