@@ -5,6 +5,7 @@ requests, autosaves, and publishes display snapshots to the GUI through a newest
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import queue
 import threading
@@ -24,7 +25,7 @@ from app.worker_env import lower_thread_priority, open_gui_source
 from fusion.autosave import AutosaveConfig, Autosaver
 from fusion.errors import UserError
 from fusion.pipeline import FusionPipeline, PipelineConfig
-from fusion.session import save_session
+from fusion.session import capture_session, write_session
 from fusion.sources.base import FrameSource
 from fusion.sources.stall import StallGuardConfig, guarded_frames
 
@@ -183,7 +184,7 @@ class FusionWorker:
         self.source, self.source_spec = source, spec
         self._it = guarded_frames(source, self.config.stall)
         self._close_autosaver()
-        self._autosaver = Autosaver(self._write_autosave, self.config.autosave, info={"source": spec})
+        self._autosaver = Autosaver(self._capture_autosave, self.config.autosave, info={"source": spec})
         self._autosaver.start(time.monotonic())
         self._retime_s, self._continuable = None, False
         self.state = "running"
@@ -333,10 +334,12 @@ class FusionWorker:
                 log.exception("closing the source failed")
             self.source = None
 
-    def _write_autosave(self, path: Path) -> None:  # fusion thread, between frames
+    def _capture_autosave(self):  # fusion thread, between frames: copy now, write on the autosaver's thread
         describe = self.source.describe() if self.source is not None else {"spec": self.source_spec}
-        save_session(path, self.pipeline, *self.trajectory(), describe,
-                     {"command": "gui", "source": self.source_spec, "autosave": True}, self.nets.session_extras())
+        capture = capture_session(self.pipeline, *self.trajectory(), describe,
+                                  {"command": "gui", "source": self.source_spec, "autosave": True},
+                                  self.nets.session_extras())
+        return functools.partial(write_session, capture=capture)
 
     def _close_autosaver(self) -> None:  # a clean end of a scan: its autosave is not offered for recovery
         if self._autosaver is not None:

@@ -12,6 +12,8 @@ Run: `.venv/bin/python -m bench.longscan_bench [--frames 5000] [--labels increme
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import logging
 import os
@@ -51,6 +53,24 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * PAGE_BYTES / 2**20
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def malloc_mb() -> dict:
+    """glibc heap over all arenas: bytes handed out (in use, mmapped blocks included) and bytes held free
+    (fragmentation that RSS still counts); empty where the C library is not glibc >= 2.33."""
+    try:
+        fn = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return {}
+    fn.restype = _MallInfo2
+    m = fn()
+    return {"malloc_in_use_mb": round((m.uordblks + m.hblkhd) / 2**20, 1), "malloc_free_held_mb": round(m.fordblks / 2**20, 1)}
+
+
 class WindowProbe:
     """LabelHook that measures every window of frames and forwards everything to `inner` (or labels
     nothing). Thread: the reconstruct (fusion) thread, like every LabelHook."""
@@ -79,7 +99,7 @@ class WindowProbe:
                "mesh_ms_window_total": round(float(mesh.sum()), 1), "mesh_ms_mean": round(float(mesh.mean()), 2),
                "mesh_ms_p95": round(float(np.percentile(mesh, 95)), 2), "fps": round(len(mesh) / (now - self._t0), 2),
                "integrated_share": round(self._integrated / self._frames, 3),
-               "tracking_failures": self.pipeline.tracker.failures}
+               "tracking_failures": self.pipeline.tracker.failures, **malloc_mb(), "python_objects": len(gc.get_objects())}
         self.rows.append(row)
         self._mesh_ms, self._t0 = [], now
         print(format_row(row), flush=True)
@@ -106,12 +126,13 @@ class WindowProbe:
             self.inner.close()
 
 
-HEADER = f"{'frames':>6} | {'RSS MB':>7} | {'blocks':>6} | {'vol MB':>7} | {'mesh ms/win':>11} | " \
-         f"{'mesh ms/fr':>10} | {'p95':>6} | {'fps':>5} | {'fails':>5}"
+HEADER = f"{'frames':>6} | {'RSS MB':>7} | {'malloc':>7} | {'free':>6} | {'objects':>8} | {'blocks':>6} | " \
+         f"{'vol MB':>7} | {'mesh ms/win':>11} | {'mesh ms/fr':>10} | {'p95':>6} | {'fps':>5} | {'fails':>5}"
 
 
 def format_row(r: dict) -> str:
-    return (f"{r['frames']:>6} | {r['rss_mb']:>7.1f} | {r['blocks']:>6} | {r['volume_mb']:>7.1f} | "
+    return (f"{r['frames']:>6} | {r['rss_mb']:>7.1f} | {r.get('malloc_in_use_mb', 0):>7.1f} | "
+            f"{r.get('malloc_free_held_mb', 0):>6.1f} | {r['python_objects']:>8} | {r['blocks']:>6} | {r['volume_mb']:>7.1f} | "
             f"{r['mesh_ms_window_total']:>11.1f} | {r['mesh_ms_mean']:>10.2f} | {r['mesh_ms_p95']:>6.2f} | "
             f"{r['fps']:>5.2f} | {r['tracking_failures']:>5}")
 

@@ -28,7 +28,7 @@ from fusion.export import (LabeledMesh, face_labels, label_colors, write_legend,
 from fusion.export_gltf import write_glb  # noqa: E402
 from fusion.pipeline import FusionPipeline, PipelineConfig  # noqa: E402
 from fusion.plyio import write_labeled_ply  # noqa: E402
-from fusion.session import load_session, save_session  # noqa: E402
+from fusion.session import capture_session, load_session, save_session  # noqa: E402
 from fusion.sources.synthetic import SyntheticSource  # noqa: E402
 from fusion.trajectory import write_tum  # noqa: E402
 from fusion.volume import VolumeConfig  # noqa: E402
@@ -115,6 +115,7 @@ def bench_session(pipeline, stamps, poses, labels: np.ndarray, folder: Path, rep
     path = folder / "room.session"
     extras = {"vertex_labels": labels}  # stands in for the label store's arrays until sessions hold it
     save_s = _median_s(lambda: save_session(path, pipeline, stamps, poses, {"kind": "synthetic"}, {}, extras), repeats)
+    capture_s = _median_s(lambda: capture_session(pipeline, stamps, poses, {"kind": "synthetic"}, {}, extras), repeats)
     loaded = []
 
     def load():
@@ -125,6 +126,7 @@ def bench_session(pipeline, stamps, poses, labels: np.ndarray, folder: Path, rep
     load_s = _median_s(load, repeats)
     size = path.stat().st_size
     return [{"item": "session save", "seconds": save_s, "bytes": size},
+            {"item": "autosave pause (capture only)", "seconds": capture_s, "bytes": 0},
             {"item": "session load (+ full re-mesh)", "seconds": load_s, "bytes": size}]
 
 

@@ -1,8 +1,10 @@
 """Owns autosave: periodic atomic session saves during a scan, in-progress markers and crash recovery.
 
 One scan is one autosave `NAME.session` in the autosave folder, rewritten atomically every
-`interval_s` by the thread that owns the pipeline (`maybe_save(now_s)` between frames, so nothing
-else touches the volume), beside a marker `NAME.lock`: JSON with the pid (and the process's start
+`interval_s`. The thread that owns the pipeline calls `maybe_save(now_s)` between frames, so nothing
+else touches the volume meanwhile; only a copy of the state is taken there (`capture`), and the
+autosaver's own thread compresses and writes it while scanning goes on (a full room: a pause of a
+fraction of a second instead of the seconds the whole save takes). Beside it lies a marker `NAME.lock`: JSON with the pid (and the process's start
 time, so a reused pid does not look alive) of the process scanning. `close()` removes the marker on a
 clean exit; an autosave whose marker names a process that is gone is what a crash left behind, and
 `find_recoverable` lists it for the GUI to offer. The folder keeps the newest `keep` autosaves.
@@ -15,6 +17,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,15 +140,18 @@ def discard(entry: Recoverable, delete_session: bool = False) -> None:
 
 # --- the autosaver --------------------------------------------------------------------------
 class Autosaver:
-    """Saves the scan every `interval_s` through `write(path)` (e.g. a lambda around `save_session`).
+    """Saves the scan every `interval_s`: `capture()` copies the state on the owning thread and returns
+    a writer `w(path)` (e.g. `functools.partial(write_session, capture=capture_session(...))`) that
+    `maybe_save` runs on the autosaver's thread while fusion goes on; an interval that comes while a
+    write is still running is skipped.
 
-    Thread: the thread that owns the pipeline (the fusion worker) calls `maybe_save`, `save_now` and
-    `close`; `write` runs there, between frames. Failures are logged, counted and never raised.
+    Thread: the thread that owns the pipeline (the fusion worker) calls `maybe_save`, `save_now`,
+    `wait` and `close`. Failures are logged, counted and never raised.
     """
 
-    def __init__(self, write: Callable[[Path], object], config: AutosaveConfig = AutosaveConfig(),
+    def __init__(self, capture: Callable[[], Callable[[Path], object]], config: AutosaveConfig = AutosaveConfig(),
                  info: dict | None = None, name: str | None = None):
-        self.config, self._write = config, write
+        self.config, self._capture = config, capture
         self.folder = Path(config.folder) if config.folder is not None else default_folder()
         name = name or f"{NAME_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         self.path = self.folder / f"{name}{SESSION_SUFFIX}"
@@ -153,9 +159,13 @@ class Autosaver:
         self._info = dict(info or {})
         self._last_attempt_s: float | None = None
         self._warned = False
+        self._lock = threading.Lock()          # marker and session file vs `close` from the owning thread
+        self._writer: threading.Thread | None = None
+        self._delete_on_close = False
         self.saves = 0                        #: autosaves written
         self.failures = 0                     #: autosaves that failed
         self.last_error: str | None = None    #: why the latest attempt failed (None after a success)
+        self.last_pause_s: float | None = None  #: how long the latest capture held the owning thread
         self.closed = False
 
     def start(self, now_s: float) -> None:
@@ -170,27 +180,73 @@ class Autosaver:
             self._last_attempt_s = now_s
         return now_s - self._last_attempt_s >= self.config.interval_s
 
-    def maybe_save(self, now_s: float, changed: bool = True) -> bool:
-        """Save when an interval has passed since the last attempt and the scan `changed`; True if saved.
-        `now_s` is a monotonic clock (time.monotonic())."""
-        if not changed or not self.due(now_s):
-            return False
-        return self.save_now(now_s)
+    @property
+    def writing(self) -> bool:
+        """A background write is running."""
+        return self._writer is not None and self._writer.is_alive()
 
-    def save_now(self, now_s: float) -> bool:
-        """Save at once (atomically: the previous autosave stays intact on failure); True when written."""
-        if self.closed:
+    def maybe_save(self, now_s: float, changed: bool = True) -> bool:
+        """Begin a background save when an interval has passed since the last attempt and the scan
+        `changed`; True if one began (`wait` for it). `now_s` is a monotonic clock."""
+        if not changed or not self.due(now_s) or self.writing:
             return False
         self._last_attempt_s = now_s
+        writer = self._take_capture()
+        if writer is None or not self._mark():
+            return False
+        self._writer = threading.Thread(target=self._save_file, args=(writer,), name="autosave-writer", daemon=True)
+        self._writer.start()
+        return True
+
+    def save_now(self, now_s: float) -> bool:
+        """Save at once and wait for it (atomically: the previous autosave stays intact on failure);
+        True when written."""
+        if self.closed:
+            return False
+        self.wait()
+        self._last_attempt_s = now_s
+        writer = self._take_capture()
+        return writer is not None and self._mark() and self._save_file(writer)
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Wait for a background write; True when none is left running."""
+        if self._writer is not None:
+            self._writer.join(timeout_s)
+        return not self.writing
+
+    def _take_capture(self):
         t0 = time.perf_counter()
+        try:
+            return self._capture()
+        except Exception as exc:  # noqa: BLE001 - an autosave must never stop the scan
+            self._failed(exc)
+            return None
+        finally:
+            self.last_pause_s = time.perf_counter() - t0
+
+    def _mark(self) -> bool:
+        """Create the folder and this scan's marker (owning thread); False (counted) when that fails."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._write_marker()
+        except OSError as exc:
+            self._failed(exc)
+            return False
+        return True
+
+    def _save_file(self, writer: Callable[[Path], object]) -> bool:
+        """Write through `writer` atomically; bookkeeping. The owning thread or the autosaver's."""
+        t0 = time.perf_counter()
+        try:
             with atomic_path(self.path) as tmp:
-                self._write(tmp)
+                writer(tmp)
         except Exception as exc:  # noqa: BLE001 - an autosave must never stop the scan
             self._failed(exc)
             return False
+        with self._lock:
+            if self.closed and self._delete_on_close:  # closed meanwhile, its file unwanted
+                self.path.unlink(missing_ok=True)
+                return False
         self._succeeded(time.perf_counter() - t0)
         self._prune()
         return True
@@ -243,16 +299,18 @@ class Autosaver:
             log.debug("pruning old autosaves failed: %s", exc)
 
     def close(self, delete_session: bool = False) -> None:
-        """Clean exit: remove the marker (the autosave is no longer offered for recovery)."""
-        if self.closed:
-            return
-        self.closed = True
-        for path in (self.marker_path, self.path if delete_session else None):
-            if path is not None:
-                try:
-                    path.unlink(missing_ok=True)
-                except OSError as exc:
-                    log.warning("cannot remove %s: %s", path, exc.strerror or exc)
+        """Clean exit: remove the marker (the autosave is no longer offered for recovery). Does not wait
+        for a background write: it finishes on its own (and is deleted then with delete_session)."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed, self._delete_on_close = True, delete_session
+            for path in (self.marker_path, self.path if delete_session else None):
+                if path is not None:
+                    try:
+                        path.unlink(missing_ok=True)
+                    except OSError as exc:
+                        log.warning("cannot remove %s: %s", path, exc.strerror or exc)
 
     def __enter__(self) -> "Autosaver":
         return self

@@ -102,6 +102,41 @@ def _write_zip(path: Path, manifest: dict, arrays: dict, level: int) -> None:
         zf.writestr("manifest.json", json.dumps(manifest, indent=1))
 
 
+@dataclass(frozen=True)
+class SessionCapture:
+    """A consistent copy of everything a session holds, taken on the pipeline's thread; `write_session`
+    may then write it from any thread while fusion goes on."""
+
+    manifest: dict
+    arrays: dict
+
+
+def capture_session(pipeline: FusionPipeline, timestamps_s, poses, source: dict | None = None,
+                    settings: dict | None = None, extras: dict | None = None) -> SessionCapture:
+    """Copy the fusion state (+ trajectory, extras). Call from the thread that owns `pipeline`."""
+    poses = np.asarray(poses, np.float64).reshape(-1, 4, 4)
+    arrays = _volume_arrays(pipeline) | {
+        "trajectory/timestamps_s": np.array(timestamps_s, np.float64),
+        "trajectory/poses": poses.copy(),
+    } | {f"extra/{k}": np.array(v) for k, v in (extras or {}).items()}
+    return SessionCapture(_manifest(pipeline, source, settings, arrays), arrays)
+
+
+def write_session(path: Path | str, capture: SessionCapture, config: SessionConfig = SessionConfig()) -> int:
+    """Write a captured session to `path` atomically; returns bytes written. Any thread."""
+    path = Path(path)
+    t0 = time.perf_counter()
+    try:
+        with atomic_path(path) as tmp:
+            _write_zip(tmp, capture.manifest, capture.arrays, config.compress_level)
+    except OSError as exc:
+        raise UserError(f"cannot save session {path}: {exc.strerror or exc}") from None
+    size = path.stat().st_size
+    log.info("saved session %s: %d blocks, %d poses, %.1f MB in %.2f s", path, len(capture.arrays["volume/keys"]),
+             len(capture.arrays["trajectory/poses"]), size / 1e6, time.perf_counter() - t0)
+    return size
+
+
 def save_session(path: Path | str, pipeline: FusionPipeline, timestamps_s, poses, source: dict | None = None,
                  settings: dict | None = None, extras: dict | None = None,
                  config: SessionConfig = SessionConfig()) -> int:
@@ -109,23 +144,7 @@ def save_session(path: Path | str, pipeline: FusionPipeline, timestamps_s, poses
 
     Call from the thread that owns `pipeline` (it must not integrate meanwhile).
     """
-    path = Path(path)
-    t0 = time.perf_counter()
-    poses = np.asarray(poses, np.float64).reshape(-1, 4, 4)
-    arrays = _volume_arrays(pipeline) | {
-        "trajectory/timestamps_s": np.asarray(timestamps_s, np.float64),
-        "trajectory/poses": poses,
-    } | {f"extra/{k}": np.asarray(v) for k, v in (extras or {}).items()}
-    manifest = _manifest(pipeline, source, settings, arrays)
-    try:
-        with atomic_path(path) as tmp:
-            _write_zip(tmp, manifest, arrays, config.compress_level)
-    except OSError as exc:
-        raise UserError(f"cannot save session {path}: {exc.strerror or exc}") from None
-    size = path.stat().st_size
-    log.info("saved session %s: %d blocks, %d poses, %.1f MB in %.2f s", path, len(arrays["volume/keys"]),
-             len(poses), size / 1e6, time.perf_counter() - t0)
-    return size
+    return write_session(path, capture_session(pipeline, timestamps_s, poses, source, settings, extras), config)
 
 
 # --- loading ---------------------------------------------------------------------------------

@@ -1,12 +1,14 @@
 """Owns training of the semantic + completion net on fused synthetic scans (`python -m nets.train`).
 
-    python -m nets.train --data DIR --out DIR [--steps N] [--resume]
+    python -m nets.train --data DIR --out DIR [--steps N] [--resume] [--init WEIGHTS --lr LR]
     torchrun --nproc_per_node N -m nets.train ...     # DDP (gloo on CPU, nccl on CUDA)
 
 Data: `nets.data` samples (written first with `--make-data` if the folder is empty). A fixed
 validation split (`--val`, seeds never trained on) is scored every `val_every` steps. Checkpoints are
 written atomically every `checkpoint_every` steps and at the end; `--resume` continues from the last
-one. The finished net is also written as `OUT/weights.pt` in the shipped format (`nets.infer`). Deterministic given `--seed` (one process, same thread count).
+one. `--init` fine-tunes from a weights file (the shipped net, say, on ScanNet or more rooms). The
+finished net is also written as `OUT/weights.pt` in the shipped format (`nets.infer`). Deterministic
+given `--seed` (one process, same thread count).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from tqdm import tqdm
 
 from fusion.atomic import atomic_path
 from fusion.coarse import CoarseGridConfig
+from fusion.errors import UserError
 from nets.batch import BatchTargets, make_batch
 from nets.data import Sample, build_dataset
 from nets.infer import save_weights
@@ -104,6 +107,16 @@ def save_checkpoint(path: Path, net, opt, step: int, cfg: TrainConfig, extra: di
         torch.save(state, tmp)
 
 
+def _init_net(path: Path, cfg: TrainConfig) -> SemanticCompletionNet:
+    from nets.infer import ChunkModel
+
+    net = ChunkModel.load(path).net
+    if net.config != cfg.model:
+        raise UserError(f"{path}: the weights are of another model configuration than this training's")
+    log.info("starting from the weights in %s", path)
+    return net
+
+
 def _unwrap(net):
     return net.module if hasattr(net, "module") else net
 
@@ -131,14 +144,15 @@ class _Dist:
 
 
 def train(train_samples: list[Sample], val_samples: list[Sample], out_dir: Path, cfg: TrainConfig,
-          resume: bool = False, progress: bool = True, stop_at: int | None = None) -> dict:
+          resume: bool = False, progress: bool = True, stop_at: int | None = None, init: Path | None = None) -> dict:
     """Train; returns the last validation metrics. Writes out_dir/checkpoint.pt and, when all
-    cfg.steps are done, out_dir/model.pt. stop_at: leave after that step (as if interrupted)."""
+    cfg.steps are done, out_dir/model.pt. stop_at: leave after that step (as if interrupted).
+    init: start from the net of a weights file (fine-tuning; a checkpoint found by `resume` wins)."""
     dist = _Dist()
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     out_dir.mkdir(parents=True, exist_ok=True)
-    net = SemanticCompletionNet(cfg.model)
+    net = SemanticCompletionNet(cfg.model) if init is None else _init_net(init, cfg)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, ckpt = 0, out_dir / "checkpoint.pt"
     if resume and ckpt.exists():
@@ -191,6 +205,9 @@ def _parse(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=TrainConfig.threads)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init", type=Path, metavar="WEIGHTS", help="fine-tune: start from this weights file's net "
+                   "(e.g. resources/nets/semantic_completion.pt)")
+    p.add_argument("--lr", type=float, default=TrainConfig.lr, help="peak learning rate")
     p.add_argument("--make-data", type=str, metavar="FIRST:LAST",
                    help="first scan synthetic rooms FIRST..LAST-1 into --data (skips ones already there)")
     p.add_argument("--workers", type=int, default=1, help="processes for --make-data")
@@ -214,8 +231,12 @@ def main(argv=None) -> int:
     if not train_samples:
         log.error("no training samples in %s (use --make-data FIRST:LAST)", args.data)
         return 2
-    cfg = replace(TrainConfig(), steps=args.steps, seed=args.seed, threads=args.threads)
-    metrics = train(train_samples, _load_dir(args.val), args.out, cfg, resume=args.resume)
+    cfg = replace(TrainConfig(), steps=args.steps, seed=args.seed, threads=args.threads, lr=args.lr)
+    try:
+        metrics = train(train_samples, _load_dir(args.val), args.out, cfg, resume=args.resume, init=args.init)
+    except UserError as exc:
+        log.error("%s", exc)
+        return 2
     log.info("done: %s", {k: v for k, v in metrics.items() if not isinstance(v, dict)})
     return 0
 

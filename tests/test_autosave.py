@@ -7,6 +7,8 @@ import logging
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -23,7 +25,7 @@ def dead_pid() -> int:
 
 
 class Writer:
-    """Stands in for `lambda path: save_session(path, pipeline, ...)`: writes a versioned payload."""
+    """Stands in for a captured session's `write_session`: writes a versioned payload."""
 
     def __init__(self):
         self.version = 0
@@ -36,7 +38,8 @@ class Writer:
 
 
 def make(tmp_path, interval_s=10.0, keep=3, name="scan-a", writer=None):
-    return Autosaver(writer or Writer(), AutosaveConfig(interval_s=interval_s, folder=tmp_path, keep=keep),
+    writer = writer or Writer()
+    return Autosaver(lambda: writer, AutosaveConfig(interval_s=interval_s, folder=tmp_path, keep=keep),
                      info={"source": "synthetic:0"}, name=name)
 
 
@@ -51,10 +54,10 @@ def test_saves_once_per_interval_and_only_when_changed(tmp_path):
     s = make(tmp_path, interval_s=10.0, writer=w)
     s.start(100.0)
     assert not s.maybe_save(105.0) and w.calls == 0
-    assert s.maybe_save(110.0) and s.path.read_bytes().startswith(b"session v1")
+    assert s.maybe_save(110.0) and s.wait() and s.path.read_bytes().startswith(b"session v1")
     assert not s.maybe_save(115.0)
     assert not s.maybe_save(121.0, changed=False)  # paused scan: nothing new to save
-    assert s.maybe_save(122.0) and w.calls == 2 and s.saves == 2
+    assert s.maybe_save(122.0) and s.wait() and w.calls == 2 and s.saves == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scan-a.lock", "scan-a.session"]  # no temp files
     s.close()
 
@@ -103,7 +106,7 @@ def test_marker_without_autosave_or_unreadable_is_ignored(tmp_path):
     assert find_recoverable(tmp_path / "missing") == []
 
 
-@pytest.mark.parametrize("fault", ["enospc", "target-is-a-folder", "writer-bug", "folder-is-a-file"])
+@pytest.mark.parametrize("fault", ["enospc", "target-is-a-folder", "writer-bug", "capture-bug", "folder-is-a-file"])
 def test_write_errors_warn_once_keep_previous_and_never_raise(tmp_path, monkeypatch, caplog, fault):
     w = Writer()
     s = make(tmp_path / "auto", interval_s=1.0, writer=w)
@@ -117,13 +120,17 @@ def test_write_errors_warn_once_keep_previous_and_never_raise(tmp_path, monkeypa
     elif fault == "target-is-a-folder":
         s.path.unlink()
         s.path.mkdir()
-    elif fault == "writer-bug":
-        monkeypatch.setattr(s, "_write", lambda path: 1 / 0)
+    elif fault == "writer-bug":  # fails on the autosaver's thread
+        monkeypatch.setattr(s, "_capture", lambda: lambda path: 1 / 0)
+    elif fault == "capture-bug":  # fails on the owning (fusion) thread
+        monkeypatch.setattr(s, "_capture", lambda: 1 / 0)
     else:
         (tmp_path / "auto").write_text("a file where the folder should be")
         s.start(0.0)
     with caplog.at_level(logging.WARNING, logger="fusion.autosave"):
-        assert not s.maybe_save(5.0) and not s.maybe_save(10.0) and not s.maybe_save(10.5)
+        for now_s in (5.0, 10.0, 10.5):  # two attempts (the third is not due), neither raises
+            s.maybe_save(now_s)
+            assert s.wait()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "autosave" in warnings[0] and "scanning goes on" in warnings[0], warnings
     assert s.failures == 2 and s.last_error
@@ -133,7 +140,7 @@ def test_write_errors_warn_once_keep_previous_and_never_raise(tmp_path, monkeypa
         monkeypatch.undo()
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="fusion.autosave"):
-            assert s.maybe_save(20.0) and s.last_error is None  # space again: autosaving resumes
+            assert s.maybe_save(20.0) and s.wait() and s.last_error is None  # space again: autosaving resumes
         assert any("works again" in r.getMessage() for r in caplog.records)
     s.close()
 
@@ -165,31 +172,63 @@ def test_default_folder_follows_xdg(monkeypatch, tmp_path):
 
 
 def test_autosaved_session_loads_after_a_crash(tmp_path):
-    """The real writer: a pipeline autosaved mid-scan is recovered with `load_session`."""
+    """The real capture and writer: a pipeline autosaved in the background while it goes on fusing is
+    recovered with `load_session` exactly as it was when captured."""
+    import functools
+
     from fusion.pipeline import FusionPipeline, PipelineConfig
-    from fusion.session import load_session, save_session
+    from fusion.session import capture_session, load_session, write_session
     from fusion.volume import VolumeConfig
     from tests.scenes import SMALL, orbit
 
-    frames = orbit(4, SMALL)
+    frames = orbit(6, SMALL)
     p = FusionPipeline(PipelineConfig(volume=VolumeConfig(voxel_size_m=0.04, device="cpu")))
-    stamps, poses = [], []
-    s = Autosaver(lambda path: save_session(path, p, stamps, poses, {"kind": "test"}),
-                  AutosaveConfig(interval_s=1.0, folder=tmp_path), name="scan-real")
+    stamps, poses, captured = [], [], []
+
+    def capture():
+        captured.append((len(poses), p.volume.frames_integrated, p.volume.n_blocks))
+        return functools.partial(write_session, capture=capture_session(p, stamps, poses, {"kind": "test"}))
+
+    s = Autosaver(capture, AutosaveConfig(interval_s=1.0, folder=tmp_path), name="scan-real")
     s.start(0.0)
     try:
         for i, f in enumerate(frames):
-            r = p.process(f, T_start=f.T_world_cam_gt)
+            r = p.process(f, T_start=f.T_world_cam_gt)  # fusion goes on while a capture is written
             stamps.append(r.timestamp_s)
             poses.append(r.T_world_cam)
             s.maybe_save(float(i))
+        assert s.wait() and s.saves >= 1 and s.failures == 0
         crash(s)
         (rec,) = find_recoverable(tmp_path)
         loaded = load_session(rec.session_path)
-        assert len(loaded.poses) == 4 and loaded.pipeline.volume.n_blocks == p.volume.n_blocks
+        n_poses, n_frames, n_blocks = captured[-1]
+        assert len(loaded.poses) == n_poses and loaded.pipeline.volume.frames_integrated == n_frames
+        assert loaded.pipeline.volume.n_blocks == n_blocks
         loaded.pipeline.close()
     finally:
         p.close()
+
+
+def test_background_write_never_holds_the_scan_and_close_does_not_wait(tmp_path):
+    release = threading.Event()
+    calls = []
+
+    def slow_writer(path):
+        calls.append(threading.current_thread().name)
+        release.wait(10.0)
+        path.write_bytes(b"session")
+
+    s = Autosaver(lambda: slow_writer, AutosaveConfig(interval_s=1.0, folder=tmp_path), name="scan-slow")
+    s.start(0.0)
+    t0 = time.perf_counter()
+    assert s.maybe_save(1.0) and s.writing
+    assert not s.maybe_save(2.5)  # due, but the previous write still runs: skipped
+    assert time.perf_counter() - t0 < 1.0 and s.marker_path.is_file()
+    s.close(delete_session=True)   # a clean exit while writing: returns at once
+    assert not s.marker_path.exists() and find_recoverable(tmp_path) == []
+    release.set()
+    assert s.wait(10.0)
+    assert calls == ["autosave-writer"] and not s.path.exists() and not list(tmp_path.glob("*.tmp"))
 
 
 def test_temp_files_of_a_save_killed_midway_are_cleaned_up(tmp_path):

@@ -89,3 +89,24 @@ def test_unreadable_file_and_missing_camera_are_messages_not_crashes(make_window
         assert words in w.errors[0] and w.status.state == "idle"
     w.errors.clear()
     scan(qtbot, w, "synthetic:1", frames=3)  # the app goes on
+
+
+def test_autosave_during_a_scan_writes_a_session_that_loads(make_window, qtbot, tmp_path):
+    """The app autosaves while it scans (the copy on the fusion thread, the write beside it); the
+    autosave holds the volume, the trajectory and the labels."""
+    from app.fusion_worker import FusionWorkerConfig
+    from fusion.autosave import AutosaveConfig
+    from fusion.session import load_session
+
+    folder = tmp_path / "autosave"
+    w = make_window(nets=True, worker=FusionWorkerConfig(autosave=AutosaveConfig(interval_s=0.3, folder=folder)))
+    scan(qtbot, w, "synthetic:3", frames=24)
+    saver = w.worker._autosaver
+    qtbot.waitUntil(lambda: saver.saves >= 1 and not saver.writing, timeout=20000)
+    assert saver.failures == 0 and saver.last_pause_s is not None
+    loaded = load_session(saver.path)
+    try:
+        assert loaded.pipeline.volume.n_blocks > 0 and 0 < len(loaded.poses) <= 24
+        assert loaded.settings.get("autosave") is True
+    finally:
+        loaded.pipeline.close()
