@@ -81,3 +81,18 @@ def test_torchrun_ddp_trains_on_two_processes(samples, tmp_path):
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (tmp_path / "run" / "model.pt").exists()
+
+
+def test_fine_tuning_starts_from_a_weights_file(samples, tmp_path):
+    from fusion.errors import UserError
+    from nets.model import ModelConfig
+
+    train(samples, [], tmp_path / "a", FAST, progress=False)
+    start = tmp_path / "a" / "weights.pt"
+    train(samples, [], tmp_path / "b", replace(FAST, lr=0.0), progress=False, init=start)  # lr 0: nothing moves
+    fresh = torch.load(start, weights_only=True)["state_dict"]
+    tuned = _weights(tmp_path / "b")
+    assert all(torch.equal(fresh[k], tuned[k]) for k in fresh if "running" not in k and "num_batches" not in k)
+    other = replace(FAST, model=replace(ModelConfig(), channels=tuple(c + 8 for c in ModelConfig().channels)))
+    with pytest.raises(UserError, match="another model configuration"):
+        train(samples, [], tmp_path / "c", other, progress=False, init=start)
