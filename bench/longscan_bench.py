@@ -19,6 +19,7 @@ import logging
 import os
 import tempfile
 import time
+import tracemalloc
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,6 +46,7 @@ class LongScanConfig:
     labels: str = "incremental"   #: incremental | final | none
     poses: str = "track"          #: track | gt
     device: str = "auto"          #: auto | cpu | cuda
+    trace_top: int = 0            #: >0: trace Python/numpy allocations and log the N sites that grew most per window
 
 
 def rss_mb() -> float:
@@ -81,6 +83,7 @@ class WindowProbe:
         self._mesh_ms: list[float] = []
         self._frames = self._integrated = 0
         self._t0 = time.perf_counter()
+        self._trace = tracemalloc.take_snapshot() if tracemalloc.is_tracing() else None
 
     def on_frame(self, result) -> None:
         if self.inner is not None:
@@ -100,10 +103,24 @@ class WindowProbe:
                "mesh_ms_p95": round(float(np.percentile(mesh, 95)), 2), "fps": round(len(mesh) / (now - self._t0), 2),
                "integrated_share": round(self._integrated / self._frames, 3),
                "tracking_failures": self.pipeline.tracker.failures, **malloc_mb(), "python_objects": len(gc.get_objects())}
+        if self._trace is not None:
+            row["traced_mb"] = round(tracemalloc.get_traced_memory()[0] / 2**20, 1)
+            row["traced_growth"] = self._trace_growth()
         self.rows.append(row)
         self._mesh_ms, self._t0 = [], now
         print(format_row(row), flush=True)
+        for site in row.get("traced_growth", []):
+            print(f"        {site['mb']:+8.1f} MB  {site['blocks']:>8} blocks  {site['where']}", flush=True)
         write_json(self.out, self.cfg, self.rows, None)
+
+    def _trace_growth(self) -> list[dict]:
+        """The allocation sites (3 frames of traceback) whose live traced memory grew most since the last window."""
+        snap = tracemalloc.take_snapshot()
+        stats = snap.compare_to(self._trace, "traceback")[: self.cfg.trace_top]
+        self._trace = snap
+        return [{"mb": round(st.size_diff / 2**20, 2), "blocks": st.count_diff,
+                 "where": " <- ".join(f"{fr.filename.rsplit('/', 2)[-1]}:{fr.lineno}" for fr in st.traceback)}
+                for st in stats]
 
     def finish(self, interrupted: bool) -> None:
         if self.inner is not None:
@@ -192,9 +209,14 @@ def main(argv=None) -> int:
     p.add_argument("--labels", choices=("incremental", "final", "none"), default=d.labels)
     p.add_argument("--poses", choices=("track", "gt"), default=d.poses)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
+    p.add_argument("--trace-top", type=int, default=0, metavar="N",
+                   help="trace Python and numpy allocations (slower) and print the N sites that grew most per window")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "longscan.json")
     args = p.parse_args(argv)
-    cfg = LongScanConfig(args.seed, args.frames, args.window, args.voxel_size, args.labels, args.poses, args.device)
+    cfg = LongScanConfig(args.seed, args.frames, args.window, args.voxel_size, args.labels, args.poses, args.device,
+                         args.trace_top)
+    if cfg.trace_top:
+        tracemalloc.start(3)
     with tempfile.TemporaryDirectory(prefix="longscan_") as tmp:
         summary = run(cfg, args.out, Path(tmp))
     print(json.dumps(summary, indent=1))

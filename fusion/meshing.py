@@ -147,8 +147,9 @@ class ChunkMesher:
             for m, (key, chunk) in enumerate(zip(map(tuple, keys[idx]), map(tuple, chunk_of[idx]))):
                 v0, v1, f0, f1 = voff[m], voff[m + 1], foff[m], foff[m + 1]
                 blocks = self.chunks.setdefault(chunk, {})
-                if f1 > f0:
-                    blocks[key] = MeshArrays(V[v0:v1], C[v0:v1], N[v0:v1], F[f0:f1], K[v0:v1])
+                if f1 > f0:  # copies: a view would keep the whole batch (and its spare capacity) alive
+                    blocks[key] = MeshArrays(V[v0:v1].copy(), C[v0:v1].copy(), N[v0:v1].copy(), F[f0:f1].copy(),
+                                             K[v0:v1].copy())
                 else:
                     blocks.pop(key, None)
         return set(map(tuple, chunk_of))

@@ -188,3 +188,21 @@ def test_a_block_being_scanned_is_remeshed_once_per_interval():
     mesher.flush()
     assert mesher.pending_blocks == 0
     mesher.close()
+
+
+def test_block_meshes_hold_only_their_own_memory():
+    """A block's mesh owns its arrays: a view into its update's batch would keep the whole batch (and its
+    spare capacity) alive for as long as any one block of it is not re-meshed, so memory would grow
+    with how often a long scan re-meshes, not with the scene."""
+    frames = orbit(4, SMALL, step_deg=5)
+    vol = TsdfVolume(VolumeConfig(voxel_size_m=0.02, block_resolution=8, **CPU))
+    mesher = ChunkMesher(vol, MeshConfig(threads=2, max_blocks_per_update=7, min_interval_updates=1))
+    for f in frames:
+        mesher.update(vol.integrate(f, f.T_world_cam_gt))
+    mesher.flush()
+    meshes = [m for blocks in mesher.chunks.values() for m in blocks.values()]
+    assert len(meshes) > 20
+    for m in meshes:
+        for a in (m.positions_m, m.colors, m.normals, m.faces, m.vertex_keys):
+            assert a.base is None or a.base.nbytes == a.nbytes
+    mesher.close()
