@@ -18,6 +18,7 @@ from fusion.atomic import atomic_path, write_text_atomic
 from fusion.classes import UNLABELED_COLOR, palette_lut
 from fusion.errors import UserError
 from fusion.export_gltf import class_name, write_glb
+from fusion.objtext import face_lines, vertex_lines
 from fusion.plyio import write_labeled_ply
 from fusion.trajectory import write_tum
 
@@ -97,14 +98,13 @@ def write_obj(path: Path | str, mesh: LabeledMesh) -> None:
     mtl_text = "".join(f"newmtl {_material(c)}\nKd {r:.4f} {g:.4f} {b:.4f}\nKa 0 0 0\nd 1\nillum 1\n\n"
                        for c, (r, g, b) in zip(ids, colors))
     write_text_atomic(mtl, f"# materials: one per class (ScanNet palette)\n\n{mtl_text}")
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        f.write(f"# labeled mesh: {len(mesh.positions_m)} vertices, {len(mesh.faces)} faces\nmtllib {mtl.name}\n")
-        v = np.concatenate([mesh.positions_m.astype(np.float64), mesh.colors / 255.0], 1)
-        np.savetxt(f, v, fmt="v %.6f %.6f %.6f %.4f %.4f %.4f")
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(f"# labeled mesh: {len(mesh.positions_m)} vertices, {len(mesh.faces)} faces\nmtllib {mtl.name}\n".encode())
+        f.write(vertex_lines(mesh.positions_m, mesh.colors / 255.0))
         order = np.argsort(fl, kind="stable")
         for c in ids:
-            f.write(f"g {_material(c)}\nusemtl {_material(c)}\n")
-            np.savetxt(f, mesh.faces[order[fl[order] == c]] + 1, fmt="f %d %d %d")
+            f.write(f"g {_material(c)}\nusemtl {_material(c)}\n".encode())
+            f.write(face_lines(mesh.faces[order[fl[order] == c]]))
 
 
 def _material(label: int) -> str:

@@ -198,3 +198,23 @@ def test_unwritable_folder_is_refused_before_writing(scan, tmp_path, monkeypatch
     with pytest.raises(UserError, match="not writable"):
         export_mesh(tmp_path / "scan.ply", m)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_obj_text_kernels_write_what_savetxt_writes():
+    import io
+
+    from fusion.objtext import face_lines, vertex_lines
+
+    rng = np.random.default_rng(3)
+    xyz = rng.normal(0, 4, (5000, 3))
+    rgb = rng.integers(0, 256, (5000, 3)) / 255.0
+    faces = rng.integers(0, 5000, (7000, 3))
+    ref = io.BytesIO()
+    np.savetxt(ref, np.concatenate([xyz, rgb], 1), fmt="v %.6f %.6f %.6f %.4f %.4f %.4f")
+    np.savetxt(ref, faces + 1, fmt="f %d %d %d")
+    ours = vertex_lines(xyz, rgb) + face_lines(faces)
+    assert ours == ref.getvalue()  # no exact decimal ties among random doubles
+    edge = vertex_lines(np.array([[-1e-9, 2.0000005, -3.9999999]]), np.array([[0.0, 1.0, 0.5]]))
+    assert edge == b"v 0.000000 2.000001 -4.000000 0.0000 1.0000 0.5000\n"
+    with pytest.raises(ValueError):
+        vertex_lines(np.array([[np.nan, 0, 0]]), np.zeros((1, 3)))
