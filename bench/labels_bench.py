@@ -11,8 +11,7 @@ inferred, halo included) of incremental updates vs whole-scene passes every N fr
 so the whole-scene p95 latency (0.95 * N / fps + one whole-scene inference) equals the incremental p95.
 The whole-scene inference time is taken at the live inference rate (sites per second of inference
 measured while fusion ran beside it), since that is where such a pass would run.
-Live inferences read a narrower halo than the receptive field (LabelerConfig.live_halo_voxels); the
-share of live labels a final drain (full halo) keeps tells what that costs. Prints a table and writes
+The share of live labels the final drain keeps tells how settled live labels are. Prints a table and writes
 bench/results/labels.json. Run: `.venv/bin/python -m bench.labels_bench`.
 """
 from __future__ import annotations
@@ -53,7 +52,6 @@ class BenchConfig:
     count_every: int = 5             #: whole-scene site counts taken every this many frames
     repeats: int = 2                 #: replays of each kind, interleaved (the machine's load drifts); medians
     compare_every: tuple = (15, 30, 60)  #: whole-scene intervals (frames) also reported
-    live_halo_voxels: int = LabelerConfig.live_halo_voxels  #: halo of live inferences (0: the full receptive field)
 
 
 def render(cfg: BenchConfig) -> list:
@@ -96,8 +94,7 @@ def replay(frames: list, cfg: BenchConfig, model=None) -> dict:
     """Real-time replay; with a model, the labeler thread runs beside fusion."""
     pipe = FusionPipeline(PipelineConfig(volume=VolumeConfig(voxel_size_m=cfg.voxel_size_m, device="cpu"),
                                          poses="gt"))
-    labeler = (IncrementalLabeler(pipe, model, config=LabelerConfig(live_halo_voxels=cfg.live_halo_voxels))
-               if model is not None else None)
+    labeler = IncrementalLabeler(pipe, model) if model is not None else None
     camera = _Camera(frames, cfg.fps)
     if labeler is not None:
         labeler.start()
@@ -221,12 +218,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--scale", type=float, default=BenchConfig.scale)
     ap.add_argument("--voxel-size", type=float, default=BenchConfig.voxel_size_m)
     ap.add_argument("--repeats", type=int, default=BenchConfig.repeats)
-    ap.add_argument("--live-halo", type=int, default=BenchConfig.live_halo_voxels,
-                    help="halo cells of live inferences (0: the model's full receptive field)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "labels.json")
     args = ap.parse_args(argv)
-    cfg = BenchConfig(frames=args.frames, scale=args.scale, voxel_size_m=args.voxel_size, repeats=args.repeats,
-                      live_halo_voxels=args.live_halo)
+    cfg = BenchConfig(frames=args.frames, scale=args.scale, voxel_size_m=args.voxel_size, repeats=args.repeats)
     model, weights = load_model()
     frames = render(cfg)
     log.info("rendered %d frames %dx%d", len(frames), frames[0].intrinsics.width, frames[0].intrinsics.height)
@@ -259,7 +253,7 @@ def print_table(r: dict) -> None:
             ("label latency p50 / p95 (s)", f"{w['latency_p50_s']} / {w['latency_p95_s']}"),
             ("queue / oldest wait at the last frame", f"{w['queue_at_end']} / {w['oldest_wait_at_end_s']} s"),
             ("drain after the last frame (s)", f"{w['drain_s']}"),
-            ("live labels the drain (full halo) kept", f"{100 * (w['live_labels_kept_by_drain'] or 0):.1f} %"),
+            ("live labels the drain kept", f"{100 * (w['live_labels_kept_by_drain'] or 0):.1f} %"),
             ("whole-scene inference (s; alone, at live rate)", f"{r['whole_scene']['whole_infer_s']}, "
                                                                f"{k['whole_infer_live_s']}"),
             ("chunks inferred / skipped (unchanged)", f"{w['live_chunks_inferred']} / {w['live_chunks_skipped']}"),

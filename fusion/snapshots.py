@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -55,17 +55,13 @@ class CoarseCache:
         self.volume = volume
         self.chunk_size_m = chunk_size_m
         self.touched_at: dict[tuple, int] = {}            # chunk -> frames integrated when last touched
-        self.entries: dict[CoarseGridConfig, dict] = {}   # grid (halo 0) -> chunk -> (count, coords, features)
+        self.entries: dict[CoarseGridConfig, dict] = {}   # grid -> chunk -> (count, coords, features)
         self._seeded = False  # chunks of blocks that existed before the first integration (a loaded session)
 
     def touch(self, blocks: np.ndarray) -> None:
         count = self.volume.frames_integrated
         for key in chunk_keys_of_blocks(blocks, self.volume.config.block_size_m, self.chunk_size_m):
             self.touched_at[key] = count
-
-    def _of(self, grid: CoarseGridConfig) -> dict:
-        """The entries of `grid`'s cells (a chunk's core sites do not depend on the halo)."""
-        return self.entries.setdefault(replace(grid, halo_voxels=0), {})
 
     def fits(self, grid: CoarseGridConfig) -> bool:
         return abs(grid.chunk_size_m - self.chunk_size_m) <= 1e-9
@@ -79,7 +75,7 @@ class CoarseCache:
 
     def stale(self, key: tuple, grid: CoarseGridConfig, since_count: int) -> bool:
         """Missing, or computed before `since_count` and touched after it was computed."""
-        entry = self._of(grid).get(key)
+        entry = self.entries.get(grid, {}).get(key)
         return entry is None or (entry[0] < since_count and entry[0] < self.touched_at.get(key, -1))
 
     def refresh(self, key: tuple, grid: CoarseGridConfig) -> None:
@@ -93,11 +89,11 @@ class CoarseCache:
             coords, feats = r.coords, r.features
         else:
             coords, feats = np.zeros((0, 3), np.int32), np.zeros((0, len(FEATURES)), np.float32)
-        self._of(grid)[key] = (self.volume.frames_integrated, coords, feats)
+        self.entries.setdefault(grid, {})[key] = (self.volume.frames_integrated, coords, feats)
 
     def assemble(self, keys: tuple, grid: CoarseGridConfig) -> tuple[CoarseRegion, int]:
         """The region of `keys` from cached entries (all present), and the oldest frame count it reflects."""
-        entries = self._of(grid)
+        entries = self.entries[grid]
         now = self.volume.frames_integrated
         near = self.near(keys, grid)
         count = min(now if entries[k][0] >= self.touched_at.get(k, -1) else entries[k][0] for k in near)

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -44,8 +44,6 @@ class LabelerConfig:
     latency_samples: int = 50_000        #: latency samples kept for the percentiles
     skip_change_below: float = 0.05      #: live: chunks whose input changed less than this since their last
     #:     inference (share of sites added/removed + mean feature change) keep their labels; step/drain infer all
-    live_halo_voxels: int = 12           #: live inferences read this many halo cells (0: the model's whole receptive
-    #:     field, exact). Fewer cost less; chunks inferred so are refined with the full halo when idle and in a drain
     worker_nice: int = 5                 #: niceness added to the worker thread (Linux) so fusion keeps its CPU share
 
 
@@ -89,8 +87,6 @@ class IncrementalLabeler:
         self.pipeline = pipeline
         self.model = model
         self.grid = model.grid
-        live_halo = config.live_halo_voxels or self.grid.halo_voxels
-        self.live_grid = replace(self.grid, halo_voxels=min(live_halo, self.grid.halo_voxels))
         self.labels = labels if labels is not None else LabelStore(self.grid)
         self.completion = completion if completion is not None else CompletionStore(self.grid)
         self.config = config
@@ -261,13 +257,12 @@ class IncrementalLabeler:
         if limit <= 0:
             return 0
         groups = self.scheduler.next_groups(now, self._camera_m, limit, force=force)
-        grid = self.grid if force else self.live_grid
         if not groups and not force and self.config.scheduler.halo_refresh_live:
             self.scheduler.requeue(self.scheduler.halo_stale(now)[: limit * 8], now, self._seen_count)
-            groups, grid = self.scheduler.next_groups(now, self._camera_m, limit), self.grid
+            groups = self.scheduler.next_groups(now, self._camera_m, limit)
         if groups:
             self._requested.update((g, gen) for g in groups)
-            self.pipeline.request_regions(groups, grid, tag=gen)
+            self.pipeline.request_regions(groups, self.grid, tag=gen)
         return len(groups)
 
     def _handle(self, snapshots, gen: int, live: bool = False) -> int:
@@ -279,9 +274,7 @@ class IncrementalLabeler:
             if snap.request.tag != gen or self._requested.pop(keys, None) != gen:
                 continue
             region = snap.region
-            exact = region.grid.halo_voxels >= self.grid.halo_voxels
-            refines = exact and not self.scheduler.approximate.isdisjoint(keys)  # a narrow-halo result
-            if live and not refines and self._unchanged(region):
+            if live and self._unchanged(region):
                 self._count_skipped(keys, self.scheduler.done(keys, snap.frames_integrated, time.monotonic(),
                                                               inferred=False))
                 continue
@@ -295,7 +288,7 @@ class IncrementalLabeler:
                 self.labels.fuse(pred)
                 self.completion.fuse(pred)
             self.memory.remember(region)
-            latencies = self.scheduler.done(keys, snap.frames_integrated, time.monotonic(), exact=exact)
+            latencies = self.scheduler.done(keys, snap.frames_integrated, time.monotonic())
             self._count(keys, region, infer_ms, latencies)
             done += len(keys)
         return done

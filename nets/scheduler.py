@@ -8,9 +8,7 @@ camera, how often they changed and how long they waited, and neighbours are grou
 its request until its result lands; marks that arrive meanwhile make it pending again, unless the
 snapshot it was inferred from already contained them (no lost work, no redundant work).
 A chunk whose neighbours changed after its snapshot is "halo-stale": its prediction may differ from one
-on the current volume; so is a chunk last inferred with a halo narrower than the receptive field
-("approximate", see LabelerConfig.live_halo_voxels). Both are refreshed when idle (at most every
-`halo_refresh_min_s`) and in a drain.
+on the current volume; those are refreshed when idle (at most every `halo_refresh_min_s`) and in a drain.
 """
 from __future__ import annotations
 
@@ -60,7 +58,6 @@ class ChunkScheduler:
         self.inferred_at: dict[tuple, int] = {}     # frame count of the snapshot of its latest prediction
         self.inferred_s: dict[tuple, float] = {}    # when that prediction landed
         self.deferred: set = set()                   # skipped (input barely changed) since their last inference
-        self.approximate: set = set()                # last inferred with a narrow halo (refresh with the full one)
 
     # --- input ---------------------------------------------------------------------------------
     def add(self, keys, since_s: float, last_s: float, count: int) -> None:
@@ -143,7 +140,7 @@ class ChunkScheduler:
                 continue
             if not force and now_s - self.inferred_s.get(key, 0.0) < self.config.halo_refresh_min_s:
                 continue
-            if key in self.deferred or key in self.approximate or any(self.changed_at.get((key[0] + dx, key[1] + dy, key[2] + dz), 0) > at
+            if key in self.deferred or any(self.changed_at.get((key[0] + dx, key[1] + dy, key[2] + dz), 0) > at
                                            for dx, dy, dz in _NEIGHBOURS):
                 out.append(key)
         return sorted(out)
@@ -154,10 +151,9 @@ class ChunkScheduler:
             self.pending.setdefault(tuple(key), _Entry(now_s, now_s - self.config.settle_s, 0, count))
 
     # --- results -------------------------------------------------------------------------------
-    def done(self, keys, snapshot_count: int, now_s: float, inferred: bool = True, exact: bool = True) -> list[float]:
+    def done(self, keys, snapshot_count: int, now_s: float, inferred: bool = True) -> list[float]:
         """Results for `keys` (inferred from a snapshot of `snapshot_count` frames) landed at now_s;
-        inferred False: their input barely changed and they keep their labels (deferred to a drain);
-        exact False: inferred with a halo narrower than the receptive field (refreshed later).
+        inferred False: their input barely changed and they keep their labels (deferred to a drain).
 
         Returns the label latency (s) of each chunk whose change it covered. Pending marks the
         snapshot already contained are dropped."""
@@ -175,7 +171,6 @@ class ChunkScheduler:
                 self.deferred.add(key)
                 continue
             self.deferred.discard(key)
-            (self.approximate.discard if exact else self.approximate.add)(key)
             self.inferred_at[key] = max(self.inferred_at.get(key, 0), snapshot_count)
             self.inferred_s[key] = now_s
         return latencies

@@ -17,7 +17,7 @@ from fusion.session import load_session
 from fusion.sources.synthetic import SyntheticConfig, SyntheticSource
 from fusion.synth.render import RenderConfig
 from fusion.volume import VolumeConfig
-from nets.incremental import IncrementalLabeler, LabelerConfig
+from nets.incremental import IncrementalLabeler
 from nets.infer import ChunkModel
 from nets.labels import CLASS_IDS, has_label_arrays
 from nets.scheduler import ChunkScheduler, SchedulerConfig
@@ -349,40 +349,6 @@ def test_skipped_chunks_are_inferred_in_the_drain():
     s.next_groups(now_s=7.0, camera_m=None, limit=1)
     assert s.done([(0, 0, 0)], snapshot_count=2, now_s=7.1, inferred=False) == [pytest.approx(1.1)]
     assert s.halo_stale(now_s=7.2, force=True) == [(0, 0, 0)] and s.inferred_at[(0, 0, 0)] == 1
-
-
-def test_narrow_halo_results_are_refreshed_until_exact():
-    s = ChunkScheduler(1.6, SchedulerConfig(halo_refresh_min_s=1.0))
-    s.add([(0, 0, 0)], since_s=0.0, last_s=0.0, count=1)
-    s.next_groups(now_s=5.0, camera_m=None, limit=1)
-    s.done([(0, 0, 0)], snapshot_count=1, now_s=5.1, exact=False)
-    assert s.halo_stale(now_s=5.5) == [] and s.halo_stale(now_s=6.2) == [(0, 0, 0)]
-    s.requeue([(0, 0, 0)], now_s=6.2, count=1)
-    s.next_groups(now_s=6.2, camera_m=None, limit=1)
-    s.done([(0, 0, 0)], snapshot_count=1, now_s=6.3)
-    assert s.halo_stale(now_s=9.0, force=True) == []
-
-
-def test_live_narrow_halo_labels_are_refined_with_the_full_halo(frames, model, pipeline):
-    calls = []
-    rec = Recording(model, lambda region: calls.append((region.keys, region.grid.halo_voxels)))
-    cfg = LabelerConfig(live_halo_voxels=8, scheduler=SchedulerConfig(settle_s=0.0, max_wait_s=0.0,
-                                                                      halo_refresh_min_s=0.0))
-    labeler = IncrementalLabeler(pipeline, rec, config=cfg)
-    for f in frames[:3]:
-        pipeline.process(f)
-    labeler.start()
-    try:
-        def refined() -> bool:
-            narrow = {k for keys, halo in calls if halo == 8 for k in keys}
-            full = {k for keys, halo in calls if halo == GRID.halo_voxels for k in keys}
-            return bool(narrow) and narrow <= full and not labeler.scheduler.approximate
-
-        assert serve_until(pipeline, refined, time.monotonic() + 60), calls
-    finally:
-        labeler.stop()
-        assert labeler.join(5.0)
-    assert calls[0][1] == 8 and set(labeler.labels.chunk_keys()) >= set(calls[0][0])
 
 
 def test_input_memory_measures_how_much_a_chunk_changed():
