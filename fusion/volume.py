@@ -177,12 +177,17 @@ class TsdfVolume:
         every integrate: the hash map may move them). Otherwise the rows buf_indices are copied.
         """
         r = self.config.block_resolution
+        on_cpu = self.device.get_type() == o3c.Device.DeviceType.CPU
         out = []
         for name, ch in (("tsdf", 1), ("weight", 1), ("color", 3)):
             t = self.grid.attribute(name)
-            if buf_indices is not None:
-                t = t[o3c.Tensor(np.asarray(buf_indices, np.int64), device=self.device)]
-            a = t.cpu().numpy() if t.device.get_type() != o3c.Device.DeviceType.CPU else t.numpy()
+            if on_cpu:  # numpy's row gather is about 20x faster than tensor indexing on the CPU
+                a = t.numpy()
+                a = a if buf_indices is None else np.take(a, np.asarray(buf_indices, np.int64), axis=0)
+            else:
+                if buf_indices is not None:
+                    t = t[o3c.Tensor(np.asarray(buf_indices, np.int64), device=self.device)]
+                a = t.cpu().numpy()
             out.append(a.reshape((a.shape[0], r, r, r) if ch == 1 else (a.shape[0], r, r, r, 3)))
         return tuple(out)
 
