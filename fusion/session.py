@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 APP_NAME = "rgbd-reconstruction"
 FORMAT_VERSION = 1
-VOXEL_ATTRS = (("tsdf", 1), ("weight", 1), ("color", 3))
+VOXEL_ATTRS = ("tsdf", "weight", "color")
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def _tracker_state(pipeline: FusionPipeline) -> dict:
 def _volume_arrays(pipeline: FusionPipeline) -> dict:
     vol = pipeline.volume
     keys = vol.active_keys()
-    arrays = dict(zip(("tsdf", "weight", "color"), vol.voxel_arrays(vol.lookup(keys))))
+    arrays = dict(zip(VOXEL_ATTRS, vol.voxel_arrays(vol.lookup(keys))))
     return {"volume/keys": keys} | {f"volume/{k}": v for k, v in arrays.items()}
 
 
@@ -193,10 +193,8 @@ def _restore_volume(pipeline: FusionPipeline, arrays: dict) -> np.ndarray:
     keys = arrays["volume/keys"]
     if len(keys):
         buf, _ = vol.grid.hashmap().activate(o3c.Tensor(np.ascontiguousarray(keys, np.int32), device=vol.device))
-        buf = buf.to(o3c.int64)
-        for name, ch in VOXEL_ATTRS:  # fetched after activate: growing the hash map moves the buffers
-            a = arrays[f"volume/{name}"].reshape(len(keys), *vol.grid.attribute(name).shape[1:])
-            vol.grid.attribute(name)[buf] = o3c.Tensor(np.ascontiguousarray(a), device=vol.device)
+        vol.set_voxel_rows(buf.cpu().numpy().astype(np.int64),
+                           {name: arrays[f"volume/{name}"] for name in VOXEL_ATTRS})
     vol._index_capacity = -1
     vol.last_blocks = keys.astype(np.int32)
     vol._update_index()

@@ -191,6 +191,17 @@ class TsdfVolume:
             out.append(a.reshape((a.shape[0], r, r, r) if ch == 1 else (a.shape[0], r, r, r, 3)))
         return tuple(out)
 
+    def set_voxel_rows(self, buf_indices: np.ndarray, arrays: dict) -> None:
+        """Write voxel rows: arrays maps "tsdf"/"weight"/"color" to (N, ...) values for buf_indices (N,)."""
+        idx = np.asarray(buf_indices, np.int64)
+        for name, a in arrays.items():
+            t = self.grid.attribute(name)  # fetched per call: growing the hash map moves the buffers
+            a = np.ascontiguousarray(a, np.float32).reshape(len(idx), *t.shape[1:])
+            if self.device.get_type() == o3c.Device.DeviceType.CPU:
+                t.numpy()[idx] = a  # a view of the buffer; about 50x faster than tensor indexing
+            else:
+                t[o3c.Tensor(idx, device=self.device)] = o3c.Tensor(a, device=self.device)
+
     def render_depth(self, T_world_cam: np.ndarray, intrinsics, weight_min: float = 1.0) -> np.ndarray:
         """Depth (H,W) float32 metres of the model seen from T_world_cam (trilinear, sub-voxel accurate)."""
         cfg = self.config
