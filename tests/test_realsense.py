@@ -143,8 +143,9 @@ def test_replay_every_pixel_intrinsics_and_count(scene_db3, scene_frames):
 def test_300_frames_replay_with_no_frame_lost_20_of_20(long_db3):
     want = expected_depth_m(500 + np.arange(300)).astype(np.float32)
     for run in range(20):
-        got = [f.depth_m[0, 0] for f in RecordingSource(long_db3)]
-        assert len(got) == 300, f"run {run}: {len(got)} frames"
+        src = RecordingSource(long_db3)
+        got = [f.depth_m[0, 0] for f in src]
+        assert len(got) == 300, f"run {run}: {len(got)} frames, {src.describe()}"
         np.testing.assert_array_equal(np.array(got, np.float32), want)
 
 
