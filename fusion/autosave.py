@@ -4,10 +4,11 @@ One scan is one autosave `NAME.session` in the autosave folder, rewritten atomic
 `interval_s`. The thread that owns the pipeline calls `maybe_save(now_s)` between frames, so nothing
 else touches the volume meanwhile; only a copy of the state is taken there (`capture`), and the
 autosaver's own thread compresses and writes it while scanning goes on (a 7k-block room: a 0.1 s
-pause instead of the 6 s the whole save takes). Beside it lies a marker `NAME.lock`: JSON with the
-pid (and the process's start time, so a reused pid does not look alive) of the process scanning. `close()` removes the marker on a
-clean exit; an autosave whose marker names a process that is gone is what a crash left behind, and
-`find_recoverable` lists it for the GUI to offer. The folder keeps the newest `keep` autosaves.
+pause instead of the 6 s the whole save takes; `python -m bench.session_bench`). Beside it lies a
+marker `NAME.lock`: JSON with the pid (and the process's start time, so a reused pid does not look
+alive) of the process scanning. `close()` removes the marker on a clean exit; an autosave whose
+marker names a process that is gone is what a crash left behind, and `find_recoverable` lists it for
+the GUI to offer. The folder keeps the newest `keep` autosaves.
 Write errors (disk full, read-only folder) are logged once as a warning and never reach the scan;
 the previous autosave stays as it was.
 """

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
-import open3d.core as o3c
 
 from fusion.dirty import chunk_keys_of_blocks
 from fusion.volume import TsdfVolume
@@ -139,10 +138,7 @@ def coarse_region(volume: TsdfVolume, keys, grid: CoarseGridConfig = CoarseGridC
     acc = np.zeros((*dims, 10), np.float32)
     acc[..., 2] = np.inf
     if len(bufs):
-        if volume.device.get_type() == o3c.Device.DeviceType.CPU:
-            tsdf, weight, color = volume.voxel_arrays()  # zero-copy views, indexed by buffer row
-        else:  # copy only the blocks in the region to the host, not the whole GPU buffer
-            (tsdf, weight, color), bufs = volume.voxel_arrays(bufs), np.arange(len(bufs))
+        (tsdf, weight, color), bufs = volume.host_voxels(bufs)  # on a GPU only the region's blocks are copied
         _accumulate(bufs, block_keys, tsdf, weight, color, cfg.block_resolution, cfg.voxel_size_m,
                     grid.voxel_size_m, cfg.trunc_m, lo, dims, acc)
     local, feats = _features(acc, grid, cfg.voxel_size_m)

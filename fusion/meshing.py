@@ -136,7 +136,7 @@ class ChunkMesher:
         keys, nbr = keys[allocated], nbr[allocated]
         if len(keys) == 0:
             return set()
-        tsdf, weight, color = self._voxels(nbr)
+        (tsdf, weight, color), nbr = self.volume.host_voxels(nbr)
         r, vsize = self.volume.config.block_resolution, self.volume.config.voxel_size_m
         parts = np.array_split(np.arange(len(keys)), max(1, min(self.config.threads, len(keys) // 64)))
         run = lambda idx: (idx, mesh_blocks(tsdf, weight, color, nbr[idx], keys[idx], r, vsize,  # noqa: E731
@@ -153,15 +153,6 @@ class ChunkMesher:
                 else:
                     blocks.pop(key, None)
         return set(map(tuple, chunk_of))
-
-    def _voxels(self, nbr: np.ndarray):
-        """Voxel arrays the kernel can index with nbr (zero-copy on CPU; gathered on CUDA)."""
-        if self.volume.device.get_type().name == "CPU":
-            return self.volume.voxel_arrays()
-        used, inverse = np.unique(nbr[nbr >= 0], return_inverse=True)
-        arrays = self.volume.voxel_arrays(used)
-        nbr[nbr >= 0] = inverse
-        return arrays
 
     def chunk_mesh(self, chunk_key: tuple) -> MeshArrays:
         """The mesh of one chunk (block meshes concatenated, shared vertices merged)."""

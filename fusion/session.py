@@ -31,13 +31,12 @@ from fusion.errors import UserError
 from fusion.meshing import MeshConfig
 from fusion.pipeline import FusionPipeline, PipelineConfig
 from fusion.tracking import TrackerConfig, TrackState, _Motion
-from fusion.volume import VolumeConfig
+from fusion.volume import VOXEL_ATTRS, VolumeConfig
 
 log = logging.getLogger(__name__)
 
 APP_NAME = "rgbd-reconstruction"
 FORMAT_VERSION = 1
-VOXEL_ATTRS = ("tsdf", "weight", "color")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,11 @@ log = logging.getLogger(__name__)
 o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
 
 
+#: the voxel attributes of every block, and their channels
+VOXEL_ATTRS = ("tsdf", "weight", "color")
+_VOXEL_CHANNELS = (1, 1, 3)
+
+
 @dataclass(frozen=True)
 class VolumeConfig:
     voxel_size_m: float = 0.01          #: edge of one voxel
@@ -74,10 +79,11 @@ class TsdfVolume:
     def __init__(self, config: VolumeConfig = VolumeConfig()):
         self.config = config
         self.device = resolve_device(config.device)
+        self.on_cpu = self.device.get_type() == o3c.Device.DeviceType.CPU
         self.grid = o3d.t.geometry.VoxelBlockGrid(
-            attr_names=("tsdf", "weight", "color"),
-            attr_dtypes=(o3c.float32, o3c.float32, o3c.float32),
-            attr_channels=((1), (1), (3)),
+            attr_names=VOXEL_ATTRS,
+            attr_dtypes=(o3c.float32,) * len(VOXEL_ATTRS),
+            attr_channels=_VOXEL_CHANNELS,
             voxel_size=config.voxel_size_m,
             block_resolution=config.block_resolution,
             block_count=config.initial_blocks,
@@ -153,7 +159,7 @@ class TsdfVolume:
 
     def memory_bytes(self) -> int:
         """Bytes held by the voxel buffers (capacity, not just active blocks)."""
-        return sum(self.grid.attribute(n).num_elements() * 4 for n in ("tsdf", "weight", "color"))
+        return sum(self.grid.attribute(n).num_elements() * 4 for n in VOXEL_ATTRS)
 
     def active_keys(self) -> np.ndarray:
         """(N,3) int32 coordinates of all allocated blocks."""
@@ -177,19 +183,30 @@ class TsdfVolume:
         every integrate: the hash map may move them). Otherwise the rows buf_indices are copied.
         """
         r = self.config.block_resolution
-        on_cpu = self.device.get_type() == o3c.Device.DeviceType.CPU
         out = []
-        for name, ch in (("tsdf", 1), ("weight", 1), ("color", 3)):
+        for name, ch in zip(VOXEL_ATTRS, _VOXEL_CHANNELS):
             t = self.grid.attribute(name)
-            if on_cpu:  # numpy's row gather is about 20x faster than tensor indexing on the CPU
+            if self.on_cpu:  # numpy's row gather is about 20x faster than tensor indexing on the CPU
                 a = t.numpy()
                 a = a if buf_indices is None else np.take(a, np.asarray(buf_indices, np.int64), axis=0)
             else:
                 if buf_indices is not None:
                     t = t[o3c.Tensor(np.asarray(buf_indices, np.int64), device=self.device)]
                 a = t.cpu().numpy()
-            out.append(a.reshape((a.shape[0], r, r, r) if ch == 1 else (a.shape[0], r, r, r, 3)))
+            out.append(a.reshape((a.shape[0], r, r, r) if ch == 1 else (a.shape[0], r, r, r, ch)))
         return tuple(out)
+
+    def host_voxels(self, buf_indices: np.ndarray):
+        """((tsdf, weight, color), rows) for a host kernel that reads the blocks buf_indices (-1: none):
+        on the CPU zero-copy views of the whole buffer and buf_indices itself; on a GPU only the blocks
+        used, copied to the host, and buf_indices renumbered into them (same shape, -1 kept)."""
+        if self.on_cpu:
+            return self.voxel_arrays(), buf_indices
+        used = buf_indices >= 0
+        unique, inverse = np.unique(buf_indices[used], return_inverse=True)
+        rows = np.full_like(buf_indices, -1)
+        rows[used] = inverse
+        return self.voxel_arrays(unique), rows
 
     def set_voxel_rows(self, buf_indices: np.ndarray, arrays: dict) -> None:
         """Write voxel rows: arrays maps "tsdf"/"weight"/"color" to (N, ...) values for buf_indices (N,)."""
@@ -197,7 +214,7 @@ class TsdfVolume:
         for name, a in arrays.items():
             t = self.grid.attribute(name)  # fetched per call: growing the hash map moves the buffers
             a = np.ascontiguousarray(a, np.float32).reshape(len(idx), *t.shape[1:])
-            if self.device.get_type() == o3c.Device.DeviceType.CPU:
+            if self.on_cpu:
                 t.numpy()[idx] = a  # a view of the buffer; about 50x faster than tensor indexing
             else:
                 t[o3c.Tensor(idx, device=self.device)] = o3c.Tensor(a, device=self.device)

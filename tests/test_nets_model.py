@@ -98,3 +98,18 @@ def test_symmetries_map_cells_and_coarse_cells_consistently(sym):
     for p in np.unique(parents, axis=0):
         rows = np.all(parents == p, axis=1)
         assert len(np.unique(moved[rows], axis=0)) == 1
+
+
+def test_gpu_style_coarse_extraction_equals_cpu(fused):
+    # the GPU branch (only the region's blocks copied to the host) run on the CPU device
+    grid, vol = CoarseGridConfig(halo_voxels=0), fused.volume  # one chunk: not a prefix of the buffer rows
+    cpu = max((coarse_region(vol, [k], grid) for k in all_chunk_keys(vol, grid)), key=lambda r: len(r.coords))
+    key = cpu.keys[0]
+    vol.on_cpu = False
+    try:
+        gpu = coarse_region(vol, [key], grid)
+    finally:
+        vol.on_cpu = True
+    assert len(cpu.coords) > 100
+    assert np.array_equal(gpu.coords, cpu.coords) and np.array_equal(gpu.core, cpu.core)
+    np.testing.assert_array_equal(gpu.features, cpu.features)

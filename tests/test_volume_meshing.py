@@ -206,3 +206,27 @@ def test_block_meshes_hold_only_their_own_memory():
         for a in (m.positions_m, m.colors, m.normals, m.faces, m.vertex_keys):
             assert a.base is None or a.base.nbytes == a.nbytes
     mesher.close()
+
+
+def test_gpu_style_host_voxels_renumber_rows_to_the_same_voxels():
+    # the GPU branch (copy only the blocks used, renumber) run on the CPU device: same voxels, -1 kept
+    vol, touched = _fused(orbit(2, SMALL))
+    bufs = vol.lookup(np.concatenate([touched[0][:7], [[999, 999, 999]], touched[0][:3]]))
+    views, same = vol.host_voxels(bufs)
+    vol.on_cpu = False
+    gathered, rows = vol.host_voxels(bufs)
+    assert same is bufs and rows.shape == bufs.shape and rows[7] == -1 and len(gathered[0]) == 7
+    for whole, part in zip(views, gathered):
+        assert np.array_equal(part[rows[bufs >= 0]], whole[bufs[bufs >= 0]])
+
+
+def test_gpu_style_meshing_equals_cpu_meshing():
+    vol, touched = _fused(orbit(3, SMALL))
+    blocks = np.unique(np.concatenate(touched), axis=0)
+    late = blocks[np.argsort(vol.lookup(blocks))[-20:]]  # the last buffer rows: renumbering must move them
+    cpu = ChunkMesher(vol, MeshConfig(threads=1))
+    cpu.update(late)
+    vol.on_cpu = False
+    gpu = ChunkMesher(vol, MeshConfig(threads=1))
+    gpu.update(late)
+    assert _face_keys(gpu.full_mesh()) == _face_keys(cpu.full_mesh()) and len(cpu.full_mesh().faces)
