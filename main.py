@@ -25,6 +25,9 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--labels", choices=("none", "incremental", "final"), default=None,
                    help="labeling nets: incremental (default when trained weights are shipped), final or none")
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    r.add_argument("--weights", type=Path, default=None,
+                   help="labeling net weights, e.g. fine-tuned with `python -m nets.train --init` (default: the "
+                        "shipped ones; with --weights, --labels defaults to incremental)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     s = sub.add_parser("synth", help="write a synthetic labeled RGB-D sequence")
     s.add_argument("seed", type=int)
@@ -44,8 +47,9 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _label_hook(mode: str | None, device: str):
-    """(mode, hook factory or None) for --labels; the default is incremental when weights are shipped."""
+def _label_hook(mode: str | None, device: str, weights: Path | None = None):
+    """(mode, hook factory or None) for --labels; the default is incremental when weights are shipped
+    or given (`weights`: a weights file instead of the shipped one)."""
     from fusion.errors import UserError
 
     if mode == "none":
@@ -59,14 +63,14 @@ def _label_hook(mode: str | None, device: str):
         log.info("labels: none (the labeling nets cannot be loaded: %s)", exc)
         return "none", None
     if mode is None:
-        mode = "incremental" if Path(DEFAULT_WEIGHTS).is_file() else "none"
+        mode = "incremental" if weights is not None or Path(DEFAULT_WEIGHTS).is_file() else "none"
         if mode == "none":
             log.info("labels: none (no trained weights at %s)", DEFAULT_WEIGHTS)
             return mode, None
     from nets.reconstruct_labels import label_hook_factory
 
     try:
-        model = ChunkModel.load(device="cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+        model = ChunkModel.load(weights, device="cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
     except UserError as exc:
         raise UserError(f"--labels {mode}: {exc}") from None
     return mode, label_hook_factory(mode, model)
@@ -81,7 +85,7 @@ def _cmd_reconstruct(args) -> int:
     if not 0.002 <= args.voxel_size <= 0.2:
         raise UserError(f"--voxel-size {args.voxel_size}: expected metres between 0.002 and 0.2")
     cfg = PipelineConfig(volume=VolumeConfig(voxel_size_m=args.voxel_size, device=args.device), poses=args.poses)
-    labels, hook = _label_hook(args.labels, args.device)
+    labels, hook = _label_hook(args.labels, args.device, args.weights)
     stats = reconstruct(ReconstructRequest(args.source, args.out, cfg, args.max_frames, labels,
                                            progress=not args.no_progress, label_hook=hook))
     ate = f", ATE {stats['ate_rmse_m'] * 1000:.1f} mm" if "ate_rmse_m" in stats else ""

@@ -5,7 +5,7 @@
 
 Scores (see nets.metrics): per-class IoU and mIoU on the observed surface, completion IoU, SDF L1,
 coverage with and without completion. With --mesh-seeds it also runs `main.py reconstruct
-synthetic:SEED --labels final` and scores the per-vertex labels of `mesh.ply` against the ground-truth
+synthetic:SEED --labels final --weights W` and scores the per-vertex labels of `mesh.ply` against the ground-truth
 mesh (closest triangle's class; vertices whose closest surface is none of the 20 classes are skipped).
 Held-out seeds must never be used in training (training uses 0-999; validation 900-905).
 """
@@ -62,11 +62,11 @@ def mesh_label_accuracy(mesh_ply: Path, seed: int) -> dict:
             "unlabeled_share": float(np.mean(pred == 0)) if keep.any() else float("nan")}
 
 
-def reconstruct_and_score(seed: int, out_dir: Path, frames: int) -> dict:
-    """Run the headless contract with the shipped weights and score its mesh.ply."""
+def reconstruct_and_score(seed: int, out_dir: Path, frames: int, weights: Path = DEFAULT_WEIGHTS) -> dict:
+    """Run the headless contract with `weights` and score its mesh.ply."""
     out = out_dir / f"reconstruct_{seed}"
     cmd = [sys.executable, str(ROOT / "main.py"), "reconstruct", f"synthetic:{seed}", "--out", str(out),
-           "--labels", "final", "--max-frames", str(frames)]
+           "--labels", "final", "--max-frames", str(frames), "--weights", str(weights)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return mesh_label_accuracy(out / "mesh.ply", seed)
 
@@ -107,10 +107,8 @@ def main(argv=None) -> int:
     scores = summarise([sample_scores(model.net, s) for s in samples])
     scores["eval_s"] = time.perf_counter() - t0
     scores["seeds"] = _seeds(args.seeds)
-    if args.mesh_seeds and args.weights != DEFAULT_WEIGHTS:
-        log.warning("--mesh-seeds scores reconstruct's output, which uses the shipped weights; skipped")
-    elif args.mesh_seeds:
-        scores["mesh"] = {s: reconstruct_and_score(s, args.json.parent, args.mesh_frames)
+    if args.mesh_seeds:
+        scores["mesh"] = {s: reconstruct_and_score(s, args.json.parent, args.mesh_frames, args.weights.resolve())
                           for s in _seeds(args.mesh_seeds)}
     print(table(scores))
     for seed, m in scores.get("mesh", {}).items():

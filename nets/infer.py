@@ -83,6 +83,7 @@ class ChunkModel:
             grid = CoarseGridConfig(**{**asdict(grid), "halo_voxels": halo})
         self.net, self.grid = net.to(device).eval(), grid
         self.device = torch.device(device)
+        self.weights_path: str | None = None  #: the file `load` read (None: built in memory)
 
     @classmethod
     def load(cls, path: Path | str | None = None, device: str = "cpu") -> "ChunkModel":
@@ -97,7 +98,9 @@ class ChunkModel:
         except (TypeError, KeyError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"{path}: weights do not fit the model ({first})") from None
-        return cls(net, grid, device)
+        model = cls(net, grid, device)
+        model.weights_path = str(path)
+        return model
 
     @classmethod
     def untrained(cls, seed: int = 0, device: str = "cpu") -> "ChunkModel":

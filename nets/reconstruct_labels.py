@@ -68,7 +68,7 @@ class ReconstructLabels:
         total = self.labeler.stats()
         live = self._live or total
         keys = ("chunks_inferred", "sites_inferred", "regions_inferred")
-        return {"mode": self.mode, **{k: total[k] for k in keys},
+        return {"mode": self.mode, "weights": self.labeler.model.weights_path, **{k: total[k] for k in keys},
                 "live": {k: live[k] for k in keys + ("chunks_skipped_unchanged", "infer_ms_p50", "infer_ms_p95",
                                                      "queue", "oldest_wait_s")},
                 "drain_s": round(self._drain_s, 3), "label_classes": self.labeler.labels.class_counts(),

@@ -79,6 +79,27 @@ def test_labels_option(kitchen_like, tmp_path):
     assert json.loads((out / "stats.json").read_text())["labels"] == "final"
     assert np.mean(PlyData.read(str(out / "mesh.ply"))["vertex"]["label"] > 0) > 0.9
 
+def test_weights_option_uses_the_given_file(kitchen_like, tmp_path):
+    """--weights labels with that file (incremental by default, named in stats.json); a file that is not
+    a weights file fails cleanly."""
+    from nets.infer import ChunkModel, save_weights
+
+    weights = tmp_path / "mine.pt"
+    model = ChunkModel.untrained(seed=3)
+    save_weights(weights, model.net, model.grid)
+    out = tmp_path / "o"
+    proc = run_cli("reconstruct", kitchen_like, "--out", out, "--voxel-size", "0.02", "--max-frames", "4",
+                   "--weights", weights, "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["labels"] == "incremental" and stats["label_work"]["weights"] == str(weights)
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a pickle")
+    proc = run_cli("reconstruct", kitchen_like, "--out", tmp_path / "b", "--max-frames", "2", "--weights", bad,
+                   "--labels", "final", "--no-progress")
+    assert_clean_error(proc, "bad.pt", "weights")
+
+
 
 def test_ground_truth_poses_and_max_frames(kitchen_like, tmp_path):
     proc = run_cli("reconstruct", kitchen_like, "--out", tmp_path, "--poses", "gt", "--max-frames", "5",
