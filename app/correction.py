@@ -10,6 +10,7 @@ from PyQt6.QtCore import QObject, pyqtSignal
 from PyQt6.QtGui import QUndoCommand, QUndoStack
 
 from fusion.classes import SCANNET20
+from nets.cells import pack_cells
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,6 @@ class CorrectionCommand(QUndoCommand):
 
     def undo(self) -> None:
         self.store.revert(self.correction)
-
-
-def _packed(cells: np.ndarray) -> np.ndarray:
-    c = np.asarray(cells, np.int64) + (1 << 20)
-    return (c[:, 0] << 42) | (c[:, 1] << 21) | c[:, 2]
 
 
 class CorrectionTool(QObject):
@@ -93,17 +89,17 @@ class CorrectionTool(QObject):
         stored = store.brush(center, self.radius_m)
         surface = store.cells_at(self.viewport.surface_points_near(center, self.radius_m))
         cells = np.concatenate([stored.reshape(-1, 3), surface.reshape(-1, 3)]).astype(np.int32)
-        _, first = np.unique(_packed(cells), return_index=True) if len(cells) else (None, np.zeros(0, int))
+        _, first = np.unique(pack_cells(cells), return_index=True) if len(cells) else (None, np.zeros(0, int))
         return cells[np.sort(first)]
 
     def _brush(self, center: np.ndarray) -> None:
         cells = self.brush_cells(center)
         if len(cells):
-            fresh = ~np.isin(_packed(cells), self._stroke)
+            fresh = ~np.isin(pack_cells(cells), self._stroke)
             cells = cells[fresh]
         if not len(cells):
             return
-        self._stroke = np.union1d(self._stroke, _packed(cells))
+        self._stroke = np.union1d(self._stroke, pack_cells(cells))
         name = SCANNET20[self.nyu40][0]
         if not self._macro:
             self.undo.beginMacro(f"paint {name}")

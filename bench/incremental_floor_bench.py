@@ -34,17 +34,13 @@ from bench.labels_bench import BenchConfig, load_model, render  # noqa: E402
 from fusion.coarse import all_chunk_keys, coarse_region  # noqa: E402
 from fusion.pipeline import FusionPipeline, PipelineConfig  # noqa: E402
 from fusion.volume import VolumeConfig  # noqa: E402
+from nets.cells import pack_cells  # noqa: E402
 from nets.sparse import (GenerativeConv3d, GenerativeUpsample3d, SparseTensor, StridedConv3d,  # noqa: E402
                          SubmanifoldConv3d)
 
 log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parents[1]
 EPS = (0.1, 0.3, 1.0, math.inf)
-
-
-def _pack(c: np.ndarray) -> np.ndarray:
-    c = np.asarray(c, np.int64) + (1 << 20)
-    return (c[:, 0] << 42) | (c[:, 1] << 21) | c[:, 2]
 
 
 def _cube(lo: int, hi: int) -> np.ndarray:
@@ -63,7 +59,7 @@ def footprint(conv, inputs: np.ndarray) -> np.ndarray:
         cand = inputs[:, None, :] * k + _cube(0, k - 1)[None]
     else:
         raise TypeError(f"no footprint rule for {type(conv).__name__}")
-    return np.unique(_pack(cand.reshape(-1, 3)))
+    return np.unique(pack_cells(cand.reshape(-1, 3)))
 
 
 def macs_per_site(conv) -> int:
@@ -97,7 +93,7 @@ class LayerRecorder:
 def changed_cells(old: tuple, new: tuple, eps: float) -> np.ndarray:
     """Input cells (N,3) that appeared, vanished or changed by more than eps * RMS of the new features."""
     (oc, of, _), (nc, nf, _) = old, new
-    ok, nk = _pack(oc), _pack(nc)
+    ok, nk = pack_cells(oc), pack_cells(nc)
     _, io, inew = np.intersect1d(ok, nk, assume_unique=True, return_indices=True)
     moved = np.ones(len(nk), bool)
     if math.isinf(eps):
@@ -118,7 +114,7 @@ def pass_work(rec: LayerRecorder, old: dict | None, new: dict, eps: float) -> in
         if old is None:
             n = len(out)
         else:
-            n = int(np.isin(_pack(out), footprint(conv, changed_cells(old[name], new[name], eps))).sum())
+            n = int(np.isin(pack_cells(out), footprint(conv, changed_cells(old[name], new[name], eps))).sum())
         total += n * macs_per_site(conv)
     return total
 
@@ -147,7 +143,7 @@ def run(cfg: BenchConfig, every: int) -> dict:
             whole += pass_work(rec, None, cur, 0.0)
             for eps in EPS:
                 incr[eps] += pass_work(rec, prev, cur, eps)
-            sites = _pack(region.coords)
+            sites = pack_cells(region.coords)
             whole_sites += len(sites)
             new_sites += int((~np.isin(sites, prev_sites)).sum())
             prev, prev_sites = cur, sites

@@ -68,7 +68,7 @@ def rows_of(chunk: ChunkCells, key, n: int, cells: np.ndarray) -> np.ndarray:
 
 def pack_cells(cells: np.ndarray) -> np.ndarray:
     """(N,3) int cells -> (N,) int64 keys (21 bits an axis)."""
-    c = np.asarray(cells, np.int64) + (1 << 20)
+    c = np.asarray(cells, np.int64).reshape(-1, 3) + (1 << 20)
     return (c[:, 0] << 42) | (c[:, 1] << 21) | c[:, 2]
 
 

@@ -62,7 +62,7 @@ def mesh_label_accuracy(mesh_ply: Path, seed: int) -> dict:
             "unlabeled_share": float(np.mean(pred == 0)) if keep.any() else float("nan")}
 
 
-def reconstruct_and_score(seed: int, out_dir: Path, frames: int, weights: Path = DEFAULT_WEIGHTS) -> dict:
+def reconstruct_and_score(seed: int, out_dir: Path, frames: int, weights: Path) -> dict:
     """Run the headless contract with `weights` and score its mesh.ply."""
     out = out_dir / f"reconstruct_{seed}"
     cmd = [sys.executable, str(ROOT / "main.py"), "reconstruct", f"synthetic:{seed}", "--out", str(out),

@@ -20,6 +20,7 @@ from fusion.atomic import atomic_path
 from fusion.classes import SCANNET20
 from fusion.coarse import CoarseGridConfig, CoarseRegion, chunk_keys_of_cells
 from fusion.errors import UserError
+from nets.cells import pack_cells
 from nets.data import CLASS_IDS
 from nets.model import EMPTY, ModelConfig, SemanticCompletionNet, receptive_field_cells
 from nets.resources import DEFAULT_WEIGHTS
@@ -77,13 +78,14 @@ def _read_weights(path: Path) -> dict:
 class ChunkModel:
     """The net in eval mode plus its grid. One thread at a time (the nets thread)."""
 
-    def __init__(self, net: SemanticCompletionNet, grid: CoarseGridConfig, device: str = "cpu"):
+    def __init__(self, net: SemanticCompletionNet, grid: CoarseGridConfig, device: str = "cpu",
+                 weights_path: str | None = None):
         halo = receptive_field_cells(net.config)
         if grid.halo_voxels < halo:
             grid = CoarseGridConfig(**{**asdict(grid), "halo_voxels": halo})
         self.net, self.grid = net.to(device).eval(), grid
         self.device = torch.device(device)
-        self.weights_path: str | None = None  #: the file `load` read (None: built in memory)
+        self.weights_path = weights_path  #: the file the net was loaded from (None: built in memory)
 
     @classmethod
     def load(cls, path: Path | str | None = None, device: str = "cpu") -> "ChunkModel":
@@ -98,9 +100,7 @@ class ChunkModel:
         except (TypeError, KeyError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"{path}: weights do not fit the model ({first})") from None
-        model = cls(net, grid, device)
-        model.weights_path = str(path)
-        return model
+        return cls(net, grid, device, str(path))
 
     @classmethod
     def untrained(cls, seed: int = 0, device: str = "cpu") -> "ChunkModel":
@@ -116,18 +116,13 @@ class ChunkModel:
         with torch.no_grad():
             out = self.net(x)
         coords = out.sites.coordinates[:, 1:].cpu().numpy()
-        wanted = np.isin(_pack(chunk_keys_of_cells(coords, self.grid)), _pack(np.asarray(region.keys)))
+        wanted = np.isin(pack_cells(chunk_keys_of_cells(coords, self.grid)), pack_cells(region.keys))
         p = torch.softmax(out.logits, 1).cpu().numpy()[wanted]
         cls_p = p[:, :EMPTY]
         cls_p = cls_p / np.maximum(cls_p.sum(1, keepdims=True), 1e-12)
         return RegionPrediction(region.keys, coords[wanted].astype(np.int32), cls_p.astype(np.float32),
                                 p[:, EMPTY].astype(np.float32), out.sdf_cells.cpu().numpy()[wanted],
                                 out.observed.cpu().numpy()[wanted])
-
-
-def _pack(keys: np.ndarray) -> np.ndarray:
-    k = np.asarray(keys, np.int64).reshape(-1, 3) + (1 << 20)
-    return (k[:, 0] << 42) | (k[:, 1] << 21) | k[:, 2]
 
 
 def _empty_prediction(keys: tuple) -> RegionPrediction:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nets.cells import pack_cells
+
 _NEIGHBOURS = [(x, y, z) for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1) if (x, y, z) != (0, 0, 0)]
 
 
@@ -189,11 +191,6 @@ class ChunkScheduler:
                 p.marks, p.count = p.marks + e.marks, max(p.count, e.count)
 
 
-def _pack(cells: np.ndarray) -> np.ndarray:
-    c = np.asarray(cells, np.int64) + (1 << 20)
-    return (c[:, 0] << 42) | (c[:, 1] << 21) | c[:, 2]
-
-
 class InputMemory:
     """The core input sites each chunk was last inferred from, to tell how much a new snapshot changed.
 
@@ -208,7 +205,7 @@ class InputMemory:
 
     def _core_sites(self, region, key) -> tuple[np.ndarray, np.ndarray]:
         core = region.core & np.all(np.floor_divide(region.coords, self.chunk_voxels) == np.asarray(key), axis=1)
-        packed = _pack(region.coords[core])
+        packed = pack_cells(region.coords[core])
         order = np.argsort(packed)
         return packed[order], region.features[core][order]
 

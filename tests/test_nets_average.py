@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from fusion.coarse import CoarseGridConfig
 from fusion.errors import UserError
 from nets.average import average_weights, main
 from nets.infer import ChunkModel, save_weights
@@ -24,7 +25,7 @@ def _write(path, seed: int, config: ModelConfig = ModelConfig()):
                 b.uniform_(0.5, 1.5)
             else:
                 b.fill_(seed + 1)
-    save_weights(path, net, ChunkModel.untrained().grid)
+    save_weights(path, net, CoarseGridConfig())
     return net.state_dict()
 
 
