@@ -28,9 +28,9 @@ from fusion.pipeline import FusionPipeline, PipelineConfig
 from fusion.session import capture_session, write_session
 from fusion.sources.base import FrameSource
 from fusion.sources.stall import StallGuardConfig, guarded_frames
+from fusion.tracking import LOST_MESSAGE
 
 log = logging.getLogger(__name__)
-LOST_HINT = "move the camera back to an area that is already scanned and hold it still for a moment"
 
 
 @dataclass(frozen=True)
@@ -308,9 +308,9 @@ class FusionWorker:
             self.poses.append(np.asarray(last))
         if res.state != self._tracking:
             if res.state == "lost":
-                self._event("warning", "tracking lost", LOST_HINT)
+                self._event("warning", "tracking " + LOST_MESSAGE)
             elif res.state == "ok" and self._tracking != "ok":
-                self._event("info", "tracking recovered")
+                self._event("info", "relocalised: scanning resumes")
             self._tracking = res.state
         self._changed = True
 

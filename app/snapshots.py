@@ -96,7 +96,7 @@ class FusionStatus:
     frames_integrated: int = 0
     frames_dropped: int = 0             #: not integrated + dropped by the capture loop
     fps: float = 0.0                    #: fusion frames/s (recent window)
-    tracking: str = "ok"                #: ok | lost | recovering
+    tracking: str = "ok"                #: ok | lost
     n_blocks: int = 0
     volume_mb: float = 0.0
     process_mb: float = 0.0             #: resident memory of the whole process

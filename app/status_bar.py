@@ -9,7 +9,7 @@ from PyQt6.QtWidgets import QLabel, QStatusBar
 
 from app.snapshots import FusionStatus
 
-TRACKING_COLORS = {"ok": "#3c9a3c", "recovering": "#d08a00", "lost": "#d03030"}
+TRACKING_COLORS = {"ok": "#3c9a3c", "lost": "#d03030"}
 
 
 @dataclass(frozen=True)

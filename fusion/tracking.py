@@ -1,10 +1,12 @@
-"""Owns camera tracking: frame-to-model ICP against the fused volume, failure checks and recovery.
+"""Owns camera tracking: frame-to-model ICP against the fused volume, failure checks, relocalisation.
 
 Each frame is registered (point-to-plane, multi-scale, Open3D's solver) against the model's depth
-rendered from the predicted pose at reduced resolution by the trilinear raycaster. A frame whose
-registration has too few inliers, a large residual or an implausible jump is rejected (not
-integrated); tracking then retries from the last good pose until it locks on again for
-`recover_frames` frames in a row.
+rendered at reduced resolution by the trilinear raycaster, first from the constant-velocity
+prediction. When that fails a check (too few inliers, a large residual, an implausible jump), the
+frame's ORB features give pose guesses against stored keyframes (`fusion.relocalise`): the recent
+ones for fast motion, the most similar ones after a loss. Each guess is refined and checked by the
+same ICP. A frame without an accepted pose is not integrated; while lost, the first accepted pose
+(stricter overlap, close to a keyframe) is a relocalisation and integration resumes.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import open3d.core as o3c
 from scipy.spatial.transform import Rotation
 
 from fusion.frame import Frame
+from fusion.relocalise import Features, Relocaliser, RelocaliserConfig
 from fusion.volume import TsdfVolume
 
 log = logging.getLogger(__name__)
@@ -29,7 +32,9 @@ odom = o3d.t.pipelines.odometry
 class TrackState(str, enum.Enum):
     OK = "ok"
     LOST = "lost"
-    RECOVERING = "recovering"
+
+
+LOST_MESSAGE = "lost: point the camera at a part already scanned"
 
 
 @dataclass(frozen=True)
@@ -40,11 +45,20 @@ class TrackerConfig:
     huber_m: float = 0.05                       #: Huber threshold of the point-to-plane residual
     min_fitness: float = 0.25                   #: least share of pixels with a correspondence
     max_rmse_m: float = 0.025                   #: largest inlier RMSE accepted
-    max_jump_m: float = 0.12                    #: largest translation away from the prediction
-    max_jump_deg: float = 12.0                  #: largest rotation away from the prediction
-    recover_frames: int = 3                     #: good frames in a row to leave the lost state
+    max_jump_m: float = 0.12                    #: largest translation of ICP away from its initial guess
+    max_jump_deg: float = 12.0                  #: largest rotation of ICP away from its initial guess
+    fast_max_m: float = 0.35                    #: largest frame-to-frame motion a feature guess may propose
+    fast_max_deg: float = 35.0                  #: ... in rotation (while tracking)
+    reloc_min_overlap: float = 0.2              #: relocalised: least share of frame pixels the model also sees
+    reloc_min_agree: float = 0.6                #: ... least share of those within `reloc_agree_m` of the model
+    reloc_agree_m: float = 0.03                 #: depth difference counted as agreement
+    reloc_max_through: float = 0.1              #: ... most share seeing more than `outlier_m` behind the model
+    reloc_max_keyframe_m: float = 2.0           #: a relocalised camera must be this close to a keyframe
+    reloc_max_refine_m: float = 0.30            #: largest ICP translation away from a relocalisation guess
+    reloc_max_refine_deg: float = 20.0          #: ... in rotation
     depth_max_m: float = 4.0                    #: depth beyond is not used for tracking
     min_valid_share: float = 0.02               #: least share of valid pixels in frame and model render
+    relocaliser: RelocaliserConfig = field(default_factory=RelocaliserConfig)
 
     def __post_init__(self):
         if self.scale not in (0.5, 1.0):
@@ -57,6 +71,17 @@ class TrackResult:
 
     T_world_cam: np.ndarray | None
     state: TrackState
+    fitness: float = 0.0
+    rmse_m: float = 0.0
+    reason: str = ""
+    relocalised: bool = False
+
+
+@dataclass
+class _Registration:
+    """One ICP run from an initial guess: the pose (None when it failed a check) and why."""
+
+    T: np.ndarray | None
     fitness: float = 0.0
     rmse_m: float = 0.0
     reason: str = ""
@@ -99,15 +124,18 @@ class _Motion:
 
 
 class Tracker:
-    """Frame-to-model tracker. Thread: the fusion thread only."""
+    """Frame-to-model tracker with feature guesses and relocalisation. Thread: the fusion thread only."""
 
     def __init__(self, volume: TsdfVolume, config: TrackerConfig = TrackerConfig()):
         self.volume = volume
         self.config = config
         self.state = TrackState.OK
+        self.relocaliser = Relocaliser(config.relocaliser)
         self._motion: _Motion | None = None
-        self._good_run = 0
-        self.failures = 0
+        self.failures = 0          #: frames rejected
+        self.losses = 0            #: times tracking was lost
+        self.relocalisations = 0   #: times it was found again
+        self.fast_recoveries = 0   #: frames kept by a feature guess after the motion model failed
         self.last_timings_ms: dict[str, float] = {}  #: render and ICP time of the latest track()
         self._criteria = [odom.OdometryConvergenceCriteria(n) for n in config.iterations]
         self._params = odom.OdometryLossParams(config.outlier_m, config.huber_m)
@@ -116,7 +144,13 @@ class Tracker:
         """Start (or restart) at a known pose."""
         self._motion = _Motion(np.array(T_world_cam, float))
         self.state = TrackState.OK
-        self._good_run = 0
+
+    def lose(self) -> None:
+        """Treat the next frames as lost: they relocalise against the keyframes and the model
+        (a loaded session continued with another source)."""
+        self.state = TrackState.LOST
+        if self._motion is not None:
+            self._motion.velocity = np.eye(4)
 
     @property
     def started(self) -> bool:
@@ -126,20 +160,63 @@ class Tracker:
         m = self._motion
         return m.last_good @ (m.velocity if self.state == TrackState.OK else np.eye(4))
 
+    def keyframe(self, frame: Frame, T_world_cam: np.ndarray, feats: Features | None = None) -> None:
+        """Offer an integrated frame as a keyframe (kept when far enough from the others)."""
+        if self.relocaliser.wants(T_world_cam):
+            t0 = time.perf_counter()
+            self.relocaliser.add(frame, T_world_cam, feats)
+            self.last_timings_ms["keyframe"] = (time.perf_counter() - t0) * 1e3
+
     def track(self, frame: Frame) -> TrackResult:
-        """Register `frame` against the model; returns the accepted pose or a rejection."""
+        """Register `frame` against the model; returns the accepted pose or a rejection.
+
+        Order: ICP from the motion model; if that fails, ICP from each feature guess (the recent
+        keyframes and the most similar ones). While lost every accepted pose is a relocalisation and
+        passes the stricter checks (overlap, distance to a keyframe)."""
         cfg = self.config
-        T_pred = self.predict()
-        intr = frame.intrinsics.scaled(cfg.scale)
+        self.last_timings_ms = {}
         src_depth = downsample_depth(frame.depth_m) if cfg.scale == 0.5 else frame.depth_m
         if np.count_nonzero(src_depth) < cfg.min_valid_share * src_depth.size:
             return self._reject("too little valid depth")
+        first = self._register(src_depth, frame, self.predict(), self.state != TrackState.OK)
+        if first.T is not None:
+            return self._accept(frame, first)
         t0 = time.perf_counter()
-        model_depth = self.volume.render_depth(T_pred, intr)
+        feats = self.relocaliser.features(frame)
+        for prop in self.relocaliser.propose(frame, feats):
+            strict = self._is_jump(prop.T_world_cam)
+            if strict and self._far_from_keyframes(prop.T_world_cam):
+                continue
+            reg = self._register(src_depth, frame, prop.T_world_cam, strict)
+            if reg.T is not None:
+                self.last_timings_ms["relocalise"] = (time.perf_counter() - t0) * 1e3
+                return self._accept(frame, reg, feats, relocalised=strict)
+        self.last_timings_ms["relocalise"] = (time.perf_counter() - t0) * 1e3
+        return self._reject(first.reason, first)
+
+    def _is_jump(self, T: np.ndarray) -> bool:
+        """True when T is no continuation of the track (lost, or beyond fast hand-held motion)."""
+        cfg = self.config
+        if self.state != TrackState.OK:
+            return True
+        jump_m, jump_deg = relative_motion(self._motion.last_good, T)
+        return jump_m > cfg.fast_max_m or jump_deg > cfg.fast_max_deg
+
+    def _far_from_keyframes(self, T: np.ndarray) -> bool:
+        positions = np.array([k.T_world_cam[:3, 3] for k in self.relocaliser.keyframes])
+        return float(np.min(np.linalg.norm(positions - T[:3, 3], axis=1))) > self.config.reloc_max_keyframe_m
+
+    def _register(self, src_depth: np.ndarray, frame: Frame, T_init: np.ndarray, strict: bool) -> _Registration:
+        """ICP of the frame against the model rendered from T_init, with the acceptance checks
+        (`strict`: those of a relocalisation)."""
+        cfg = self.config
+        intr = frame.intrinsics.scaled(cfg.scale)
+        t0 = time.perf_counter()
+        model_depth = self.volume.render_depth(T_init, intr)
         t1 = time.perf_counter()
-        self.last_timings_ms = {"track_render": (t1 - t0) * 1e3}
+        self._add_time("track_render", t1 - t0)
         if np.count_nonzero(model_depth) < cfg.min_valid_share * model_depth.size:
-            return self._reject("the model is out of view")
+            return _Registration(None, reason="the model is out of view")
         src, dst = (self._rgbd(d) for d in (src_depth, model_depth))
         K = o3c.Tensor(intr.matrix(), o3c.float64)
         try:
@@ -147,44 +224,74 @@ class Tracker:
                 src, dst, K, o3c.Tensor(np.eye(4)), 1.0, cfg.depth_max_m, self._criteria,
                 odom.Method.PointToPlane, self._params)
         except RuntimeError as exc:  # Open3D raises when the system is degenerate (no overlap)
-            return self._reject(f"registration failed ({str(exc).splitlines()[0][:80]})")
-        self.last_timings_ms["track_icp"] = (time.perf_counter() - t1) * 1e3
-        T = T_pred @ res.transformation.cpu().numpy()
-        jump_m, jump_deg = relative_motion(T_pred, T)
-        if res.fitness < cfg.min_fitness:
-            return self._reject(f"fitness {res.fitness:.2f} < {cfg.min_fitness}", res)
-        if res.inlier_rmse > cfg.max_rmse_m:
-            return self._reject(f"residual {res.inlier_rmse * 1000:.1f} mm", res)
-        if jump_m > cfg.max_jump_m or jump_deg > cfg.max_jump_deg:
-            return self._reject(f"implausible motion {jump_m:.2f} m / {jump_deg:.1f} deg", res)
-        return self._accept(T, res)
+            return _Registration(None, reason="registration failed (no overlap)")
+        self._add_time("track_icp", time.perf_counter() - t1)
+        T = T_init @ res.transformation.cpu().numpy()
+        reason = self._check(res.fitness, res.inlier_rmse, *relative_motion(T_init, T), strict)
+        if strict and not reason:
+            reason = self._inconsistency(src_depth, self.volume.render_depth(T, intr))
+        return _Registration(None if reason else T, res.fitness, res.inlier_rmse, reason)
+
+    def _inconsistency(self, src_depth: np.ndarray, model_depth: np.ndarray) -> str:
+        """Why a relocalised pose disagrees with the model ("" when it agrees): too little overlap,
+        too few agreeing pixels, or the frame seeing through surfaces the model holds (a camera
+        inside a wall or behind the scene)."""
+        cfg = self.config
+        src_valid = src_depth > 0
+        both = src_valid & (model_depth > 0)
+        n = max(1, int(np.count_nonzero(both)))
+        overlap = n / max(1, int(np.count_nonzero(src_valid)))
+        diff = src_depth[both] - model_depth[both]
+        agree = np.count_nonzero(np.abs(diff) < cfg.reloc_agree_m) / n
+        through = np.count_nonzero(diff > cfg.outlier_m) / n
+        if overlap < cfg.reloc_min_overlap:
+            return f"relocalisation overlaps the model by {overlap:.2f} < {cfg.reloc_min_overlap}"
+        if agree < cfg.reloc_min_agree or through > cfg.reloc_max_through:
+            return f"relocalisation disagrees with the model (agree {agree:.2f}, see-through {through:.2f})"
+        return ""
+
+    def _check(self, fitness: float, rmse_m: float, jump_m: float, jump_deg: float, strict: bool) -> str:
+        cfg = self.config
+        max_m, max_deg = (cfg.reloc_max_refine_m, cfg.reloc_max_refine_deg) if strict else (cfg.max_jump_m, cfg.max_jump_deg)
+        if fitness < cfg.min_fitness:
+            return f"fitness {fitness:.2f} < {cfg.min_fitness}"
+        if rmse_m > cfg.max_rmse_m:
+            return f"residual {rmse_m * 1000:.1f} mm"
+        if jump_m > max_m or jump_deg > max_deg:
+            return f"implausible motion {jump_m:.2f} m / {jump_deg:.1f} deg"
+        return ""
+
+    def _add_time(self, key: str, seconds: float) -> None:
+        self.last_timings_ms[key] = self.last_timings_ms.get(key, 0.0) + seconds * 1e3
 
     def _rgbd(self, depth_m: np.ndarray):
         image = o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(depth_m), device=self.volume.device))
         return o3d.t.geometry.RGBDImage(image, image)
 
-    def _accept(self, T: np.ndarray, res) -> TrackResult:
+    def _accept(self, frame: Frame, reg: _Registration, feats: Features | None = None,
+                relocalised: bool = False) -> TrackResult:
         m = self._motion
-        if self.state == TrackState.OK:
-            m.velocity = np.linalg.inv(m.last_good) @ T
-        else:
-            self._good_run += 1
-            if self._good_run >= self.config.recover_frames:
-                log.info("tracking recovered")
-                self.state = TrackState.OK
+        relocalised = relocalised or self.state != TrackState.OK
+        if relocalised:
+            self.relocalisations += 1
+            self.state = TrackState.OK
             m.velocity = np.eye(4)
-        m.last_good = T
-        if self.state != TrackState.OK:
-            return TrackResult(None, self.state, res.fitness, res.inlier_rmse, "recovering")
-        return TrackResult(T, self.state, res.fitness, res.inlier_rmse)
+            log.info("relocalised at frame %d", frame.index)
+        else:
+            self.fast_recoveries += feats is not None
+            m.velocity = np.linalg.inv(m.last_good) @ reg.T
+        m.last_good = reg.T
+        self.keyframe(frame, reg.T, feats)
+        return TrackResult(reg.T, self.state, reg.fitness, reg.rmse_m, "relocalised" if relocalised else "",
+                           relocalised)
 
-    def _reject(self, reason: str, res=None) -> TrackResult:
+    def _reject(self, reason: str, reg: _Registration | None = None) -> TrackResult:
         self.failures += 1
         if self.state == TrackState.OK:
-            log.warning("tracking lost: %s; move back to known geometry", reason)
-        self.state = TrackState.LOST if self.state == TrackState.OK else TrackState.RECOVERING
-        self._good_run = 0
+            self.losses += 1
+            log.warning("tracking %s (%s)", LOST_MESSAGE, reason)
+        self.state = TrackState.LOST
         self._motion.velocity = np.eye(4)
-        fit = res.fitness if res is not None else 0.0
-        rmse = res.inlier_rmse if res is not None else 0.0
+        fit = reg.fitness if reg is not None else 0.0
+        rmse = reg.rmse_m if reg is not None else 0.0
         return TrackResult(None, self.state, fit, rmse, reason)

@@ -1,5 +1,8 @@
-"""Frame-to-model tracking: accuracy on exact frames, rejection of bad frames, recovery."""
+"""Frame-to-model tracking: accuracy, rejection of bad frames, relocalisation after cuts and losses, honest ATE."""
 from __future__ import annotations
+
+import dataclasses
+import logging
 
 import numpy as np
 
@@ -8,6 +11,7 @@ from fusion.pipeline import FusionPipeline, PipelineConfig
 from fusion.tracking import TrackState, downsample_depth, relative_motion
 from fusion.trajectory import ate_rmse_m
 from fusion.volume import VolumeConfig
+from tests.conftest import shared_data
 from tests.scenes import VGA, look_at, orbit, render
 
 CFG = PipelineConfig(volume=VolumeConfig(voxel_size_m=0.01, device="cpu"))
@@ -59,3 +63,75 @@ def test_downsample_keeps_agreeing_pixels_only():
     d[2:, :2] = [[1.0, 0], [0, 0]]            # one pixel -> invalid
     out = downsample_depth(d)
     assert abs(out[0, 0] - 1.01) < 1e-6 and out[0, 1] == 0 and out[1, 0] == 0
+
+
+def _synthetic(seed: int, indices) -> list[Frame]:
+    from fusion.sources.synthetic import SyntheticSource
+
+    src = SyntheticSource(seed, n_frames=max(indices) + 1)
+    return [src.frame(i) for i in indices]
+
+
+def load_frames(spec: str) -> list[Frame]:
+    from fusion.sources import open_source
+
+    source = open_source(spec)
+    try:
+        return list(source)
+    finally:
+        source.close()
+
+
+CPU_2CM = PipelineConfig(volume=VolumeConfig(voxel_size_m=0.02, device="cpu"), incremental_mesh=False)
+
+
+def test_a_cut_in_the_sequence_is_bridged_by_relocalisation():
+    frames = _synthetic(7, list(range(20)) + list(range(50, 56)))  # frames 20-49 removed: 0.57 m, 14 deg
+    assert relative_motion(frames[19].T_world_cam_gt, frames[20].T_world_cam_gt)[0] > 0.5
+    pipe, results = _run(frames, CPU_2CM)
+    assert all(r.integrated for r in results), [r.reason for r in results]
+    assert pipe.tracker.relocalisations == 1 and results[20].reason == "relocalised"
+    for r, f in zip(results[20:], frames[20:]):
+        assert relative_motion(r.T_world_cam, f.T_world_cam_gt)[0] < 0.01
+
+
+def test_frames_of_another_room_stay_lost_and_fuse_nothing(caplog):
+    frames = _synthetic(7, range(12))
+    other = [dataclasses.replace(f, index=12 + i, timestamp_s=(12 + i) / 30.0, T_world_cam_gt=None)
+             for i, f in enumerate(_synthetic(3, range(40, 48)))]
+    with caplog.at_level(logging.WARNING, logger="fusion.tracking"):
+        pipe, results = _run(frames + other, CPU_2CM)
+    assert all(r.integrated for r in results[:12])
+    assert not any(r.integrated for r in results[12:]) and all(r.state == TrackState.LOST.value for r in results[12:])
+    assert {r.n_blocks for r in results[11:]} == {results[11].n_blocks}  # the model is intact
+    assert len([m for m in caplog.messages if "tracking lost" in m]) == 1
+    assert pipe.tracker.losses == 1 and pipe.tracker.relocalisations == 0
+
+
+def test_real_room_returning_view_relocalises_and_wide_baselines_fuse_nothing_wrong():
+    root = shared_data("sun3d-studyroom-5")
+    frames = load_frames(str(root))
+    again = dataclasses.replace(frames[1], index=5, timestamp_s=frames[-1].timestamp_s + 1.0)
+    pipe, results = _run(frames + [again], CPU_2CM)
+    assert all(r.integrated for r in results[:3])
+    for r, f in zip(results[3:5], frames[3:5]):  # far-apart views: skipped, or fused where they belong
+        assert not r.integrated or relative_motion(r.T_world_cam, f.T_world_cam_gt)[0] < 0.15
+    assert results[5].integrated and relative_motion(results[5].T_world_cam, frames[1].T_world_cam_gt)[0] < 0.03
+    if not results[4].integrated:
+        assert results[5].reason == "relocalised" and pipe.tracker.relocalisations >= 1
+
+
+def test_ate_counts_every_frame_of_the_trajectory_with_the_pose_it_holds():
+    from fusion.pipeline import FrameResult
+    from fusion.reconstruct import _ate_stats, _Run, _trajectory
+
+    gt = [look_at(np.array([0.1 * i, 0.0, -1.0])) for i in range(10)]
+    run = _Run()
+    for i, T in enumerate(gt):
+        fused = i < 5  # lost after frame 4: the trajectory holds frame 4's pose for the rest
+        run.results.append(FrameResult(i, i / 30, T if fused else None, "ok" if fused else "lost", fused, "", {}, 0))
+        run.gt.append(T)
+    stamps, poses = _trajectory(run)
+    assert len(poses) == 10 and np.allclose(poses[9], gt[4])
+    stats = _ate_stats(run)
+    assert stats["ate_integrated_rmse_m"] < 1e-9 and stats["ate_rmse_m"] > 0.05 and stats["ate_frames"] == 10

@@ -1,0 +1,170 @@
+"""Owns keyframes and pose proposals from features: ORB keypoints with world points, RANSAC PnP.
+
+A keyframe keeps the ORB keypoints of a tracked frame that have valid depth, as points in the world,
+and a small zero-mean thumbnail (a global descriptor). `propose()` ranks the keyframes by thumbnail
+similarity (the most recent ones always among the candidates, for fast motion), matches the frame's
+ORB descriptors against each candidate's (ratio test) and solves the camera pose by RANSAC PnP on
+the candidate's world points. The proposals are only guesses: the tracker verifies each one against
+the model (ICP, residual and overlap) before it uses it.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from fusion.frame import Frame
+
+log = logging.getLogger(__name__)
+cv2.setNumThreads(1)
+
+
+@dataclass(frozen=True)
+class RelocaliserConfig:
+    max_keyframes: int = 400            #: keyframes kept (the oldest are thinned out beyond)
+    keyframe_step_m: float = 0.10       #: a tracked frame this far from every keyframe becomes one
+    keyframe_step_deg: float = 10.0     #: ... or turned this much from the nearest one
+    n_features: int = 1500              #: ORB keypoints per frame at most
+    ratio: float = 0.8                  #: Lowe ratio of best to second-best descriptor distance
+    reprojection_px: float = 8.0        #: RANSAC PnP inlier threshold (full-resolution pixels)
+    min_inliers: int = 20               #: fewest PnP inliers for a proposal
+    candidates: int = 4                 #: keyframes tried by thumbnail similarity
+    recent: int = 2                     #: most recent keyframes always tried as well
+    thumb_px: tuple = (32, 24)          #: thumbnail size (width, height) of the global descriptor
+    depth_range_m: tuple = (0.3, 6.0)   #: keypoint depth used for world points
+    depth_spread: float = 0.03          #: keypoints whose neighbours' depth differs more (share) are not used
+
+
+@dataclass(frozen=True)
+class Features:
+    """ORB keypoints (N,2) px, descriptors (N,32) uint8 and the thumbnail (immutable)."""
+
+    keypoints_px: np.ndarray
+    descriptors: np.ndarray
+    thumb: np.ndarray
+
+
+@dataclass(frozen=True)
+class Keyframe:
+    index: int                  #: the frame's index in its source
+    T_world_cam: np.ndarray
+    descriptors: np.ndarray     #: (N,32) uint8, only keypoints with valid depth
+    points_world_m: np.ndarray  #: (N,3) float32
+    thumb: np.ndarray
+
+
+@dataclass(frozen=True)
+class Proposal:
+    T_world_cam: np.ndarray
+    inliers: int
+    keyframe: int               #: source index of the keyframe it came from
+
+
+def _flat_depth(depth_m: np.ndarray, u: np.ndarray, v: np.ndarray, spread: float) -> np.ndarray:
+    """True for pixels whose 5x5 neighbourhood is all valid and within `spread` of its depth
+    (keypoints on depth edges would take foreground or background depth at random)."""
+    h, w = depth_m.shape
+    ok = np.ones(len(u), bool)
+    z = depth_m[v, u]
+    for dv in (-2, 0, 2):
+        for du in (-2, 0, 2):
+            n = depth_m[np.clip(v + dv, 0, h - 1), np.clip(u + du, 0, w - 1)]
+            ok &= (n > 0) & (np.abs(n - z) <= spread * z)
+    return ok
+
+
+def _gray(frame: Frame) -> np.ndarray:
+    return cv2.cvtColor(np.ascontiguousarray(frame.color), cv2.COLOR_RGB2GRAY)
+
+
+def _thumb(gray: np.ndarray, size) -> np.ndarray:
+    t = cv2.resize(gray, size, interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+    t -= t.mean()
+    return t / (np.linalg.norm(t) + 1e-6)
+
+
+class Relocaliser:
+    """Keyframe store and PnP proposals. Thread: the fusion thread only."""
+
+    def __init__(self, config: RelocaliserConfig = RelocaliserConfig()):
+        self.config = config
+        self.keyframes: list[Keyframe] = []
+        self._orb = cv2.ORB_create(nfeatures=config.n_features)
+        self._matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+
+    def features(self, frame: Frame) -> Features:
+        gray = _gray(frame)
+        kps, desc = self._orb.detectAndCompute(gray, None)
+        pts = np.array([k.pt for k in kps], np.float32).reshape(-1, 2)
+        desc = desc if desc is not None else np.zeros((0, 32), np.uint8)
+        return Features(pts, desc, _thumb(gray, self.config.thumb_px))
+
+    def wants(self, T_world_cam: np.ndarray) -> bool:
+        """True when a frame at this pose is far enough from every keyframe to become one."""
+        cfg = self.config
+        for kf in reversed(self.keyframes):
+            D = np.linalg.inv(kf.T_world_cam) @ T_world_cam
+            cos = np.clip((np.trace(D[:3, :3]) - 1) / 2, -1.0, 1.0)
+            if np.linalg.norm(D[:3, 3]) < cfg.keyframe_step_m and np.degrees(np.arccos(cos)) < cfg.keyframe_step_deg:
+                return False
+        return True
+
+    def add(self, frame: Frame, T_world_cam: np.ndarray, feats: Features | None = None) -> None:
+        feats = feats if feats is not None else self.features(frame)
+        pts, ok = self._world_points(frame, T_world_cam, feats.keypoints_px)
+        if np.count_nonzero(ok) < self.config.min_inliers:
+            return
+        self.keyframes.append(Keyframe(frame.index, np.array(T_world_cam, float), feats.descriptors[ok],
+                                       pts[ok], feats.thumb))
+        if len(self.keyframes) > self.config.max_keyframes:  # thin the older half, keep the recent ones
+            half = len(self.keyframes) // 2
+            self.keyframes = self.keyframes[:half:2] + self.keyframes[half:]
+
+    def _world_points(self, frame: Frame, T: np.ndarray, kp: np.ndarray):
+        h, w = frame.depth_m.shape
+        u = np.clip(np.round(kp[:, 0]).astype(int), 0, w - 1)
+        v = np.clip(np.round(kp[:, 1]).astype(int), 0, h - 1)
+        z = frame.depth_m[v, u]
+        lo, hi = self.config.depth_range_m
+        ok = (z > lo) & (z < hi) & _flat_depth(frame.depth_m, u, v, self.config.depth_spread)
+        i = frame.intrinsics
+        cam = np.stack([(kp[:, 0] - i.cx) / i.fx * z, (kp[:, 1] - i.cy) / i.fy * z, z], 1)
+        return (cam @ T[:3, :3].T + T[:3, 3]).astype(np.float32), ok
+
+    def _candidates(self, thumb: np.ndarray) -> list[Keyframe]:
+        cfg = self.config
+        kfs = self.keyframes
+        sims = np.array([kf.thumb @ thumb for kf in kfs])
+        order = list(np.argsort(-sims)[:cfg.candidates])
+        order += [i for i in range(max(0, len(kfs) - cfg.recent), len(kfs)) if i not in order]
+        return [kfs[i] for i in order]
+
+    def propose(self, frame: Frame, feats: Features | None = None) -> list[Proposal]:
+        """Camera poses for `frame` from the best-matching keyframes, most inliers first."""
+        if not self.keyframes:
+            return []
+        feats = feats if feats is not None else self.features(frame)
+        if len(feats.descriptors) < self.config.min_inliers:
+            return []
+        out = [p for kf in self._candidates(feats.thumb) if (p := self._solve(frame, feats, kf)) is not None]
+        return sorted(out, key=lambda p: -p.inliers)
+
+    def _solve(self, frame: Frame, feats: Features, kf: Keyframe) -> Proposal | None:
+        cfg = self.config
+        pairs = self._matcher.knnMatch(feats.descriptors, kf.descriptors, k=2)
+        good = [m[0] for m in pairs if len(m) == 2 and m[0].distance < cfg.ratio * m[1].distance]
+        if len(good) < cfg.min_inliers:
+            return None
+        obj = kf.points_world_m[[m.trainIdx for m in good]].astype(np.float64)
+        img = feats.keypoints_px[[m.queryIdx for m in good]].astype(np.float64)
+        ok, rvec, tvec, inl = cv2.solvePnPRansac(obj, img, frame.intrinsics.matrix(), None,
+                                                 iterationsCount=300, reprojectionError=cfg.reprojection_px,
+                                                 confidence=0.999, flags=cv2.SOLVEPNP_ITERATIVE)
+        if not ok or inl is None or len(inl) < cfg.min_inliers:
+            return None
+        T_cam_world = np.eye(4)
+        T_cam_world[:3, :3] = cv2.Rodrigues(rvec)[0]
+        T_cam_world[:3, 3] = tvec.ravel()
+        return Proposal(np.linalg.inv(T_cam_world), int(len(inl)), kf.index)
