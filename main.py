@@ -89,8 +89,10 @@ def _cmd_reconstruct(args) -> int:
     stats = reconstruct(ReconstructRequest(args.source, args.out, cfg, args.max_frames, labels,
                                            progress=not args.no_progress, label_hook=hook))
     ate = f", ATE {stats['ate_rmse_m'] * 1000:.1f} mm" if "ate_rmse_m" in stats else ""
-    log.info("%d frames at %.1f frames/s (%d dropped)%s -> %s", stats["frames"], stats["fps"],
-             stats["frames_dropped"], ate, args.out)
+    g = stats["gravity"]
+    up = g["method"] if g["method"] in ("gt", "camera") else f"{g['method']}, confidence {g['confidence']:.2f}"
+    log.info("%d frames at %.1f frames/s (%d dropped)%s, gravity from %s -> %s", stats["frames"], stats["fps"],
+             stats["frames_dropped"], ate, up, args.out)
     return 0
 
 

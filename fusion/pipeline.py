@@ -21,6 +21,7 @@ from fusion.coarse import CoarseGridConfig
 from fusion.dirty import DirtyChunks, chunk_keys_of_blocks
 from fusion.errors import SourceError, UserError
 from fusion.frame import Frame
+from fusion.gravity_settle import GravitySettler, SettleConfig, SettleStep, move_keyframes, restate_stamp
 from fusion.meshing import ChunkMesher, MeshConfig
 from fusion.snapshots import RegionSnapshot, SnapshotRequest, SnapshotServer  # noqa: F401 (SnapshotRequest re-exported)
 from fusion.tracking import Tracker, TrackerConfig, TrackState
@@ -35,6 +36,7 @@ class PipelineConfig:
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     poses: str = "track"            #: "track" (frame-to-model) or "gt" (the source's poses)
+    gravity: SettleConfig = field(default_factory=SettleConfig)  #: aligning a world without ground truth
     nets_chunk_m: float = 1.6       #: edge of a nets chunk (the semantics/completion dirty grid)
     incremental_mesh: bool = True   #: re-mesh touched blocks after every frame
     min_valid_depth_share: float = 0.01  #: frames with a smaller share of valid depth pixels are skipped
@@ -79,6 +81,7 @@ class FusionPipeline:
         self.volume = TsdfVolume(config.volume)
         self.tracker = Tracker(self.volume, config.tracker)
         self.mesher = ChunkMesher(self.volume, config.mesh)
+        self.gravity = GravitySettler(config.gravity, self.volume, self.mesher, config.incremental_mesh)
         self.dirty = DirtyChunks()
         self.last_timestamp_s: float | None = None
         self.frames_with_depth = 0
@@ -108,6 +111,8 @@ class FusionPipeline:
             log.warning("frame %d has no usable depth; skipped", frame.index)
             return self._result(frame, None, False, "no valid depth", timings)
         self.frames_with_depth += 1
+        if not self.tracker.started:
+            T_start = self.gravity.start(frame, T_start, self.config.poses)
         T, reason = self._pose(frame, T_start, timings)
         if T is None:
             return self._result(frame, None, False, reason, timings)
@@ -115,6 +120,9 @@ class FusionPipeline:
         touched = self.volume.integrate(frame, T)
         timings["integrate"] = (time.perf_counter() - t0) * 1e3
         self._after_integrate(frame, T, touched, timings)
+        t0 = time.perf_counter()
+        T = self._follow_gravity(self.gravity.after_integrate(frame, T), T)
+        timings["gravity"] = (time.perf_counter() - t0) * 1e3
         return self._result(frame, T, True, "", timings)
 
     def _pose(self, frame: Frame, T_start, timings) -> tuple[np.ndarray | None, str]:
@@ -139,11 +147,37 @@ class FusionPipeline:
         with self._snap_cond:  # stamp and marks together: `take_dirty` sees both or neither
             self._stamps.append(stamp)
             self._last_stamp = stamp
-            self.dirty.mark(chunks, ("semantics", "completion"))
+            if not self.gravity.holds_labels:  # labels wait until the world stops moving
+                self.dirty.mark(chunks, ("semantics", "completion"))
         if cfg.incremental_mesh:
             t0 = time.perf_counter()
             self.dirty.mark(self.mesher.update(touched), ("mesh",))
             timings["mesh"] = (time.perf_counter() - t0) * 1e3
+
+    def _follow_gravity(self, step: SettleStep, T: np.ndarray | None) -> np.ndarray | None:
+        """After a rebuild the world moved by step.correction: tracking, stamps and the snapshot cache
+        follow, re-meshed chunks are marked. Once gravity settles, the nets may label everything."""
+        if step.correction is not None:
+            T = step.correction @ T
+            self.tracker.reset(T)
+            move_keyframes(self.tracker, step.correction)
+            self._snapshots.reset_cache()
+            self.dirty.mark(step.mesh_chunks, ("mesh",))
+            with self._snap_cond:
+                self._stamps = deque((restate_stamp(s, step.correction) for s in self._stamps), self._stamps.maxlen)
+                self._last_stamp = self._stamps[-1] if self._stamps else None
+        if step.settled_now:
+            cfg = self.config
+            chunks = chunk_keys_of_blocks(self.volume.active_keys(), cfg.volume.block_size_m, cfg.nets_chunk_m)
+            with self._snap_cond:
+                self.dirty.mark(chunks, ("semantics", "completion"))
+        return T
+
+    def settle_gravity(self) -> None:
+        """Settle gravity now (end of a scan): a last estimate from what was fused, then the nets may label."""
+        last = self._last_stamp
+        if last is not None:
+            self._follow_gravity(self.gravity.settle_now(last.index), last.T_world_cam)
 
     def _result(self, frame, T, integrated, reason, timings) -> FrameResult:
         state = TrackState.OK.value if self.config.poses == "gt" else self.tracker.state.value

@@ -8,6 +8,7 @@ statistics and the arrays the session keeps.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
@@ -29,7 +30,7 @@ from fusion.sources.stall import StallGuardConfig, guarded_frames
 from fusion.trajectory import ate_rmse_m, write_tum
 
 log = logging.getLogger(__name__)
-STAGES = ("read", "track", "track_render", "track_icp", "integrate", "mesh", "snapshot")
+STAGES = ("read", "track", "track_render", "track_icp", "integrate", "mesh", "gravity", "snapshot")
 LABEL_MODES = ("none", "incremental", "final")
 
 
@@ -195,12 +196,22 @@ def write_outputs(req: ReconstructRequest, source, pipeline: FusionPipeline, run
     write_tum(req.out_dir / "trajectory.txt", stamps, poses)
     stats = _stats(req, source, pipeline, run, mesh) | _label_stats(hook, len(run.results))
     stats["completed_mesh"] = {"vertices": completed_vertices}
+    stats["gravity"] = pipeline.gravity.report().to_dict()
     write_text_atomic(req.out_dir / "stats.json", json.dumps(stats, indent=2) + "\n")
     settings = {"command": "reconstruct", "source": req.source, "max_frames": req.max_frames, "labels": req.labels,
                 "completed": stats["completed"]}
     extras = hook.extras() if hook is not None else None
     save_session(req.out_dir / "session", pipeline, stamps, poses, stats["source"], settings, extras)
     return stats
+
+
+def _settle_gravity(pipeline: FusionPipeline, run: _Run) -> None:
+    """Gravity settles at the latest when the scan ends (before the labels drain); poses returned before
+    a rebuild of the world are moved into the final one."""
+    pipeline.settle_gravity()
+    restate = pipeline.gravity.restate
+    run.results = [r if r.T_world_cam is None else dataclasses.replace(r, T_world_cam=restate(r.index, r.T_world_cam))
+                   for r in run.results]
 
 
 def _finish(hook: LabelHook, run: _Run) -> None:
@@ -232,6 +243,7 @@ def reconstruct(req: ReconstructRequest) -> dict:
     try:
         hook = req.label_hook(pipeline) if req.labels != "none" else None
         run = _fuse(source, pipeline, req.progress, hook, req.stall)
+        _settle_gravity(pipeline, run)
         if pipeline.frames_with_depth == 0 and run.error is None:
             run.error = SourceError(f"{req.source}: no frame has valid depth")
         if hook is not None:

@@ -28,6 +28,8 @@ import open3d.core as o3c
 from fusion.atomic import atomic_path
 from fusion.dirty import chunk_keys_of_blocks
 from fusion.errors import UserError
+from fusion.gravity import GravityConfig
+from fusion.gravity_settle import SettleConfig
 from fusion.meshing import MeshConfig
 from fusion.pipeline import FusionPipeline, PipelineConfig
 from fusion.tracking import TrackerConfig, TrackState, _Motion
@@ -89,6 +91,7 @@ def _manifest(pipeline: FusionPipeline, source: dict | None, settings: dict | No
         "last_timestamp_s": pipeline.last_timestamp_s,
         "frames_with_depth": pipeline.frames_with_depth,
         "frames_integrated": pipeline.volume.frames_integrated,
+        "gravity": pipeline.gravity.report().to_dict(),
         "arrays": {name: {"dtype": a.dtype.str, "shape": list(a.shape)} for name, a in arrays.items()},
     }
 
@@ -157,9 +160,12 @@ def config_from_dict(d: dict, device: str | None = None) -> PipelineConfig:
     vol = _fields(VolumeConfig, d.get("volume", {}))
     if device is not None:
         vol["device"] = device
-    top = {k: v for k, v in _fields(PipelineConfig, d).items() if k not in ("volume", "tracker", "mesh")}
+    top = {k: v for k, v in _fields(PipelineConfig, d).items() if k not in ("volume", "tracker", "mesh", "gravity")}
+    grav = d.get("gravity", {})
+    grav = SettleConfig(**{k: v for k, v in _fields(SettleConfig, grav).items() if k != "estimator"},
+                        estimator=GravityConfig(**_fields(GravityConfig, grav.get("estimator", {}))))
     return PipelineConfig(volume=VolumeConfig(**vol), tracker=TrackerConfig(**_fields(TrackerConfig, d.get("tracker", {}))),
-                          mesh=MeshConfig(**_fields(MeshConfig, d.get("mesh", {}))), **top)
+                          mesh=MeshConfig(**_fields(MeshConfig, d.get("mesh", {}))), gravity=grav, **top)
 
 
 def _read_manifest(zf: zipfile.ZipFile, path: Path) -> dict:
@@ -216,6 +222,7 @@ def _build_pipeline(manifest: dict, arrays: dict, device: str | None) -> FusionP
         _restore_tracker(pipeline, manifest["tracker"])
         pipeline.last_timestamp_s = manifest["last_timestamp_s"]
         pipeline.frames_with_depth = int(manifest["frames_with_depth"])
+        pipeline.gravity.restore(manifest.get("gravity"))  # the saved world stays as it is
         pipeline.volume.frames_integrated = int(manifest["frames_integrated"])
         chunks = pipeline.mesher.update(keys)  # mesh everything: the loaded volume has no block meshes yet
         pipeline.dirty.mark(chunks | pipeline.mesher.flush(), ("mesh",))

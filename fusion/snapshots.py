@@ -121,6 +121,10 @@ class SnapshotServer:
     def touch(self, blocks: np.ndarray) -> None:
         self.cache.touch(blocks)
 
+    def reset_cache(self) -> None:
+        """Forget every cached chunk (the volume was rebuilt in another world); requests stay."""
+        self.cache = CoarseCache(self.volume, self.cache.chunk_size_m)
+
     def request(self, groups, grid: CoarseGridConfig, tag: int = 0) -> None:
         now = time.monotonic()
         reqs = [SnapshotRequest(tuple(sorted({tuple(int(v) for v in k) for k in g})), grid, tag, now)

@@ -80,17 +80,22 @@ class TsdfVolume:
         self.config = config
         self.device = resolve_device(config.device)
         self.on_cpu = self.device.get_type() == o3c.Device.DeviceType.CPU
+        self.frames_integrated = 0
+        self.clear()
+
+    def clear(self) -> None:
+        """Drop every block (a fresh, empty grid); the count of frames integrated stays."""
+        cfg = self.config
         self.grid = o3d.t.geometry.VoxelBlockGrid(
             attr_names=VOXEL_ATTRS,
             attr_dtypes=(o3c.float32,) * len(VOXEL_ATTRS),
             attr_channels=_VOXEL_CHANNELS,
-            voxel_size=config.voxel_size_m,
-            block_resolution=config.block_resolution,
-            block_count=config.initial_blocks,
+            voxel_size=cfg.voxel_size_m,
+            block_resolution=cfg.block_resolution,
+            block_count=cfg.initial_blocks,
             device=self.device,
         )
         self.capacity_warned = False
-        self.frames_integrated = 0
         self.last_blocks = np.zeros((0, 3), np.int32)  #: blocks the latest integration touched
         self.index = BlockIndex()
         self._index_capacity = -1

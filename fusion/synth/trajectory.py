@@ -266,3 +266,14 @@ def plan_trajectory(world: World, n_frames: int, config: TrajectoryConfig | None
     if best[0][0]:
         log.warning("synthetic room %d: camera path has %d frames outside its bounds", world.seed, best[0][0])
     return best[1][:n_frames]
+
+
+def tilted_start(poses: np.ndarray, pitch_deg: float, roll_deg: float) -> np.ndarray:
+    """The same path with every camera turned in its own frame by one fixed rotation chosen so that the
+    first camera has exactly this pitch and roll (its heading kept): a start that is not upright."""
+    R0 = poses[0, :3, :3]
+    yaw = np.arctan2(R0[1, 2], R0[0, 2])
+    target = _rotation(np.array([yaw]), np.radians([pitch_deg]), np.radians([roll_deg]))[0]
+    out = np.array(poses, float)
+    out[:, :3, :3] = out[:, :3, :3] @ (R0.T @ target)
+    return out
