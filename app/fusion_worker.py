@@ -201,6 +201,7 @@ class FusionWorker:
     def _cmd_stop_source(self) -> None:
         if self.source is not None:
             self._close_source()
+            self._settle_gravity()
             self.state = "idle"
             self._event("info", "stopped; the model stays (save, export or correct it; Start scans anew)")
 
@@ -257,6 +258,7 @@ class FusionWorker:
         self._tracking, self._retime_s = "ok", None
         self.up: np.ndarray | None = None
         self._continuable, self.reset_pending, self._changed = False, True, True
+        self._world_changes = 0  # world changes of the pipeline (gravity settling) the poses have followed
         self._last_pub = self._last_status = 0.0
 
     def _fuse_next(self) -> None:
@@ -302,6 +304,7 @@ class FusionWorker:
             self._up_from(res.T_world_cam if self.up is None else None)
         else:
             self._rejected += 1
+        self._follow_world()  # before this frame's pose, which is already in the newest world
         last = res.T_world_cam if res.T_world_cam is not None else (self.poses[-1] if self.poses else None)
         if last is not None:
             self.stamps.append(res.timestamp_s)
@@ -315,11 +318,27 @@ class FusionWorker:
         self._changed = True
 
     def _up_from(self, T) -> None:
-        if T is not None:
-            self.up = -np.asarray(T, float)[:3, 1]
+        if T is not None:  # a gravity-aligned world has z up; a ground-truth one the first camera's up
+            aligned = self.pipeline is not None and self.pipeline.gravity.report().method not in ("gt", "camera")
+            self.up = np.array([0.0, 0, 1]) if aligned else -np.asarray(T, float)[:3, 1]
+
+    def _follow_world(self) -> None:
+        """Poses kept before the pipeline rebuilt its world (gravity settling) move into the new one."""
+        changes = self.pipeline.gravity.changes
+        for _, C in changes[self._world_changes:]:
+            self.poses = [C @ T for T in self.poses]
+            self._positions = np.zeros((0, 3), np.float32)
+        self._world_changes = len(changes)
+
+    def _settle_gravity(self) -> None:
+        """A scan that ends young settles gravity now (the nets then label it)."""
+        if self.pipeline is not None:
+            self.pipeline.settle_gravity()
+            self._follow_world()
 
     def _finish(self, event: Event) -> None:
         self._close_source()
+        self._settle_gravity()
         self.state = "finished"
         self._event(event.level, event.text, event.hint)
 
@@ -393,7 +412,8 @@ class FusionWorker:
             fps=len(times) / sum(times) if times and sum(times) > 0 else 0.0, tracking=self._tracking,
             n_blocks=p.volume.n_blocks if p else 0, volume_mb=p.volume.memory_bytes() / 2**20 if p else 0.0,
             process_mb=process_memory_mb(), recording=str(getattr(src, "recording_path", "") or ""),
-            can_record=hasattr(src, "start_recording"), nets=self.nets.status())
+            can_record=hasattr(src, "start_recording"), nets=self.nets.status(),
+            gravity=p.gravity.report().to_dict() | {"settling": p.gravity.holds_labels} if p else {})
 
 
 COMMANDS = {"start": FusionWorker._cmd_start, "pause": FusionWorker._cmd_pause,

@@ -104,6 +104,7 @@ class FusionStatus:
     recording: str = ""                 #: file being recorded to ("" when not recording)
     can_record: bool = False
     nets: dict = field(default_factory=dict)   #: NetsStatus fields (see app.nets_hookup)
+    gravity: dict = field(default_factory=dict)  #: GravityReport fields and "settling" (see fusion.gravity_settle)
 
 
 @dataclass(frozen=True)

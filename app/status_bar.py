@@ -1,5 +1,5 @@
-"""Owns the status bar: fusion frames/s, dropped frames, tracking state, blocks and memory, nets queue and
-label latency, and the viewport's paint time."""
+"""Owns the status bar: fusion frames/s, dropped frames, tracking state, how up was found, blocks and
+memory, nets queue and label latency, and the viewport's paint time."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,13 +34,24 @@ def nets_text(nets: dict) -> str:
             f" p95 {_fmt_s(nets.get('latency_p95_s'))}")
 
 
+def gravity_text(g: dict) -> str:
+    """'up: floor (0.92)', 'up: settling…', 'up: ground truth' or '' before a scan."""
+    if not g:
+        return ""
+    if g.get("settling"):
+        return "up: settling…"
+    names = {"gt": "ground truth", "camera": "first camera"}
+    method = g.get("method", "")
+    return f"up: {names[method]}" if method in names else f"up: {method} ({g.get('confidence', 0):.2f})"
+
+
 class StatusBar(QStatusBar):
     """Permanent readouts plus transient messages. Thread: GUI thread."""
 
     def __init__(self, config: StatusBarConfig = StatusBarConfig(), parent=None):
         super().__init__(parent)
         self.config = config
-        self.labels = {name: QLabel() for name in ("fusion", "dropped", "tracking", "memory", "nets", "ui")}
+        self.labels = {name: QLabel() for name in ("fusion", "dropped", "tracking", "gravity", "memory", "nets", "ui")}
         self.labels["nets"].setMaximumWidth(config.nets_width_px)
         for lab in self.labels.values():
             self.addPermanentWidget(lab)
@@ -52,6 +63,7 @@ class StatusBar(QStatusBar):
         L["dropped"].setText(f"{s.frames_dropped} dropped")
         L["tracking"].setText(f"tracking {s.tracking}")
         L["tracking"].setStyleSheet(f"color: {TRACKING_COLORS.get(s.tracking, '#888')}; font-weight: bold")
+        L["gravity"].setText(gravity_text(s.gravity))
         L["memory"].setText(f"{s.n_blocks} blocks · {s.volume_mb:.0f} MB volume · {s.process_mb:.0f} MB in all")
         text = nets_text(s.nets)
         L["nets"].setText(L["nets"].fontMetrics().elidedText(text, Qt.TextElideMode.ElideRight, self.config.nets_width_px))
