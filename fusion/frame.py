@@ -57,6 +57,8 @@ class Frame:
     color: (H, W, 3) uint8 RGB.  depth_m: (H, W) float32 metres, 0 = invalid.
     timestamp_s: seconds.  T_world_cam_gt: optional 4x4 camera-to-world ground-truth pose.
     index: position of the frame in its source (0-based).
+    accel_cam: optional accelerometer reading (3,) m/s^2 in the camera's axes (gravity's reaction, about
+    9.81 m/s^2 pointing up when still), from a camera with an IMU.
     """
 
     color: np.ndarray
@@ -65,6 +67,7 @@ class Frame:
     timestamp_s: float
     index: int = 0
     T_world_cam_gt: Optional[np.ndarray] = None
+    accel_cam: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
         h, w = self.depth_m.shape[:2]
@@ -74,5 +77,6 @@ class Frame:
             raise ValueError("intrinsics size does not match the depth image")
         for arr in (self.color, self.depth_m):
             arr.setflags(write=False)
-        if self.T_world_cam_gt is not None:
-            self.T_world_cam_gt.setflags(write=False)
+        for arr in (self.T_world_cam_gt, self.accel_cam):
+            if arr is not None:
+                arr.setflags(write=False)

@@ -123,12 +123,15 @@ class GravityEstimator:
         self.warned = False
 
     def estimate(self, points: np.ndarray, normals: np.ndarray, prior_up: np.ndarray,
-                 camera_center: np.ndarray) -> GravityEstimate:
+                 camera_center: np.ndarray, imu_up: np.ndarray | None = None) -> GravityEstimate:
         """Up and floor from world points/normals; `prior_up` is the starting guess, `camera_center` a
-        camera position (the floor lies well below it)."""
+        camera position (the floor lies well below it). With `imu_up` (from an accelerometer) up is
+        that; the scene gives the floor and the yaw."""
         cfg = self.config
         prior = np.asarray(prior_up, float) / np.linalg.norm(prior_up)
         P, N = subsample(points, normals, cfg.max_points)
+        if imu_up is not None:
+            return self._with_imu(P, N, np.asarray(imu_up, float) / np.linalg.norm(imu_up), camera_center)
         up, walls = self._refine(N, prior, prior, None)
         floor_h, floor = self._floor(P, N, up, float(np.dot(camera_center, up)))
         if floor is not None:
@@ -144,6 +147,13 @@ class GravityEstimator:
         self._warn("no floor in view: up comes from the walls")
         conf = 0.25 + 0.15 * min(1.0, wall_spread / cfg.min_wall_spread) + 0.1 * min(1.0, walls.sum() / cfg.full_points)
         return self._result(up, self._assumed_floor(P, up, camera_center), "walls", conf, N, walls, 0)
+
+    def _with_imu(self, P, N, up, camera_center) -> GravityEstimate:
+        walls = np.abs(N @ up) < np.sin(np.radians(self.config.bands_deg[-1]))
+        floor_h, floor = self._floor(P, N, up, float(np.dot(camera_center, up)))
+        n_floor = 0 if floor is None else int(floor.sum())
+        floor_h = self._assumed_floor(P, up, camera_center) if floor_h is None else floor_h
+        return self._result(up, floor_h, "imu", 0.9 + 0.1 * (floor is not None), N, walls, n_floor)
 
     def _warn(self, what: str) -> None:
         if not self.warned:
@@ -227,4 +237,4 @@ class GravityEstimator:
         T = np.eye(4)
         T[:3, :3], T[2, 3] = R, -floor_h
         return GravityEstimate(T, up, method, float(np.clip(conf, 0, 1)),
-                               floor_h if method == "floor" else None, n_floor, int(walls.sum()))
+                               floor_h if n_floor else None, n_floor, int(walls.sum()))

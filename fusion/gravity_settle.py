@@ -1,8 +1,9 @@
 """Owns settling gravity while a scan is young: the aligned start pose, re-estimates from the fused
 geometry, rebuilds of the volume in a corrected world, and the report of how gravity was found.
 
-A source with ground-truth poses keeps its own frame ("gt"). Otherwise the first frame's depth gives
-a first estimate (`fusion.gravity`) and tracking starts from the aligned pose, so the fusion world
+A source with ground-truth poses keeps its own frame ("gt"). Otherwise the first frame gives a first
+estimate (`fusion.gravity`: up from its accelerometer reading when the camera has an IMU, "imu", else
+from its depth; the floor from its depth) and tracking starts from the aligned pose, so the fusion world
 itself is gravity-aligned. While the scan is young (`max_frames` integrated frames) every frame is kept
 (depth, colour, pose) and the estimate is redone from the fused surface every `every_frames` frames. A
 correction beyond the rebuild bounds moves the world: a fresh volume is integrated from the kept frames
@@ -22,7 +23,7 @@ from fusion.gravity import (PRIOR_UP_CAM, GravityConfig, GravityEstimate, Gravit
                             depth_points, subsample)
 
 log = logging.getLogger(__name__)
-RANK = {"assumed": 0, "walls": 1, "floor": 2}  #: a later estimate replaces one of at most its rank
+RANK = {"assumed": 0, "walls": 1, "floor": 2, "imu": 3}  #: a later estimate replaces one of at most its rank
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,13 @@ def move_keyframes(tracker, C: np.ndarray) -> None:
                        for k in reloc.keyframes]
 
 
+def _imu_up(kept: list) -> np.ndarray | None:
+    """Mean accelerometer direction (up) in the world over (frame, T_world_cam) pairs; None without IMU."""
+    ups = [T[:3, :3] @ (f.accel_cam / np.linalg.norm(f.accel_cam)) for f, T in kept
+           if getattr(f, "accel_cam", None) is not None]
+    return np.mean(ups, axis=0) if ups else None
+
+
 def correction_size(C: np.ndarray) -> tuple[float, float, float]:
     """(tilt deg, yaw deg, floor move m) of a world change C (new <- old)."""
     R = C[:3, :3]
@@ -138,7 +146,7 @@ class GravitySettler:
             self._settle(dataclasses.replace(self._report, method=method, confidence=float(method == "gt")), frame.index)
             return T_start
         P, N = depth_points(frame.depth_m, frame.intrinsics, np.eye(4), self.config.estimator)
-        est = self.estimator.estimate(P, N, PRIOR_UP_CAM, np.zeros(3))
+        est = self.estimator.estimate(P, N, PRIOR_UP_CAM, np.zeros(3), _imu_up([(frame, np.eye(4))]))
         self._T_first = est.T_aligned_world.copy()
         self._report = self._report_of(est)
         self.state = "settling"
@@ -190,13 +198,14 @@ class GravitySettler:
                                    tilt_deg=angle_deg(up_cam, PRIOR_UP_CAM))
 
     def _reestimate(self, frame_index: int) -> SettleStep:
-        est = self.estimator.estimate(*self._fused_points(), np.array([0.0, 0, 1]), self._camera_center())
+        est = self.estimator.estimate(*self._fused_points(), np.array([0.0, 0, 1]), self._camera_center(),
+                                      _imu_up(self._kept))
         if RANK[est.method] < RANK[self._report.method]:
             self._stable = 0
             return NO_STEP  # saw less than before (e.g. only a wall up close): keep the world
         cfg, C = self.config, est.T_aligned_world
         tilt, yaw, move = correction_size(C)
-        guess = est.method != "floor"
+        guess = est.floor_height_m is None
         if tilt > cfg.rebuild_tilt_deg or yaw > cfg.rebuild_yaw_deg or move > (cfg.rebuild_guess_m if guess else cfg.rebuild_m):
             self._stable = 0
             step = self._rebuild(C, frame_index)

@@ -2,8 +2,10 @@
 gate), and `reconstruct` of a room without poses started tilted: floor at z = 0, normals up."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import types
 
 import numpy as np
 import pytest
@@ -15,6 +17,8 @@ from fusion.gravity_settle import SettleConfig
 from fusion.pipeline import FusionPipeline, PipelineConfig
 from fusion.reconstruct import ReconstructRequest, reconstruct
 from fusion.session import load_session, save_session
+from fusion.sources.imu import AccelFilter, rotation_from_sdk
+from fusion.sources.rs_common import accel_rotation
 from fusion.sources.synthetic import SyntheticConfig, SyntheticSource
 from fusion.synth.render import RenderConfig
 from fusion.synth.trajectory import tilted_start
@@ -180,3 +184,87 @@ def test_reconstruct_without_poses_from_a_tilted_start_puts_the_floor_at_zero(ti
     assert np.mean(z < -0.06) < 0.01                                # nothing below the floor
     _, traj = read_tum(out / "trajectory.txt")
     assert len(traj) == 30 and _up_error_deg(traj[0], poses[0]) < 2.0
+
+
+# ---------------------------------------------------------------- IMU (accelerometer)
+def test_accel_filter_averages_valid_samples_and_ignores_bad_ones_with_one_warning(caplog):
+    class Profile:  # an SDK stream profile: extrinsics to another one (rotation column-major)
+        def __init__(self, to):
+            self.to = to
+
+        def get_extrinsics_to(self, other):
+            if other.__class__ is not Profile or id(other) not in self.to:
+                raise RuntimeError("Requested extrinsics are not available!")
+            return types.SimpleNamespace(rotation=self.to[id(other)])
+
+    color, depth = Profile({}), Profile({})
+    depth.to[id(color)] = [1, 0, 0, 0, 1, 0, 0, 0, 1]
+    accel = Profile({id(depth): [0, 1, 0, -1, 0, 0, 0, 0, 1]})      # IMU x is the camera's y, IMU y its -x
+    acc = AccelFilter(rotation_from_sdk(accel_rotation(accel, depth, color)))
+    with caplog.at_level(logging.WARNING, logger="fusion.sources.imu"):
+        for i, a in enumerate([(-9.8, 0, 0.2), (np.nan, 1, 0), (0, 0, 0), (-30, 0, 0), (-9.8, -0.2, 0)]):
+            acc.add(i * 0.01, a)
+        assert np.allclose(acc.at(0.03), [0.1, -9.8, 0.1]) and acc.rejected == 3
+        assert acc.at(5.0) is None                                    # a gap: no reading
+    assert len([r for r in caplog.records if r.name == "fusion.sources.imu"]) == 1
+
+
+def test_the_accelerometer_gives_up_and_the_scene_the_floor(tilted):
+    frames, poses = tilted
+    rng = np.random.default_rng(3)
+    bias = _rot([1, 0, 0], 0.3)                                       # a slightly tilted IMU
+    frames = [dataclasses.replace(f, accel_cam=bias @ T[:3, :3].T @ [0, 0, 9.81] + rng.normal(0, 0.3, 3))
+              for f, T in zip(frames[:20], poses)]
+    pipe = FusionPipeline(PipelineConfig(volume=VolumeConfig(voxel_size_m=0.03, device="cpu"),
+                                         gravity=SettleConfig(max_frames=20)))
+    try:
+        results = [pipe.process(f) for f in frames]
+    finally:
+        pipe.close()
+    rep = pipe.gravity.report()
+    assert rep.method == "imu" and rep.confidence == 1.0 and rep.settled_frame is not None
+    T0 = pipe.gravity.restate(0, results[0].T_world_cam)
+    assert _up_error_deg(T0, poses[0]) < 0.6 and abs(T0[2, 3] - poses[0][2, 3]) < 0.05
+
+
+def test_a_recording_with_an_accelerometer_replays_its_readings(tmp_path, caplog):
+    import pyrealsense2 as rs
+
+    from fusion.sources.recording import RecordingSource
+    from tests.scenes import SMALL, orbit
+    from tests.test_realsense import SoftCam, raw_depth
+
+    cam, scene = SoftCam(SMALL), orbit(6, SMALL, step_deg=3.0)
+    sensor = cam.dev.add_sensor("Motion Module")
+    ms = rs.motion_stream()
+    ms.type, ms.index, ms.uid, ms.fmt, ms.fps, ms.intrinsics = (rs.stream.accel, 0, 2, rs.format.motion_xyz32f, 100,
+                                                                rs.motion_device_intrinsic())
+    profile = sensor.add_motion_stream(ms)
+    ex = rs.extrinsics()  # the SDK's recorder drops a software motion stream's extrinsics: identity is assumed
+    ex.rotation, ex.translation = [1, 0, 0, 0, 1, 0, 0, 0, 1], [0, 0, 0]
+    profile.register_extrinsics_to(cam.profiles["depth"], ex)
+    rec = rs.recorder(str(tmp_path / "imu.db3"), cam.dev)
+    cam.start()
+    sensor.open(profile)
+    sensor.start(lambda f: None)
+    for i, f in enumerate(scene):
+        m, v = rs.software_motion_frame(), rs.vector()
+        v.x, v.y, v.z = (0.0, 0.0, 0.0) if i == 3 else (-9.8, 0.3, 0.1)   # frame 3's sample is a zero vector
+        m.data, m.timestamp, m.domain, m.frame_number = v, (i + 0.5) * 1000.0 / 30, rs.timestamp_domain.hardware_clock, i
+        m.profile = profile.as_motion_stream_profile()
+        sensor.on_motion_frame(m)
+        cam.push(i, raw_depth(f), f.color)
+    sensor.stop()
+    sensor.close()
+    cam.stop()
+    del rec
+    src = RecordingSource(tmp_path / "imu.db3")
+    with caplog.at_level(logging.WARNING, logger="fusion.sources.imu"):
+        try:
+            got = list(src)
+        finally:
+            src.close()
+    assert src.info.has_accel and len(got) >= 4
+    read = [f.accel_cam for f in got if f.accel_cam is not None]
+    assert len(read) >= 3 and all(np.allclose(a, [-9.8, 0.3, 0.1], atol=1e-4) for a in read)
+    assert len([r for r in caplog.records if r.name == "fusion.sources.imu"]) == 1

@@ -59,11 +59,13 @@ class CaptureThread:
 
     Created and controlled (start/stop/join) by the consumer's thread; the loop itself runs on the
     thread named `realsense-capture`. When no frameset arrives for `frame_timeout_s` (camera
-    unplugged, USB failure) it puts a `SourceError` in the slot and ends.
+    unplugged, USB failure) it puts a `SourceError` in the slot and ends. `side(frameset) -> bool`, when
+    given, sees every frameset first; one it consumes (True: IMU samples only) skips the slot.
     """
 
-    def __init__(self, poll: Callable, slot: NewestSlot, frame_timeout_s: float, poll_timeout_s: float = 0.1):
-        self._poll, self.slot = poll, slot
+    def __init__(self, poll: Callable, slot: NewestSlot, frame_timeout_s: float, poll_timeout_s: float = 0.1,
+                 side: Optional[Callable[[Any], bool]] = None):
+        self._poll, self.slot, self._side = poll, slot, side
         self._frame_timeout_s, self._poll_ms = frame_timeout_s, max(1, int(poll_timeout_s * 1000))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="realsense-capture", daemon=True)
@@ -88,7 +90,9 @@ class CaptureThread:
             except RuntimeError as exc:
                 self.slot.put_error(SourceError(f"RealSense camera failed: {str(exc).strip()[:200]}"))
                 return
-            if ok:
+            if ok and self._side is not None and self._side(fs):
+                last = time.monotonic()
+            elif ok:
                 fs.keep()  # the slot may hold it past the next poll
                 self.slot.put(fs)
                 last = time.monotonic()

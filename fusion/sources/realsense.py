@@ -40,6 +40,7 @@ class LiveConfig:
     frame_timeout_s: float = 3.0  # no frame for this long: the camera is gone (SourceError)
     poll_timeout_s: float = 0.1  # one wait of the capture loop
     join_timeout_s: float = 2.0  # bound on joining the capture thread in close()
+    imu: bool = True  # stream the accelerometer too when the camera has one (gravity for the world frame)
 
 
 def no_camera_message(found: list[DeviceInfo], serial: Optional[str]) -> str:
@@ -80,8 +81,8 @@ class PipelineCamera:
     that owns the source. A lock keeps a restart (to start or stop recording) from racing a read.
     """
 
-    def __init__(self, serial: str, modes: tuple):
-        self.serial, self._modes = serial, modes
+    def __init__(self, serial: str, modes: tuple, imu: bool = True):
+        self.serial, self._modes, self._imu = serial, modes, imu
         self._lock = threading.Lock()
         self._pipe: Optional[rs.pipeline] = None
         self.mode: Optional[tuple] = None
@@ -93,6 +94,8 @@ class PipelineCamera:
         cfg.enable_device(self.serial)
         cfg.enable_stream(rs.stream.depth, dw, dh, rs.format.z16, fps)
         cfg.enable_stream(rs.stream.color, cw, ch, rs.format.rgb8, fps)
+        if self._imu:
+            cfg.enable_stream(rs.stream.accel)
         if record_to is not None:
             cfg.enable_record_to_file(str(record_to))
         return cfg
@@ -100,20 +103,25 @@ class PipelineCamera:
     def start(self, record_to: Optional[Path] = None):
         """Start streaming (in the first mode the camera supports); returns the pipeline profile."""
         pipe = rs.pipeline()
-        modes = (self.mode,) if self.mode else self._modes
-        for mode in modes:
-            if self._config(mode, None).can_resolve(rs.pipeline_wrapper(pipe)):
-                break
-        else:
-            raise SourceError(f"camera {self.serial} supports none of the stream modes {list(self._modes)}")
+        mode = self._resolve(pipe)
         try:
             profile = pipe.start(self._config(mode, record_to))
         except RuntimeError as exc:
             raise SourceError(f"cannot start camera {self.serial}: {str(exc).strip()[:200]}") from None
         with self._lock:
             self._pipe, self.mode, self.recording_path = pipe, mode, record_to
-        log.info("streaming depth %dx%d, colour %dx%d at %d fps", *mode)
+        log.info("streaming depth %dx%d, colour %dx%d at %d fps%s", *mode, " and the accelerometer" * self._imu)
         return profile
+
+    def _resolve(self, pipe) -> tuple:
+        """The first stream mode the camera supports, with the accelerometer when it has one."""
+        modes = (self.mode,) if self.mode else self._modes
+        for imu in dict.fromkeys((self._imu, False)):
+            self._imu = imu
+            for mode in modes:
+                if self._config(mode, None).can_resolve(rs.pipeline_wrapper(pipe)):
+                    return mode
+        raise SourceError(f"camera {self.serial} supports none of the stream modes {list(self._modes)}")
 
     def try_wait_for_frames(self, timeout_ms: int):
         with self._lock:
@@ -167,7 +175,8 @@ class LiveSource(FrameSource):
         """Start the capture loop now (iterating starts it too); safe to call twice."""
         if self._capture is None:
             self._capture = CaptureThread(self._frames.try_wait_for_frames, self.slot,
-                                          self.cfg.frame_timeout_s, self.cfg.poll_timeout_s)
+                                          self.cfg.frame_timeout_s, self.cfg.poll_timeout_s,
+                                          self._converter.take_motion)
             self._capture.start()
 
     def __iter__(self) -> Iterator[Frame]:
@@ -223,7 +232,7 @@ def open_live(config: LiveConfig = LiveConfig(), max_frames: int | None = None,
               record_to: Optional[Path] = None) -> LiveSource:
     """Open the camera `config.serial` (or the first one) and start streaming."""
     dev = choose_device(config.serial)
-    camera = PipelineCamera(dev.serial, config.modes)
+    camera = PipelineCamera(dev.serial, config.modes, config.imu)
     profile = camera.start(record_to)
     try:
         device = profile.get_device()

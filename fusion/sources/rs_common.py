@@ -15,6 +15,7 @@ import pyrealsense2 as rs
 
 from fusion.errors import SourceError
 from fusion.frame import Frame, Intrinsics
+from fusion.sources.imu import AccelConfig, AccelFilter, rotation_from_sdk
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,11 @@ class StreamInfo:
     depth_to_color_translation_m: tuple = ()
     fps: int = 0
     device: Optional[DeviceInfo] = None
+    accel_to_cam_rotation: Optional[tuple] = None  # 9 floats, column-major; None: no accelerometer stream
+
+    @property
+    def has_accel(self) -> bool:
+        return self.accel_to_cam_rotation is not None
 
     @property
     def has_color(self) -> bool:
@@ -109,7 +115,25 @@ def stream_info(streams, depth_scale: float, device: DeviceInfo | None) -> Strea
         ex = depth.get_extrinsics_to(color)
         rot, trans = tuple(float(v) for v in ex.rotation), tuple(float(v) for v in ex.translation)
     return StreamInfo(float(depth_scale), intrinsics_of(depth), None if color is None else intrinsics_of(color),
-                      rot, trans, int(depth.fps()), device)
+                      rot, trans, int(depth.fps()), device, accel_rotation(by_type.get(rs.stream.accel), depth, color))
+
+
+def accel_rotation(accel, depth, color) -> Optional[tuple]:
+    """Rotation (9 floats, column-major) from the accelerometer's axes to the frame's (colour's, to which
+    depth is aligned; else depth's); None without an accelerometer, identity when no extrinsics say."""
+    if accel is None:
+        return None
+    for target in (color, depth):
+        try:
+            R = rotation_from_sdk(accel.get_extrinsics_to(target).rotation) if target is not None else None
+        except RuntimeError:  # not in the file: try the other stream
+            continue
+        if R is not None:
+            if target is depth and color is not None:
+                R = rotation_from_sdk(depth.get_extrinsics_to(color).rotation) @ R
+            return tuple(float(v) for v in R.T.reshape(-1))
+    log.warning("the accelerometer's extrinsics are missing: its axes are taken as the camera's")
+    return tuple(float(v) for v in np.eye(3).reshape(-1))
 
 
 def depth_scale_of(device) -> float:
@@ -126,8 +150,10 @@ class FramesetConverter:
     Used by one thread at a time (the SDK filters keep per-stream state, e.g. the temporal filter).
     """
 
-    def __init__(self, info: StreamInfo, filters: PostFilterConfig = PostFilterConfig()):
+    def __init__(self, info: StreamInfo, filters: PostFilterConfig = PostFilterConfig(),
+                 accel: AccelConfig = AccelConfig()):
         self.info = info
+        self.accel = AccelFilter(rotation_from_sdk(info.accel_to_cam_rotation), accel) if info.has_accel else None
         self._with_color = info.has_color
         self._align = rs.align(rs.stream.color) if info.has_color and not info.already_registered else None
         self._filters = self._build_filters(filters)
@@ -145,9 +171,24 @@ class FramesetConverter:
             chain.append(rs.hole_filling_filter())
         return chain
 
-    def convert(self, fs, index: int) -> Optional[Frame]:
-        """The `Frame` of a frameset, or None (counted in `incomplete`) when a stream is missing."""
+    def take_motion(self, fs) -> bool:
+        """Keep the accelerometer samples of a frameset (any thread); True when it holds nothing else."""
         fs = fs.as_frameset()
+        video = False
+        for f in fs:
+            if not f.is_motion_frame():
+                video = True
+            elif self.accel is not None and f.get_profile().stream_type() == rs.stream.accel:
+                v = f.as_motion_frame().get_motion_data()
+                self.accel.add(fs_timestamp_s(f), (v.x, v.y, v.z))
+        return not video
+
+    def convert(self, fs, index: int) -> Optional[Frame]:
+        """The `Frame` of a frameset, or None (counted in `incomplete`) when a stream is missing; a
+        frameset of motion samples alone gives None too (not counted)."""
+        fs = fs.as_frameset()
+        if self.take_motion(fs):
+            return None
         if not fs.get_depth_frame() or (self._with_color and not fs.get_color_frame()):
             self.incomplete += 1  # e.g. the SDK syncer's first, unpaired framesets
             return None
@@ -172,7 +213,8 @@ class FramesetConverter:
             img = np.asanyarray(color.get_data())
             rgb = img[..., :3][..., ::-1] if bgr else img[..., :3]
             rgb = np.array(rgb, dtype=np.uint8, order="C", copy=True)  # never keep the SDK's buffer
-        return Frame(rgb, depth_m, intr, timestamp_s, index)
+        accel = None if self.accel is None else self.accel.at(timestamp_s)
+        return Frame(rgb, depth_m, intr, timestamp_s, index, accel_cam=accel)
 
 
 def fs_timestamp_s(frame) -> float:
