@@ -2,12 +2,16 @@
 
     python -m nets.eval [--weights W] [--seeds 1000:1010] [--cache DIR] [--mesh-seeds 1000,1001]
                         [--json FILE]
+    python -m nets.eval --real-room [DATA] [--real-room-out DIR] [--frames N] [--weights W] [--json FILE]
 
 Scores (see nets.metrics): per-class IoU and mIoU on the observed surface, completion IoU, SDF L1,
 coverage with and without completion. With --mesh-seeds it also runs `main.py reconstruct
 synthetic:SEED --labels final --weights W` and scores the per-vertex labels of `mesh.ply` against the ground-truth
 mesh (closest triangle's class; vertices whose closest surface is none of the 20 classes are skipped).
 Held-out seeds must never be used in training (training uses 0-999; validation 900-905).
+With --real-room it runs only the real-room check instead (see nets.real_room: a ScanNet room rendered,
+reconstructed with ground-truth and with tracked poses, per-vertex mIoU of both; frames and meshes go
+to --real-room-out, a new temporary folder by default; scores to bench/results/real_room.json).
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import json
 import logging
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,11 +29,14 @@ from tqdm import tqdm
 
 from fusion.atomic import write_text_atomic
 from fusion.classes import SCANNET20
+from fusion.errors import UserError
 from fusion.plyio import read_labeled_ply
 from fusion.synth.world import build_world
 from nets.data import CLASS_IDS, IGNORE, Sample, closest_surface, make_sample, nyu40_to_class_index
 from nets.infer import DEFAULT_WEIGHTS, ChunkModel
 from nets.metrics import sample_scores, summarise
+from nets.real_room import DATA_DIR, RealRoomConfig, points_path, run_real_room
+from nets.real_room import table as real_room_table
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,31 +99,71 @@ def _seeds(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v]
 
 
-def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m nets.eval", description=__doc__.splitlines()[0])
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     p.add_argument("--seeds", default="1000:1010", help="held-out rooms, FIRST:LAST or a,b,c")
     p.add_argument("--cache", type=Path, help="keep the held-out scans here")
     p.add_argument("--mesh-seeds", default="", help="also reconstruct these rooms and score mesh.ply labels")
     p.add_argument("--mesh-frames", type=int, default=150)
-    p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "nets_eval.json")
-    args = p.parse_args(argv)
+    p.add_argument("--json", type=Path, default=None,
+                   help="scores (default bench/results/nets_eval.json, or real_room.json with --real-room)")
+    p.add_argument("--real-room", type=Path, nargs="?", const=DATA_DIR, default=None, metavar="DATA",
+                   help=f"run only the real-room check on a ScanNet room's points (default {DATA_DIR})")
+    p.add_argument("--real-room-out", type=Path, default=None,
+                   help="folder for the real room's frames and reconstructions (outside the repository; "
+                        "default: a new temporary folder)")
+    p.add_argument("--frames", type=int, default=RealRoomConfig.frames, help="real-room frames to render")
+    return p
+
+
+def real_room_main(args) -> int:
+    """The real-room check: both variants, a table, JSON."""
+    if args.frames < 2:
+        raise UserError(f"--frames {args.frames}: expected at least 2")
+    points_path(args.real_room)  # a missing file fails here, before the weights load
+    out = args.real_room_out or Path(tempfile.mkdtemp(prefix="real_room_"))
+    log.info("real room: frames and reconstructions go to %s", out)
+    model = ChunkModel.load(args.weights)
+    t0 = time.perf_counter()
+    result = run_real_room(out, model, RealRoomConfig(frames=args.frames), args.real_room)
+    result |= {"weights": str(args.weights), "eval_s": round(time.perf_counter() - t0, 1),
+               "command": "python -m nets.eval " + " ".join(args.argv)}
+    print(real_room_table(result))
+    path = args.json or ROOT / "bench" / "results" / "real_room.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(result, indent=2, default=float))
+    return 0
+
+
+def _held_out_main(args) -> int:
     model = ChunkModel.load(args.weights)
     t0 = time.perf_counter()
     samples = held_out_samples(_seeds(args.seeds), args.cache)
     scores = summarise([sample_scores(model.net, s) for s in samples])
     scores["eval_s"] = time.perf_counter() - t0
     scores["seeds"] = _seeds(args.seeds)
+    json_path = args.json or ROOT / "bench" / "results" / "nets_eval.json"
     if args.mesh_seeds:
-        scores["mesh"] = {s: reconstruct_and_score(s, args.json.parent, args.mesh_frames, args.weights.resolve())
+        scores["mesh"] = {s: reconstruct_and_score(s, json_path.parent, args.mesh_frames, args.weights.resolve())
                           for s in _seeds(args.mesh_seeds)}
     print(table(scores))
     for seed, m in scores.get("mesh", {}).items():
         print(f"mesh.ply labels, room {seed}: {m['accuracy']:.3f} of {m['vertices']} vertices")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.json, json.dumps(scores, indent=2, default=float))
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(json_path, json.dumps(scores, indent=2, default=float))
     return 0
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return real_room_main(args) if args.real_room is not None else _held_out_main(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

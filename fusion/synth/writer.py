@@ -45,15 +45,15 @@ def write_gt_mesh(world: World, path: Path | str) -> None:
     write_labeled_ply(path, world.vertices, world.vertex_colors, world.vertex_labels, world.triangles)
 
 
-def write_sequence(seed: int, out_dir: Path | str, n_frames: int,
-                   progress: Optional[Callable[[int, int], None]] = None, config=None) -> Path:
-    """Render `n_frames` of room `seed` into `out_dir` (created); returns the folder."""
-    from fusion.sources.synthetic import SyntheticSource
-
+def write_frames(src, out_dir: Path | str, meta: dict,
+                 progress: Optional[Callable[[int, int], None]] = None) -> Path:
+    """Write every frame of a posed source in this layout: colour and depth PNGs, groundtruth.txt (the
+    source's `poses`) and synth.json (`meta` adds to the fields the reader needs). Reads `src.fps` and
+    `src.intrinsics`; the source's own frames carry their timestamps. Returns the folder."""
     out = Path(out_dir)
     (out / "color").mkdir(parents=True, exist_ok=True)
     (out / "depth").mkdir(parents=True, exist_ok=True)
-    src = SyntheticSource(seed, n_frames, config=config)
+    n_frames = len(src)
     stamps = []
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="synth-png") as pool:
         pending = []
@@ -68,13 +68,23 @@ def write_sequence(seed: int, out_dir: Path | str, n_frames: int,
                 progress(frame.index, n_frames)
         for f in pending:
             f.result()
-    write_tum(out / "groundtruth.txt", stamps, src.poses)
-    write_gt_mesh(src.world, out / "gt_mesh.ply")
+    write_tum(out / "groundtruth.txt", stamps, src.poses[:n_frames])
     K = src.intrinsics
-    meta = {"format": FORMAT, "version": VERSION, "seed": int(seed), "room_type": src.world.room_type,
-            "frames": int(n_frames), "fps": src.fps,
+    meta = {"format": FORMAT, "version": VERSION, **meta, "frames": int(n_frames), "fps": src.fps,
             "intrinsics": {"fx": K.fx, "fy": K.fy, "cx": K.cx, "cy": K.cy, "width": K.width, "height": K.height},
             "depth_scale": DEPTH_SCALE}
     write_text_atomic(out / "synth.json", json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def write_sequence(seed: int, out_dir: Path | str, n_frames: int,
+                   progress: Optional[Callable[[int, int], None]] = None, config=None) -> Path:
+    """Render `n_frames` of room `seed` into `out_dir` (created); returns the folder."""
+    from fusion.sources.synthetic import SyntheticSource
+
+    out = Path(out_dir)
+    src = SyntheticSource(seed, n_frames, config=config)
+    write_frames(src, out, {"seed": int(seed), "room_type": src.world.room_type}, progress)
+    write_gt_mesh(src.world, out / "gt_mesh.ply")
     log.info("wrote %d frames of synthetic %s %d to %s", n_frames, src.world.room_type, seed, out)
     return out
