@@ -82,18 +82,6 @@ def restate_stamp(stamp, C: np.ndarray):
     return dataclasses.replace(stamp, T_world_cam=C @ stamp.T_world_cam)
 
 
-def move_keyframes(tracker, C: np.ndarray) -> None:
-    """The keyframes a tracker keeps for relocalisation (poses and world points), if any, follow a world
-    change C (new <- old)."""
-    reloc = getattr(tracker, "relocaliser", None)
-    if reloc is None:
-        return
-    R, t = C[:3, :3], C[:3, 3]
-    reloc.keyframes = [dataclasses.replace(k, T_world_cam=C @ k.T_world_cam,
-                                           points_world_m=(k.points_world_m @ R.T + t).astype(np.float32))
-                       for k in reloc.keyframes]
-
-
 def _imu_up(kept: list) -> np.ndarray | None:
     """Mean accelerometer direction (up) in the world over (frame, T_world_cam) pairs; None without IMU."""
     ups = [T[:3, :3] @ (f.accel_cam / np.linalg.norm(f.accel_cam)) for f, T in kept

@@ -21,7 +21,7 @@ from fusion.coarse import CoarseGridConfig
 from fusion.dirty import DirtyChunks, chunk_keys_of_blocks
 from fusion.errors import SourceError, UserError
 from fusion.frame import Frame
-from fusion.gravity_settle import GravitySettler, SettleConfig, SettleStep, move_keyframes, restate_stamp
+from fusion.gravity_settle import GravitySettler, SettleConfig, SettleStep, restate_stamp
 from fusion.meshing import ChunkMesher, MeshConfig
 from fusion.snapshots import RegionSnapshot, SnapshotRequest, SnapshotServer  # noqa: F401 (SnapshotRequest re-exported)
 from fusion.tracking import Tracker, TrackerConfig, TrackState
@@ -56,7 +56,7 @@ class FrameResult:
     T_world_cam: np.ndarray | None   #: pose used for integration, None when the frame was rejected
     state: str                       #: tracking state after the frame
     integrated: bool
-    reason: str
+    reason: str                      #: why it was rejected, or "relocalised" when it found the track again
     timings_ms: dict
     n_blocks: int
 
@@ -123,7 +123,7 @@ class FusionPipeline:
         t0 = time.perf_counter()
         T = self._follow_gravity(self.gravity.after_integrate(frame, T), T)
         timings["gravity"] = (time.perf_counter() - t0) * 1e3
-        return self._result(frame, T, True, "", timings)
+        return self._result(frame, T, True, reason, timings)
 
     def _pose(self, frame: Frame, T_start, timings) -> tuple[np.ndarray | None, str]:
         if self.config.poses == "gt":
@@ -132,6 +132,7 @@ class FusionPipeline:
             return np.asarray(frame.T_world_cam_gt, float), ""
         if not self.tracker.started:
             self.tracker.reset(np.eye(4) if T_start is None else T_start)
+            self.tracker.keyframe(frame, self.tracker.predict())
             return self.tracker.predict(), ""
         t0 = time.perf_counter()
         res = self.tracker.track(frame)
@@ -160,7 +161,7 @@ class FusionPipeline:
         if step.correction is not None:
             T = step.correction @ T
             self.tracker.reset(T)
-            move_keyframes(self.tracker, step.correction)
+            self.tracker.relocaliser.move_world(step.correction)
             self._snapshots.reset_cache()
             self.dirty.mark(step.mesh_chunks, ("mesh",))
             with self._snap_cond:

@@ -117,15 +117,23 @@ def _fuse(source, pipeline: FusionPipeline, show_progress: bool, hook: LabelHook
     return run
 
 
-def _trajectory(run: _Run) -> tuple[list, list]:
-    """One pose per frame: the integrated pose, or the last good one for rejected frames."""
-    stamps, poses, last = [], [], None
+def _frame_poses(run: _Run) -> list:
+    """One pose per frame: the integrated pose, else the last good one (frames before the first
+    integrated one take its pose); empty when no frame was integrated."""
+    first = next((r.T_world_cam for r in run.results if r.T_world_cam is not None), None)
+    if first is None:
+        return []
+    poses, last = [], first
     for r in run.results:
         last = r.T_world_cam if r.T_world_cam is not None else last
-        if last is not None:
-            stamps.append(r.timestamp_s)
-            poses.append(last)
-    return stamps, poses
+        poses.append(last)
+    return poses
+
+
+def _trajectory(run: _Run) -> tuple[list, list]:
+    """(timestamps, poses) of the written trajectory: one line per frame (see `_frame_poses`)."""
+    poses = _frame_poses(run)
+    return [r.timestamp_s for r in run.results][:len(poses)], poses
 
 
 def _stats(req: ReconstructRequest, source, pipeline: FusionPipeline, run: _Run, mesh) -> dict:
@@ -144,6 +152,8 @@ def _stats(req: ReconstructRequest, source, pipeline: FusionPipeline, run: _Run,
         "wall_s": round(run.wall_s, 3),
         "timing_ms": {k: percentiles_ms(v) for k, v in stages.items() if v},
         "tracking_failures": pipeline.tracker.failures,
+        "tracking_losses": pipeline.tracker.losses,
+        "relocalisations": pipeline.tracker.relocalisations,
         "poses": req.pipeline.poses,
         "labels": req.labels,
         "label_latency_s": None,
@@ -158,12 +168,25 @@ def _stats(req: ReconstructRequest, source, pipeline: FusionPipeline, run: _Run,
                      "numpy": np.__version__},
         "completed": run.error is None and not run.interrupted,
     }
-    pairs = [(r.T_world_cam, g) for r, g in zip(res, run.gt) if r.integrated and g is not None]
-    if len(pairs) >= 3:
-        stats["ate_rmse_m"] = round(ate_rmse_m(np.array([p for p, _ in pairs]), np.array([g for _, g in pairs])), 6)
+    stats.update(_ate_stats(run))
     if run.error is not None:
         stats["error"] = str(run.error)
     return stats
+
+
+def _ate_stats(run: _Run) -> dict:
+    """ATE over every frame of the written trajectory that has ground truth (a rejected frame counts
+    with the pose the trajectory holds for it), and over the integrated frames alone."""
+    pairs = [(T, g, r.integrated) for T, g, r in zip(_frame_poses(run), run.gt, run.results) if g is not None]
+    if len(pairs) < 3:
+        return {}
+    out = {"ate_rmse_m": round(ate_rmse_m(np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])), 6),
+           "ate_frames": len(pairs)}
+    fused = [p for p in pairs if p[2]]
+    if len(fused) >= 3:
+        out["ate_integrated_rmse_m"] = round(ate_rmse_m(np.array([p[0] for p in fused]),
+                                                        np.array([p[1] for p in fused])), 6)
+    return out
 
 
 def _label_stats(hook: LabelHook | None, frames: int) -> dict:

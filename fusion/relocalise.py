@@ -9,6 +9,7 @@ the model (ICP, residual and overlap) before it uses it.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -104,12 +105,13 @@ class Relocaliser:
     def wants(self, T_world_cam: np.ndarray) -> bool:
         """True when a frame at this pose is far enough from every keyframe to become one."""
         cfg = self.config
-        for kf in reversed(self.keyframes):
-            D = np.linalg.inv(kf.T_world_cam) @ T_world_cam
-            cos = np.clip((np.trace(D[:3, :3]) - 1) / 2, -1.0, 1.0)
-            if np.linalg.norm(D[:3, 3]) < cfg.keyframe_step_m and np.degrees(np.arccos(cos)) < cfg.keyframe_step_deg:
-                return False
-        return True
+        if not self.keyframes:
+            return True
+        poses = np.array([kf.T_world_cam for kf in self.keyframes])
+        near = np.linalg.norm(poses[:, :3, 3] - T_world_cam[:3, 3], axis=1) < cfg.keyframe_step_m
+        # rotation angle of R_kf^T R from its trace
+        cos = (np.einsum("kij,ij->k", poses[near, :3, :3], T_world_cam[:3, :3]) - 1) / 2
+        return not np.any(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))) < cfg.keyframe_step_deg)
 
     def add(self, frame: Frame, T_world_cam: np.ndarray, feats: Features | None = None) -> None:
         feats = feats if feats is not None else self.features(frame)
@@ -168,3 +170,27 @@ class Relocaliser:
         T_cam_world[:3, :3] = cv2.Rodrigues(rvec)[0]
         T_cam_world[:3, 3] = tvec.ravel()
         return Proposal(np.linalg.inv(T_cam_world), int(len(inl)), kf.index)
+
+    def move_world(self, C: np.ndarray) -> None:
+        """The keyframes (poses and world points) follow a change of world C (new <- old)."""
+        R, t = C[:3, :3], C[:3, 3]
+        self.keyframes = [dataclasses.replace(k, T_world_cam=C @ k.T_world_cam,
+                                              points_world_m=(k.points_world_m @ R.T + t).astype(np.float32))
+                          for k in self.keyframes]
+
+    def to_arrays(self) -> dict:
+        """The keyframes as flat arrays (for sessions)."""
+        kfs = self.keyframes
+        return {"index": np.array([k.index for k in kfs], np.int64),
+                "poses": np.array([k.T_world_cam for k in kfs], np.float64).reshape(-1, 4, 4),
+                "counts": np.array([len(k.descriptors) for k in kfs], np.int64),
+                "descriptors": np.concatenate([k.descriptors for k in kfs]) if kfs else np.zeros((0, 32), np.uint8),
+                "points_m": np.concatenate([k.points_world_m for k in kfs]) if kfs else np.zeros((0, 3), np.float32),
+                "thumbs": np.array([k.thumb for k in kfs], np.float32).reshape(len(kfs), np.prod(self.config.thumb_px))}
+
+    def load_arrays(self, a: dict) -> None:
+        """Replace the keyframes with those of `to_arrays` output."""
+        ends = np.cumsum(a["counts"])
+        starts = ends - a["counts"]
+        self.keyframes = [Keyframe(int(i), T, a["descriptors"][s:e], a["points_m"][s:e], th)
+                          for i, T, s, e, th in zip(a["index"], a["poses"], starts, ends, a["thumbs"])]

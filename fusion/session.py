@@ -6,6 +6,8 @@ A session is a single zip file (by convention `NAME.session`; `reconstruct` writ
 - `volume/keys.npy` (N,3) int32 block coordinates and `volume/{tsdf,weight,color}.npy`, the voxels of
   every allocated block exactly as the VoxelBlockGrid holds them (float32, deflate-compressed);
 - `trajectory/timestamps_s.npy` (T,) and `trajectory/poses.npy` (T,4,4) camera-to-world;
+- `keyframes/*.npy`: the tracker's keyframes (poses, ORB descriptors, world points, thumbnails); a
+  loaded session starts lost, so the next frame of any source relocalises against them and the model;
 - `extra/NAME.npy`: arrays other components persist (the label store's, once the nets exist).
 One file, written to a temporary name beside it, fsynced and renamed over the old one, so a save that
 dies midway leaves the previous session untouched. Zip CRCs detect corrupted or truncated files; the
@@ -32,6 +34,7 @@ from fusion.gravity import GravityConfig
 from fusion.gravity_settle import SettleConfig
 from fusion.meshing import MeshConfig
 from fusion.pipeline import FusionPipeline, PipelineConfig
+from fusion.relocalise import RelocaliserConfig
 from fusion.tracking import TrackerConfig, TrackState, _Motion
 from fusion.volume import VOXEL_ATTRS, VolumeConfig
 
@@ -69,6 +72,8 @@ def _tracker_state(pipeline: FusionPipeline) -> dict:
         "velocity": None if motion is None else motion.velocity.tolist(),
         "state": tr.state.value,
         "failures": tr.failures,
+        "losses": tr.losses,
+        "relocalisations": tr.relocalisations,
     }
 
 
@@ -117,7 +122,8 @@ def capture_session(pipeline: FusionPipeline, timestamps_s, poses, source: dict 
                     settings: dict | None = None, extras: dict | None = None) -> SessionCapture:
     """Copy the fusion state (+ trajectory, extras). Call from the thread that owns `pipeline`."""
     poses = np.asarray(poses, np.float64).reshape(-1, 4, 4)
-    arrays = _volume_arrays(pipeline) | {
+    keyframes = {f"keyframes/{k}": v for k, v in pipeline.tracker.relocaliser.to_arrays().items()}
+    arrays = _volume_arrays(pipeline) | keyframes | {
         "trajectory/timestamps_s": np.array(timestamps_s, np.float64),
         "trajectory/poses": poses.copy(),
     } | {f"extra/{k}": np.array(v) for k, v in (extras or {}).items()}
@@ -164,7 +170,10 @@ def config_from_dict(d: dict, device: str | None = None) -> PipelineConfig:
     grav = d.get("gravity", {})
     grav = SettleConfig(**{k: v for k, v in _fields(SettleConfig, grav).items() if k != "estimator"},
                         estimator=GravityConfig(**_fields(GravityConfig, grav.get("estimator", {}))))
-    return PipelineConfig(volume=VolumeConfig(**vol), tracker=TrackerConfig(**_fields(TrackerConfig, d.get("tracker", {}))),
+    tr = d.get("tracker", {})
+    tracker = TrackerConfig(**{k: v for k, v in _fields(TrackerConfig, tr).items() if k != "relocaliser"},
+                            relocaliser=RelocaliserConfig(**_fields(RelocaliserConfig, tr.get("relocaliser", {}))))
+    return PipelineConfig(volume=VolumeConfig(**vol), tracker=tracker,
                           mesh=MeshConfig(**_fields(MeshConfig, d.get("mesh", {}))), gravity=grav, **top)
 
 
@@ -213,6 +222,16 @@ def _restore_tracker(pipeline: FusionPipeline, t: dict) -> None:
         tr._motion = _Motion(np.array(t["last_good"], float), np.array(t["velocity"], float))
         tr.state = TrackState(t.get("state", "ok"))
     tr.failures = int(t.get("failures", 0))
+    tr.losses = int(t.get("losses", 0))
+    tr.relocalisations = int(t.get("relocalisations", 0))
+
+
+def _restore_keyframes(pipeline: FusionPipeline, arrays: dict) -> None:
+    """Keyframes of the saved scan; the next frame (any source) relocalises against them and the model."""
+    kf = {k[len("keyframes/"):]: v for k, v in arrays.items() if k.startswith("keyframes/")}
+    if kf:
+        pipeline.tracker.relocaliser.load_arrays(kf)
+    pipeline.tracker.lose()
 
 
 def _build_pipeline(manifest: dict, arrays: dict, device: str | None) -> FusionPipeline:
@@ -220,6 +239,7 @@ def _build_pipeline(manifest: dict, arrays: dict, device: str | None) -> FusionP
     try:
         keys = _restore_volume(pipeline, arrays)
         _restore_tracker(pipeline, manifest["tracker"])
+        _restore_keyframes(pipeline, arrays)
         pipeline.last_timestamp_s = manifest["last_timestamp_s"]
         pipeline.frames_with_depth = int(manifest["frames_with_depth"])
         pipeline.gravity.restore(manifest.get("gravity"))  # the saved world stays as it is

@@ -1,6 +1,7 @@
 """Sessions: save -> load round trip, scanning on after a load, refusal of corrupt/newer files, atomic saves."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import zipfile
 
@@ -64,7 +65,12 @@ def test_round_trip_voxels_mesh_trajectory(fused, tmp_path):
         assert s.manifest["format_version"] == FORMAT_VERSION
         assert s.pipeline.config == p.config
         assert s.pipeline.last_timestamp_s == p.last_timestamp_s
-        assert np.allclose(s.pipeline.tracker.predict(), p.tracker.predict())
+        assert np.allclose(s.pipeline.tracker._motion.last_good, p.tracker._motion.last_good)
+        assert s.pipeline.tracker.state.value == "lost"  # the next frame relocalises, whatever its source
+        saved, loaded = p.tracker.relocaliser.keyframes, s.pipeline.tracker.relocaliser.keyframes
+        assert len(loaded) == len(saved) and all(
+            np.array_equal(a.descriptors, b.descriptors) and np.array_equal(a.points_world_m, b.points_world_m)
+            and np.array_equal(a.T_world_cam, b.T_world_cam) for a, b in zip(saved, loaded))
         assert s.pipeline.dirty.take("mesh")  # everything was re-meshed and marked
     finally:
         s.pipeline.close()
@@ -168,5 +174,28 @@ def test_reconstruct_saves_session_also_on_a_failing_source(tmp_path):
         assert len(s.poses) == 5 and np.allclose(s.poses, poses, atol=1e-6)
         assert s.settings["command"] == "reconstruct" and not s.settings["completed"]
         assert s.source["kind"] and s.pipeline.volume.n_blocks > 0
+    finally:
+        s.pipeline.close()
+
+
+def test_a_loaded_session_continued_from_the_start_of_its_recording_relocalises(tmp_path):
+    """Save partway, load, replay the source from frame 0: the first frame finds its place in the model."""
+    from fusion.sources.synthetic import SyntheticSource
+
+    src = SyntheticSource(7, n_frames=16)
+    frames = [src.frame(i) for i in range(16)]
+    p = FusionPipeline(PipelineConfig(volume=VolumeConfig(voxel_size_m=0.02, device="cpu"), incremental_mesh=False))
+    res = [p.process(f, T_start=frames[0].T_world_cam_gt) for f in frames]
+    save_session(tmp_path / "s.session", p, [r.timestamp_s for r in res], [r.T_world_cam for r in res])
+    p.close()
+    s = load_session(tmp_path / "s.session")
+    try:
+        t0 = s.pipeline.last_timestamp_s + 1.0
+        again = [dataclasses.replace(f, timestamp_s=t0 + f.timestamp_s, T_world_cam_gt=None) for f in frames[:4]]
+        out = [s.pipeline.process(f) for f in again]
+        assert out[0].integrated and out[0].reason == "relocalised", out[0].reason
+        assert all(r.integrated and r.state == "ok" for r in out), [r.reason for r in out]
+        for r, f in zip(out, frames):
+            assert np.linalg.norm(r.T_world_cam[:3, 3] - f.T_world_cam_gt[:3, 3]) < 0.01
     finally:
         s.pipeline.close()
