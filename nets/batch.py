@@ -1,8 +1,10 @@
-"""Owns turning samples into network batches: grid symmetries, colour jitter, and target lookup.
+"""Owns turning samples into network batches: grid symmetries, colour jitter and dropout, and target lookup.
 
 The symmetries are the 8 of the square about gravity (flips of x and y, and swapping them) acting on
-whole cells (x -> -x-1), so they map cells to cells and keep every level's stride alignment. Targets
-are looked up by undoing the symmetry and reading the sample's dense target box.
+whole cells (x -> -x-1), followed by a shift of whole cells. The shift is drawn below the coarsest
+stride on every axis, so the floor of a training room (always in cell 0 of its sample) meets the nets'
+pooling in every phase, as a real scan's floor does (it lies wherever the scan puts it). Targets are
+looked up by undoing the symmetry and reading the sample's dense target box.
 """
 from __future__ import annotations
 
@@ -21,11 +23,13 @@ OBSERVED_LABEL_CELLS = 2.0  # an observed site takes the closest surface's class
 
 @dataclass(frozen=True)
 class Symmetry:
-    """One of the 8 symmetries of the square acting on cells: flip x, flip y, then swap x and y."""
+    """One of the 8 symmetries of the square acting on cells: flip x, flip y, swap x and y, then
+    shift by whole cells."""
 
     flip_x: bool = False
     flip_y: bool = False
     swap: bool = False
+    shift: tuple = (0, 0, 0)
 
     def apply(self, c: np.ndarray) -> np.ndarray:
         c = np.array(c, np.int64, copy=True)
@@ -35,17 +39,19 @@ class Symmetry:
             c[:, 1] = -c[:, 1] - 1
         if self.swap:
             c[:, [0, 1]] = c[:, [1, 0]]
-        return c
+        return c + np.asarray(self.shift, np.int64)
 
     def invert(self, c: np.ndarray) -> np.ndarray:
-        c = np.array(c, np.int64, copy=True)
+        c = np.array(c, np.int64, copy=True) - np.asarray(self.shift, np.int64)
         if self.swap:
             c[:, [0, 1]] = c[:, [1, 0]]
         return Symmetry(self.flip_x, self.flip_y, False).apply(c)
 
     @staticmethod
-    def random(rng: np.random.Generator) -> "Symmetry":
-        return Symmetry(*(bool(b) for b in rng.integers(0, 2, 3)))
+    def random(rng: np.random.Generator, max_shift: int = 1) -> "Symmetry":
+        """A random symmetry, shifted by 0..max_shift-1 cells on each axis."""
+        flips = (bool(b) for b in rng.integers(0, 2, 3))
+        return Symmetry(*flips, tuple(int(v) for v in rng.integers(0, max_shift, 3)))
 
 
 class BatchTargets:
@@ -109,19 +115,35 @@ def crop_rows(coords: np.ndarray, rng: np.random.Generator, crop_cells: int) -> 
     return np.nonzero(np.all(np.abs(coords[:, :2] - centre) <= crop_cells // 2, axis=1))[0]
 
 
-def make_batch(samples: list[Sample], rng: np.random.Generator | None, colour_jitter: float = 0.1,
+@dataclass(frozen=True)
+class Augment:
+    """Training-time augmentation of a batch."""
+
+    colour_jitter: float = 0.1     #: per-sample colour gain and bias range (0..1 colour units)
+    colour_dropout: float = 0.0    #: chance that a sample's colour is replaced by its mean (geometry decides)
+    max_shift_cells: int = 1       #: whole-cell shifts are drawn below this (the coarsest stride: every phase)
+
+
+def _augment_colour(f: np.ndarray, rng: np.random.Generator, aug: Augment) -> None:
+    if aug.colour_jitter > 0:
+        gain = rng.uniform(1 - aug.colour_jitter, 1 + aug.colour_jitter, 3)
+        bias = rng.uniform(-aug.colour_jitter, aug.colour_jitter, 3) / 2
+        f[:, 4:7] = np.clip((f[:, 4:7] + 0.5) * gain + bias, 0, 1) - 0.5
+    if aug.colour_dropout > 0 and rng.random() < aug.colour_dropout:
+        f[:, 4:7] = 0.0
+
+
+def make_batch(samples: list[Sample], rng: np.random.Generator | None, aug: Augment = Augment(),
                crop_cells: int = 0):
     """(SparseTensor input, BatchTargets). rng None: no augmentation and no crop (validation)."""
     coords, feats, syms = [], [], []
     for b, s in enumerate(samples):
-        sym = Symmetry.random(rng) if rng is not None else Symmetry()
+        sym = Symmetry.random(rng, aug.max_shift_cells) if rng is not None else Symmetry()
         rows = crop_rows(s.coords, rng, crop_cells) if rng is not None and crop_cells else slice(None)
         c = sym.apply(s.coords[rows])
         f = s.features[rows].copy()
-        if rng is not None and colour_jitter > 0:
-            gain = rng.uniform(1 - colour_jitter, 1 + colour_jitter, 3)
-            bias = rng.uniform(-colour_jitter, colour_jitter, 3) / 2
-            f[:, 4:7] = np.clip((f[:, 4:7] + 0.5) * gain + bias, 0, 1) - 0.5
+        if rng is not None:
+            _augment_colour(f, rng, aug)
         coords.append(np.column_stack([np.full(len(c), b), c]))
         feats.append(f)
         syms.append(sym)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from fusion.atomic import atomic_path
 from fusion.coarse import CoarseGridConfig
 from fusion.errors import UserError
-from nets.batch import BatchTargets, make_batch
+from nets.batch import Augment, BatchTargets, make_batch
 from nets.data import Sample, build_dataset
 from nets.infer import save_weights
 from nets.metrics import evaluate_samples
@@ -57,6 +57,9 @@ class TrainConfig:
     seed: int = 0                   #: makes sampling, augmentation and init reproducible
     threads: int = 2                #: torch intra-op threads per process
     model: ModelConfig = field(default_factory=ModelConfig)
+    #: real scans' colour differs from the synthetic rooms' (wider jitter, dropout so geometry decides);
+    #: whole-cell shifts below the coarsest stride (4) put floors and walls at every pooling phase
+    augment: Augment = field(default_factory=lambda: Augment(colour_jitter=0.25, colour_dropout=0.2, max_shift_cells=4))
 
 
 def class_weights(samples: list[Sample], cfg: TrainConfig) -> torch.Tensor:
@@ -169,7 +172,7 @@ def train(train_samples: list[Sample], val_samples: list[Sample], out_dir: Path,
     while step < min(cfg.steps, stop_at or cfg.steps):
         rng = np.random.default_rng([cfg.seed, step, dist.rank])
         pick = rng.choice(len(train_samples), cfg.rooms_per_step, replace=False)
-        x, targets = make_batch([train_samples[i] for i in pick], rng, crop_cells=cfg.crop_cells)
+        x, targets = make_batch([train_samples[i] for i in pick], rng, cfg.augment, cfg.crop_cells)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         model.train()

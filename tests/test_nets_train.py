@@ -96,3 +96,31 @@ def test_fine_tuning_starts_from_a_weights_file(samples, tmp_path):
     other = replace(FAST, model=replace(ModelConfig(), channels=tuple(c + 8 for c in ModelConfig().channels)))
     with pytest.raises(UserError, match="another model configuration"):
         train(samples, [], tmp_path / "c", other, progress=False, init=start)
+
+
+def test_shifted_batches_move_the_pooling_phase_and_their_targets_follow(samples):
+    """A whole-cell shift (the floor at every phase of the strides) keeps each site's target."""
+    from nets.batch import Augment
+
+    plain_x, plain_t = make_batch(samples[:1], None)
+    plain = dict(zip(map(tuple, plain_x.coordinates.numpy()), plain_t.semantic(plain_x.coordinates.numpy(), np.ones(len(plain_x.coordinates), bool))))
+    aug = Augment(colour_jitter=0.0, max_shift_cells=4)
+    shifts = set()
+    for seed in range(6):
+        x, t = make_batch(samples[:1], np.random.default_rng(seed), aug)
+        sym = t.symmetries[0]
+        shifts.add(sym.shift)
+        c4 = x.coordinates.numpy()
+        sem = t.semantic(c4, np.ones(len(c4), bool))
+        back = sym.invert(c4[:, 1:])
+        for row in np.random.default_rng(seed).choice(len(c4), 50, replace=False):
+            assert sem[row] == plain[(0, *back[row])]
+    assert len(shifts) > 1 and any(s[2] % 2 for s in shifts)  # odd z shifts: the floor leaves cell 0's phase
+
+
+def test_colour_dropout_leaves_geometry_and_blanks_colour(samples):
+    from nets.batch import Augment
+
+    x, _ = make_batch(samples[:1], np.random.default_rng(0), Augment(colour_jitter=0.0, colour_dropout=1.0))
+    f = x.features.numpy()
+    assert np.all(f[:, 4:7] == 0) and np.any(f[:, :4] != 0)
