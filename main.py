@@ -91,8 +91,10 @@ def _cmd_reconstruct(args) -> int:
     ate = f", ATE {stats['ate_rmse_m'] * 1000:.1f} mm" if "ate_rmse_m" in stats else ""
     g = stats["gravity"]
     up = g["method"] if g["method"] in ("gt", "camera") else f"{g['method']}, confidence {g['confidence']:.2f}"
-    log.info("%d frames at %.1f frames/s (%d dropped)%s, gravity from %s -> %s", stats["frames"], stats["fps"],
-             stats["frames_dropped"], ate, up, args.out)
+    lost = (f", tracking lost {stats['tracking_losses']}x, relocalised {stats['relocalisations']}x"
+            if stats["tracking_losses"] or stats["relocalisations"] else "")
+    log.info("%d frames at %.1f frames/s (%d dropped)%s%s, gravity from %s -> %s", stats["frames"], stats["fps"],
+             stats["frames_dropped"], lost, ate, up, args.out)
     return 0
 
 

@@ -4,7 +4,7 @@ sequences and a synthetic room, at full rate and at every k-th frame (fast motio
 
 ATE counts every frame: a frame our tracker rejects holds the last accepted pose, as in the written
 trajectory. Prints a table and writes bench/results/tracking.json.
-Run: `.venv/bin/python -m bench.tracking_bench [--strides 1 3 6 10] [--voxel-size 0.01]`.
+Run: `.venv/bin/python -m bench.tracking_bench [--strides 1 3 6 10] [--voxel-size 0.01] [--extra SRC ...]`.
 """
 from __future__ import annotations
 
@@ -74,10 +74,14 @@ def main(argv=None) -> int:
     p.add_argument("--voxel-size", type=float, default=0.01)
     p.add_argument("--synthetic-seed", type=int, default=7)
     p.add_argument("--synthetic-frames", type=int, default=300)
+    p.add_argument("--extra", nargs="*", default=[], metavar="SRC",
+                   help="more sources with ground-truth poses, e.g. the real ScanNet room's hand-held frames "
+                        "that `python -m nets.eval --real-room --real-room-out DIR` writes to DIR/posed")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tracking.json")
     args = p.parse_args(argv)
     sequences = {name: load(str(path), None) for name, path in REAL.items() if path.exists()}
     sequences[f"synthetic:{args.synthetic_seed}"] = load(f"synthetic:{args.synthetic_seed}", args.synthetic_frames)
+    sequences |= {spec: load(spec, None) for spec in args.extra}
     rows = []
     print(" | ".join(COLUMNS))
     for name, frames in sequences.items():

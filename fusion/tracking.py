@@ -5,8 +5,10 @@ rendered at reduced resolution by the trilinear raycaster, first from the consta
 prediction. When that fails a check (too few inliers, a large residual, an implausible jump), the
 frame's ORB features give pose guesses against stored keyframes (`fusion.relocalise`): the recent
 ones for fast motion, the most similar ones after a loss. Each guess is refined and checked by the
-same ICP. A frame without an accepted pose is not integrated; while lost, the first accepted pose
-(stricter overlap, close to a keyframe) is a relocalisation and integration resumes.
+same ICP and must agree with the model seen from it (`_inconsistency`): a young model overlaps a fast
+moving frame too little for the plain inlier share to tell. A frame without an accepted pose is not
+integrated; while lost, or beyond fast hand-held motion, an accepted pose (close to a keyframe) is a
+relocalisation and integration resumes.
 """
 from __future__ import annotations
 
@@ -49,7 +51,8 @@ class TrackerConfig:
     max_jump_deg: float = 12.0                  #: largest rotation of ICP away from its initial guess
     fast_max_m: float = 0.35                    #: largest frame-to-frame motion a feature guess may propose
     fast_max_deg: float = 35.0                  #: ... in rotation (while tracking)
-    reloc_min_overlap: float = 0.2              #: relocalised: least share of frame pixels the model also sees
+    guess_min_fitness: float = 0.1              #: least inlier share from a feature guess (then checked below)
+    reloc_min_overlap: float = 0.2              #: a guess: least share of frame pixels the model also sees
     reloc_min_agree: float = 0.6                #: ... least share of those within `reloc_agree_m` of the model
     reloc_agree_m: float = 0.03                 #: depth difference counted as agreement
     reloc_max_through: float = 0.1              #: ... most share seeing more than `outlier_m` behind the model
@@ -172,7 +175,7 @@ class Tracker:
 
         Order: ICP from the motion model; if that fails, ICP from each feature guess (the recent
         keyframes and the most similar ones). While lost every accepted pose is a relocalisation and
-        passes the stricter checks (overlap, distance to a keyframe)."""
+        is checked against the model rendered from it and must lie near a keyframe."""
         cfg = self.config
         self.last_timings_ms = {}
         src_depth = downsample_depth(frame.depth_m) if cfg.scale == 0.5 else frame.depth_m
@@ -184,13 +187,13 @@ class Tracker:
         t0 = time.perf_counter()
         feats = self.relocaliser.features(frame)
         for prop in self.relocaliser.propose(frame, feats):
-            strict = self._is_jump(prop.T_world_cam)
-            if strict and self._far_from_keyframes(prop.T_world_cam):
+            jump = self._is_jump(prop.T_world_cam)
+            if jump and self._far_from_keyframes(prop.T_world_cam):
                 continue
-            reg = self._register(src_depth, frame, prop.T_world_cam, strict)
+            reg = self._register(src_depth, frame, prop.T_world_cam, verify=True)
             if reg.T is not None:
                 self.last_timings_ms["relocalise"] = (time.perf_counter() - t0) * 1e3
-                return self._accept(frame, reg, feats, relocalised=strict)
+                return self._accept(frame, reg, feats, relocalised=jump)
         self.last_timings_ms["relocalise"] = (time.perf_counter() - t0) * 1e3
         return self._reject(first.reason, first)
 
@@ -206,9 +209,9 @@ class Tracker:
         positions = np.array([k.T_world_cam[:3, 3] for k in self.relocaliser.keyframes])
         return float(np.min(np.linalg.norm(positions - T[:3, 3], axis=1))) > self.config.reloc_max_keyframe_m
 
-    def _register(self, src_depth: np.ndarray, frame: Frame, T_init: np.ndarray, strict: bool) -> _Registration:
+    def _register(self, src_depth: np.ndarray, frame: Frame, T_init: np.ndarray, verify: bool) -> _Registration:
         """ICP of the frame against the model rendered from T_init, with the acceptance checks
-        (`strict`: those of a relocalisation)."""
+        (`verify`: a guess, checked for agreement with the model instead of the plain inlier share)."""
         cfg = self.config
         intr = frame.intrinsics.scaled(cfg.scale)
         t0 = time.perf_counter()
@@ -227,8 +230,8 @@ class Tracker:
             return _Registration(None, reason="registration failed (no overlap)")
         self._add_time("track_icp", time.perf_counter() - t1)
         T = T_init @ res.transformation.cpu().numpy()
-        reason = self._check(res.fitness, res.inlier_rmse, *relative_motion(T_init, T), strict)
-        if strict and not reason:
+        reason = self._check(res.fitness, res.inlier_rmse, *relative_motion(T_init, T), verify)
+        if verify and not reason:
             reason = self._inconsistency(src_depth, self.volume.render_depth(T, intr))
         return _Registration(None if reason else T, res.fitness, res.inlier_rmse, reason)
 
@@ -250,11 +253,12 @@ class Tracker:
             return f"relocalisation disagrees with the model (agree {agree:.2f}, see-through {through:.2f})"
         return ""
 
-    def _check(self, fitness: float, rmse_m: float, jump_m: float, jump_deg: float, strict: bool) -> str:
+    def _check(self, fitness: float, rmse_m: float, jump_m: float, jump_deg: float, verify: bool) -> str:
         cfg = self.config
-        max_m, max_deg = (cfg.reloc_max_refine_m, cfg.reloc_max_refine_deg) if strict else (cfg.max_jump_m, cfg.max_jump_deg)
-        if fitness < cfg.min_fitness:
-            return f"fitness {fitness:.2f} < {cfg.min_fitness}"
+        max_m, max_deg = (cfg.reloc_max_refine_m, cfg.reloc_max_refine_deg) if verify else (cfg.max_jump_m, cfg.max_jump_deg)
+        min_fitness = cfg.guess_min_fitness if verify else cfg.min_fitness
+        if fitness < min_fitness:
+            return f"fitness {fitness:.2f} < {min_fitness}"
         if rmse_m > cfg.max_rmse_m:
             return f"residual {rmse_m * 1000:.1f} mm"
         if jump_m > max_m or jump_deg > max_deg:
