@@ -58,7 +58,7 @@ class ChunkScheduler:
         self.in_flight: dict[tuple, _Entry] = {}
         self.changed_at: dict[tuple, int] = {}      # newest frame count that marked the chunk
         self.inferred_at: dict[tuple, int] = {}     # frame count of the snapshot of its latest prediction
-        self.inferred_s: dict[tuple, float] = {}    # when that prediction landed
+        self.inferred_s: dict[tuple, float] = {}    # when that prediction landed (or a live refresh was skipped)
         self.deferred: set = set()                   # skipped (input barely changed) since their last inference
 
     # --- input ---------------------------------------------------------------------------------
@@ -171,6 +171,7 @@ class ChunkScheduler:
                     latencies.append(now_s - again.since_s)
             if not inferred:
                 self.deferred.add(key)
+                self.inferred_s[key] = now_s  # looked at now: a live refresh waits halo_refresh_min_s again
                 continue
             self.deferred.discard(key)
             self.inferred_at[key] = max(self.inferred_at.get(key, 0), snapshot_count)
