@@ -73,7 +73,7 @@ class ScriptedExit:
         if self.screenshot is not None:
             self.window.files.screenshot(str(self.screenshot))
         if self.frames is not None:
-            self.window.close()
+            self.window.close_discarding()  # a scripted run ends without asking
 
 
 def run_gui(source: str | None = None, autostart: bool = False, exit_after_frames: int | None = None,

@@ -10,9 +10,10 @@ from pathlib import Path
 
 from PyQt6.QtWidgets import QFileDialog
 
+from app.export_files import EXTRAS, check_export_path, describe_written, write_export
 from app.jobs import Job, JobConfig, JobDialog
 from fusion.errors import UserError
-from fusion.export import LabeledMesh, check_output, export_mesh
+from fusion.export import LabeledMesh
 from fusion.autosave import discard, find_recoverable
 from fusion.session import load_session, save_session
 
@@ -90,26 +91,31 @@ class FileOps:
 
         def save(job):
             extras = w.nets.session_extras()
-            fut = w.worker.call(lambda wk: save_session(path, _pipeline(wk), *wk.trajectory(), _describe(wk),
-                                                        settings, extras))
-            job.ctx["result"] = job.wait(fut)
+            job.ctx["result"] = job.wait(w.worker.call(lambda wk: _save(wk, path, settings, extras)))
+
+        def saved(size):
+            w.mark_saved()
+            w.show_event("info", f"saved session {path} ({size / 1e6:.1f} MB)")
 
         return self.run(Job("save-session", [("saving", save)], cancellable=False, config=self.config.jobs),
-                        "Save session", lambda size: w.show_event("info", f"saved session {path} ({size / 1e6:.1f} MB)"))
+                        "Save session", saved)
 
-    def load_session(self, path: str | None = None) -> Job | None:
+    def load_session(self, path: str | None = None, ask: bool = True) -> Job | None:
+        """Load a session (asking first when the current scan has unsaved work); None when nothing started."""
         if path is None:
             path, _ = QFileDialog.getOpenFileName(self.window, "Open session", self.last_dir, SESSION_FILTER)
             if not path:
                 return None
-        self._remember(path)
         w = self.window
+        if ask and not w.guard.check(f"Opening {Path(path).name}", lambda: self.load_session(path, ask=False)):
+            return None
+        self._remember(path)
 
         def read(job):
             job.ctx["session"] = load_session(path)
 
         def hand_over(job):
-            w.worker.command("load", job.ctx.pop("session"))
+            w.worker.command("load", job.ctx.pop("session"), Path(path).name)
             job.ctx["result"] = path
 
         job = Job("load-session", [("reading", read), ("building the view", hand_over)], config=self.config.jobs)
@@ -123,10 +129,22 @@ class FileOps:
             self.window.show_event("info", "no autosaved scan to recover")
             return None
         entry = found[0]
+        if not self.window.guard.check("Recovering the autosaved scan", self.recover_autosave):
+            return None
         discard(entry)
-        return self.load_session(str(entry.session_path))
+        return self.load_session(str(entry.session_path), ask=False)
 
-    def export(self, path: str | None = None) -> Job | None:
+    def export_extras(self) -> set[str]:
+        """The extra files ticked under File > Export also (remembered between runs)."""
+        return {k for k in EXTRAS if self.window.settings.value(f"export/{k}", False) in (True, "true", "1")}
+
+    def set_export_extra(self, key: str, on: bool) -> None:
+        self.window.settings.setValue(f"export/{key}", bool(on))
+
+    def export(self, path: str | None = None, extras=None) -> Job | None:
+        """Export the labeled mesh to `path` (format by extension) plus the `extras` (keys of
+        app.export_files.EXTRAS; default: those ticked in the menu). The message names every file written."""
+        extras = self.export_extras() if extras is None else set(extras)
         if path is None:
             path, _ = QFileDialog.getSaveFileName(self.window, "Export labeled mesh", self.last_dir, EXPORT_FILTER)
             if not path:
@@ -135,7 +153,7 @@ class FileOps:
         if path.suffix.lower() not in (".ply", ".obj", ".glb"):
             path = path.with_suffix(self.config.export_suffix)
         try:
-            check_output(path)
+            check_export_path(path)
         except UserError as exc:
             self.window.show_event("error", str(exc))
             return None
@@ -150,10 +168,10 @@ class FileOps:
             job.ctx["labeled"] = LabeledMesh.from_mesh(m, w.nets.labels_at(m.positions_m)[0])
 
         def write(job):
-            job.ctx["result"] = export_mesh(path, job.ctx["labeled"], job.ctx["stamps"], job.ctx["poses"])
+            job.ctx["result"] = write_export(path, job.ctx["labeled"], extras, job.ctx["stamps"], job.ctx["poses"])
 
         job = Job("export", [("meshing", mesh), ("labelling", labels), ("writing", write)], config=self.config.jobs)
-        return self.run(job, "Export", lambda files: w.show_event("info", f"exported {', '.join(map(str, files))}"))
+        return self.run(job, "Export", lambda files: w.show_event("info", describe_written(files)))
 
     def screenshot(self, path: str | None = None) -> Path | None:
         if path is None:
@@ -181,6 +199,13 @@ def _pipeline(worker):
     if worker.pipeline is None:
         raise UserError("nothing scanned yet: start a source first")
     return worker.pipeline
+
+
+def _save(worker, path: Path, settings: dict, extras: dict) -> int:
+    """Write the session (fusion thread) and mark the model saved; returns the bytes written."""
+    size = save_session(path, _pipeline(worker), *worker.trajectory(), _describe(worker), settings, extras)
+    worker.mark_saved()
+    return size
 
 
 def _describe(worker) -> dict:

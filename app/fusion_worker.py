@@ -1,7 +1,7 @@
 """Owns the fusion worker: the thread that reads the source, fuses frames, serves the nets' snapshot
-requests, autosaves, and publishes display snapshots to the GUI through a newest-only outbox. The GUI thread talks to it only through commands (queued, run on the fusion thread) and `call`
-(a function run on the fusion thread, answered through a Future); it never touches the pipeline.
-"""
+requests, autosaves, and publishes display snapshots to the GUI through a newest-only outbox. The GUI
+thread talks to it only through commands (queued, run on the fusion thread) and `call` (a function run
+on the fusion thread, answered through a Future); it never touches the pipeline."""
 from __future__ import annotations
 
 import dataclasses
@@ -17,11 +17,11 @@ from typing import Callable
 
 import numpy as np
 
+from app.messages import plain_error
 from app.nets_hookup import NetsHookup
-from app.publisher import build_snapshot, label_dirty_chunks
-from app.snapshots import DisplayOutbox, Event, FusionStatus
-from app.thumbnails import process_memory_mb
-from app.worker_env import lower_thread_priority, open_gui_source
+from app.publisher import publish
+from app.snapshots import DisplayOutbox, Event
+from app.worker_env import lower_thread_priority, open_gui_source, retime_offset_s
 from fusion.autosave import AutosaveConfig, Autosaver
 from fusion.errors import UserError
 from fusion.pipeline import FusionPipeline, PipelineConfig
@@ -82,7 +82,7 @@ class FusionWorker:
 
     def command(self, name: str, *args) -> None:
         """Queue a command: start(spec, max_frames), pause, resume, stop_source, reset, config(cfg),
-        nets(on), record(path | None), load(LoadedSession)."""
+        nets(on), record(path | None), load(LoadedSession, name)."""
         self._commands.put((name, args))
 
     def call(self, fn: Callable[["FusionWorker"], object]) -> Future:
@@ -170,7 +170,7 @@ class FusionWorker:
             self._event("error", str(exc))
         except Exception as exc:  # an SDK or Open3D failure: report it, keep the worker alive
             log.exception("command %s failed", name)
-            self._event("error", f"{name} failed: {type(exc).__name__}: {exc}")
+            self._event("error", f"{name} failed: {plain_error(exc)}")
         self._changed = True
 
     # --- commands (fusion thread) ------------------------------------------------------------
@@ -180,7 +180,7 @@ class FusionWorker:
         self.state = "idle"
         source = open_gui_source(spec, max_frames, self.config.real_time_recordings)  # a bad source keeps the model
         if not self._continuable:
-            self._cmd_reset()
+            self._fresh_model()
         self.source, self.source_spec = source, spec
         self._it = guarded_frames(source, self.config.stall)
         self._close_autosaver()
@@ -191,12 +191,10 @@ class FusionWorker:
         self._event("info", f"fusing {spec}")
 
     def _cmd_pause(self) -> None:
-        if self.state == "running":
-            self.state = "paused"
+        self.state = "paused" if self.state == "running" else self.state
 
     def _cmd_resume(self) -> None:
-        if self.state == "paused":
-            self.state = "running"
+        self.state = "running" if self.state == "paused" else self.state
 
     def _cmd_stop_source(self) -> None:
         if self.source is not None:
@@ -206,13 +204,23 @@ class FusionWorker:
             self._event("info", "stopped; the model stays (save, export or correct it; Start scans anew)")
 
     def _cmd_reset(self) -> None:
+        """An empty model; a running source goes on into it."""
+        self._fresh_model()
+        going_on = f": fusing {self.source_spec} goes on" if self.source is not None else ": Start scans anew"
+        self._event("info", "reset: the model is empty" + going_on)
+
+    def _fresh_model(self) -> None:
+        self._take_pipeline(lambda: FusionPipeline(self.pipeline_config))
+
+    def _take_pipeline(self, make: Callable[[], FusionPipeline], extras: dict | None = None) -> None:
+        """Close the model and start a scan on make()'s (made after the old one is freed); the nets follow."""
         self._close_autosaver()
         self.nets.detach()
         if self.pipeline is not None:
             self.pipeline.close()
-        self.pipeline = FusionPipeline(self.pipeline_config)
+        self.pipeline = make()
         self._new_scan()
-        self.nets.attach(self.pipeline)
+        self.nets.attach(self.pipeline, extras)
 
     def _cmd_config(self, cfg: PipelineConfig) -> None:
         self.pipeline_config = cfg
@@ -230,22 +238,18 @@ class FusionWorker:
             used = self.source.start_recording(Path(path))
             self._event("info", f"recording to {used}")
 
-    def _cmd_load(self, session) -> None:
-        """Take over a LoadedSession's pipeline (scanning may go on into it with Start)."""
+    def _cmd_load(self, session, name: str = "") -> None:
+        """Take over a LoadedSession's pipeline (scanning may go on into it with Start: the loaded tracker
+        is lost and the first frames that see the scanned room relocalise). name: shown as the source."""
         self._close_source()
-        self._close_autosaver()
-        self.nets.detach()
-        if self.pipeline is not None:
-            self.pipeline.close()
-        self.pipeline = session.pipeline
         self.pipeline_config = session.pipeline.config
-        self._new_scan()
+        self._take_pipeline(lambda: session.pipeline, session.extras)
         self.stamps = [float(t) for t in session.timestamps_s]
         self.poses = [np.asarray(T) for T in session.poses]
+        self.frames_read = self._integrated = self._saved_integrated = len(self.poses)
+        self.source_spec = name or "saved session"
         self._up_from(self.poses[0] if self.poses else None)
-        self.nets.attach(self.pipeline, session.extras)
-        self._continuable = True
-        self.state = "idle"
+        self._continuable, self.state = True, "idle"
 
     # --- fusing -------------------------------------------------------------------------------
     def _new_scan(self) -> None:
@@ -253,9 +257,9 @@ class FusionWorker:
         self.poses: list[np.ndarray] = []
         self._positions = np.zeros((0, 3), np.float32)
         self.last_frame = None
-        self.frames_read = self._integrated = self._rejected = 0
+        self.frames_read = self._integrated = self._rejected = self._saved_integrated = 0
         self._frame_times: list[float] = []
-        self._tracking, self._retime_s = "ok", None
+        self._tracking, self._retime_s = "", None  # "": no frame fused yet
         self.up: np.ndarray | None = None
         self._continuable, self.reset_pending, self._changed = False, True, True
         self._world_changes = 0  # world changes of the pipeline (gravity settling) the poses have followed
@@ -282,7 +286,7 @@ class FusionWorker:
             return
         except Exception as exc:  # a fusion failure: stop this source, keep the model and the app
             log.exception("fusing frame %d failed", frame.index)
-            self._finish(Event("error", f"fusion failed: {type(exc).__name__}: {exc}", "Reset to start over"))
+            self._finish(Event("error", f"fusion failed: {plain_error(exc)}", "the model stays; Reset to start over"))
             return
         self._after_frame(frame, res, time.perf_counter() - t0)
         if self._autosaver is not None:
@@ -290,10 +294,9 @@ class FusionWorker:
 
     def _retime(self, frame):
         """Frames of a new source fused into an older model keep time increasing."""
-        last = self.pipeline.last_timestamp_s
         if self._retime_s is None:
-            gap = self.config.retime_gap_s
-            self._retime_s = 0.0 if last is None or frame.timestamp_s > last else last - frame.timestamp_s + gap
+            last_s = self.pipeline.last_timestamp_s
+            self._retime_s = retime_offset_s(frame.timestamp_s, last_s, self.config.retime_gap_s)
         return dataclasses.replace(frame, timestamp_s=frame.timestamp_s + self._retime_s) if self._retime_s else frame
 
     def _after_frame(self, frame, res, elapsed_s: float) -> None:
@@ -309,12 +312,20 @@ class FusionWorker:
         if last is not None:
             self.stamps.append(res.timestamp_s)
             self.poses.append(np.asarray(last))
-        if res.state != self._tracking:
-            if res.state == "lost":
-                self._event("warning", "tracking " + LOST_MESSAGE)
-            elif res.state == "ok" and self._tracking != "ok":
-                self._event("info", "relocalised: scanning resumes")
-            self._tracking = res.state
+        self._track_events(res)
+        self._changed = True
+
+    def _track_events(self, res) -> None:
+        """Say when tracking is lost and when it is found again (also a loaded session's first frames)."""
+        if res.state == "lost" and self._tracking != "lost":
+            self._event("warning", "tracking " + LOST_MESSAGE)
+        elif res.state == "ok" and (self._tracking == "lost" or res.reason == "relocalised"):
+            self._event("info", "relocalised: scanning resumes")
+        self._tracking = res.state
+
+    def mark_saved(self) -> None:
+        """The model as it is now has been saved (fusion thread, right after writing a session)."""
+        self._saved_integrated = self._integrated
         self._changed = True
 
     def _up_from(self, T) -> None:
@@ -337,9 +348,10 @@ class FusionWorker:
             self._follow_world()
 
     def _finish(self, event: Event) -> None:
+        """The source ended (or failed: then the state is idle, not finished, and the event says why)."""
         self._close_source()
         self._settle_gravity()
-        self.state = "finished"
+        self.state = "idle" if event.level == "error" else "finished"
         self._event(event.level, event.text, event.hint)
 
     def _close_source(self) -> None:
@@ -370,50 +382,13 @@ class FusionWorker:
         self.events.append(Event(level, text, hint))
         self._changed = True
 
-    def positions_m(self) -> np.ndarray:
-        """(T,3) float32 camera positions of this scan (fusion thread; grown incrementally)."""
-        n, cached = len(self.poses), self._positions
-        if len(cached) != n:
-            new = np.array([T[:3, 3] for T in self.poses[len(cached):]], np.float32).reshape(-1, 3)
-            self._positions = np.concatenate([cached, new]) if len(cached) < n else new
-        return self._positions
-
     def trajectory(self) -> tuple[np.ndarray, np.ndarray]:
         """(T,) timestamps in seconds and (T,4,4) T_world_cam of this scan (fusion thread)."""
         return np.array(self.stamps, float), np.array(self.poses, float).reshape(-1, 4, 4)
 
     # --- publishing ---------------------------------------------------------------------------
     def _publish(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and (not self.outbox.empty or now - self._last_pub < self.config.publish_interval_s):
-            return
-        label_keys = label_dirty_chunks(self.pipeline, self.nets.changed_boxes())
-        dirty = self.pipeline is not None and self.pipeline.dirty.pending("mesh") > 0
-        if not (force or self._changed or label_keys or dirty or self.nets.has_news()):
-            if now - self._last_status < self.config.status_interval_s:
-                return
-        self._last_pub = self._last_status = now
-        snap = build_snapshot(self, label_keys)
-        self.events, self.reset_pending, self._changed = [], False, False
-        if self.outbox.put(snap):
-            try:
-                self._notify()
-            except RuntimeError:  # the window (and its signal object) is already gone
-                log.debug("snapshot not delivered: the window has been deleted")
-
-    def status(self) -> FusionStatus:
-        """Numbers for the status bar (fusion thread)."""
-        p, times = self.pipeline, self._frame_times
-        src = self.source
-        capture_drops = getattr(getattr(src, "slot", None), "dropped", 0)
-        return FusionStatus(
-            state=self.state, source=self.source_spec, frames=self.frames_read, frames_integrated=self._integrated,
-            frames_dropped=self._rejected + capture_drops,
-            fps=len(times) / sum(times) if times and sum(times) > 0 else 0.0, tracking=self._tracking,
-            n_blocks=p.volume.n_blocks if p else 0, volume_mb=p.volume.memory_bytes() / 2**20 if p else 0.0,
-            process_mb=process_memory_mb(), recording=str(getattr(src, "recording_path", "") or ""),
-            can_record=hasattr(src, "start_recording"), nets=self.nets.status(),
-            gravity=p.gravity.report().to_dict() | {"settling": p.gravity.holds_labels} if p else {})
+        publish(self, force)
 
 
 COMMANDS = {"start": FusionWorker._cmd_start, "pause": FusionWorker._cmd_pause,

@@ -11,6 +11,7 @@ from typing import Callable
 from PyQt6.QtCore import QObject, Qt, pyqtSignal
 from PyQt6.QtWidgets import QProgressDialog, QWidget
 
+from app.messages import plain_error
 from fusion.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class Job:
             self.signals.failed.emit(str(exc))
         except Exception as exc:  # a bug: keep the app alive, log the traceback
             log.exception("%s failed", self.name)
-            self.signals.failed.emit(f"{self.name} failed: {type(exc).__name__}: {exc}")
+            self.signals.failed.emit(f"{self.name} failed: {plain_error(exc)}")
 
 
 class JobDialog(QProgressDialog):

@@ -18,9 +18,11 @@ from app.fusion_worker import FusionWorker, FusionWorkerConfig
 from app.jobs import Job
 from app.menus import build_menus
 from app.nets_hookup import NetsConfig, NetsHookup
+from app.shortcuts import ShortcutGuard
 from app.side_panel import DEMO_SOURCE, PanelConfig, SidePanel
 from app.snapshots import DisplaySnapshot, FusionStatus
 from app.status_bar import StatusBar, StatusBarConfig
+from app.unsaved import UnsavedGuard
 from app.viewport import Viewport, ViewportConfig
 from fusion.autosave import find_recoverable
 from fusion.pipeline import PipelineConfig
@@ -44,6 +46,7 @@ class GuiConfig:
     files: FileOpsConfig = field(default_factory=FileOpsConfig)
     window_size_px: tuple = (1440, 880)  #: first-run window size
     error_dialogs: bool = True           #: errors also open a (non-blocking) message box
+    confirm_discard: bool = True         #: ask (Save / Discard / Cancel) before unsaved work is discarded
     max_recent: int = 8                  #: recent sources remembered
     list_devices_at_start: bool = True   #: look for RealSense cameras when the window opens
 
@@ -70,14 +73,19 @@ class MainWindow(QMainWindow):
         self.status = FusionStatus()
         self.errors: list[str] = []
         self.apply_ms: list[float] = []
-        self._closed = False
+        self.label_version_shown = -1   #: label-store version whose changes the viewport has been given
+        self._closed = self._discard_on_close = False
         self.nets = NetsHookup(dataclasses.replace(config.nets, enabled=self._setting("nets/enabled", config.nets.enabled, bool)))
         self.bridge = WorkerBridge(self)
         self.bridge.snapshot_ready.connect(self._on_snapshot)
         self.worker = FusionWorker(self.bridge.snapshot_ready.emit, self.nets, self._pipeline_config(), config.worker)
         self._build_widgets()
         self.files = FileOps(self, config.files)
+        self.guard = UnsavedGuard(self, config.confirm_discard)
+        self.panel.open_file.connect(self.files.open_file)
+        self.panel.open_folder.connect(self.files.open_folder)
         build_menus(self)
+        self.shortcut_guard = ShortcutGuard(self, self.actions_by_name.values())
         self._restore_settings()
         self.worker.start_thread()
         if config.list_devices_at_start:
@@ -116,6 +124,7 @@ class MainWindow(QMainWindow):
         p.record.connect(self._record)
         p.refresh_devices.connect(lambda: self.refresh_devices(announce=True))
         p.settings_changed.connect(self._scan_settings_changed)
+        p.notice.connect(self.show_event)
         p.nets_toggled.connect(self._nets_toggled)
         p.mode_changed.connect(self.viewport.set_mode)
         p.fit.connect(self.viewport.fit)
@@ -151,6 +160,7 @@ class MainWindow(QMainWindow):
             spin.blockSignals(True)
             spin.setValue(self._setting(key, default, float))
             spin.blockSignals(False)
+        p.show_validity()
         self.worker.command("config", self._pipeline_config())
         self.correction.set_radius(p.brush_spin.value() / 100.0)
         p.nets_check.blockSignals(True)
@@ -200,20 +210,45 @@ class MainWindow(QMainWindow):
     def worker_source(self) -> str:
         return self.status.source or (self.panel.source_spec() or "")
 
+    def _settings_ok(self) -> bool:
+        """Refuse scan settings the volume cannot use, with one plain line (and a dialog)."""
+        problem = self.panel.settings_problem()
+        if problem:
+            self.show_event("error", problem)
+        return problem is None
+
     def start_scan(self, max_frames: int | None = None) -> None:
+        """Start the selected source: into the loaded session's model, else (asking first when the current
+        scan has unsaved work) into a new one."""
         spec = self.panel.source_spec()
+        max_frames = max_frames if isinstance(max_frames, int) else None
         if not spec:
             self.show_event("error", "no source selected: pick the demo scene, a camera, a file or a folder")
             return
-        self.worker.command("start", spec, max_frames if isinstance(max_frames, int) else None)
+        if not self._settings_ok():
+            return
+        if not self.status.continuable and not self.guard.check("Starting a new scan",
+                                                                 lambda: self.start_scan(max_frames)):
+            return
+        self.worker.command("config", self._pipeline_config())
+        self.worker.command("start", spec, max_frames)
 
     def reset_scan(self) -> None:
+        if not self._settings_ok() or not self.guard.check("Reset", self.reset_scan):
+            return
         self.worker.command("config", self._pipeline_config())
         self.worker.command("reset")
 
+    def mark_saved(self) -> None:
+        """A session was just written: the scan and its corrections count as saved."""
+        self.undo.setClean()
+        self.status = dataclasses.replace(self.status, unsaved_frames=0)
+
     def _scan_settings_changed(self) -> None:
         self.worker.command("config", self._pipeline_config())
-        self.show_event("info", "scan settings apply to the next scan (Reset or Start)")
+        problem = self.panel.settings_problem()
+        self.show_event("warning" if problem else "info",
+                        problem or "scan settings apply to the next scan (Reset or Start)")
 
     def _nets_toggled(self, on: bool) -> None:
         self.worker.command("nets", on)
@@ -268,9 +303,11 @@ class MainWindow(QMainWindow):
             self.undo.clear()  # the label store was replaced
         self.status = snap.status
         self.viewport.apply_snapshot(snap)
-        self.panel.set_thumbnails(snap.color_thumb, snap.depth_thumb)
-        if snap.class_counts is not None:
-            self.panel.legend.set_counts(snap.class_counts)
+        self.label_version_shown = max(self.label_version_shown, snap.label_version) if not snap.reset \
+            else snap.label_version
+        self.panel.set_thumbnails(snap.color_thumb, snap.depth_thumb, clear=snap.reset)
+        if snap.class_counts is not None or snap.reset:
+            self.panel.legend.set_counts(snap.class_counts or {})
         s = snap.status
         self.panel.set_state(s.state, s.can_record, bool(s.recording))
         self.status_bar.show_status(s, self.viewport.paint_stats())
@@ -301,7 +338,15 @@ class MainWindow(QMainWindow):
             log.warning("fusion worker did not end within %.1f s", self.config.worker.join_timeout_s)
         return ok
 
+    def close_discarding(self) -> bool:
+        """Close without asking about unsaved work (scripted runs, test teardown)."""
+        self._discard_on_close = True
+        return self.close()
+
     def closeEvent(self, ev) -> None:
+        if not (self._closed or self._discard_on_close) and not self.guard.check("Quitting", self.close):
+            ev.ignore()
+            return
         self._save_settings()
         self.shutdown()
         super().closeEvent(ev)

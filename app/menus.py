@@ -4,6 +4,7 @@ from __future__ import annotations
 from PyQt6.QtGui import QAction, QKeySequence
 from PyQt6.QtWidgets import QToolButton
 
+from app.export_files import EXTRAS
 from app.side_panel import MODE_NAMES
 from app.viewport import COLOR_MODES
 
@@ -28,6 +29,10 @@ def _file_menu(w, acts: dict) -> None:
     acts["recover"] = _action(w, m, "Recover &autosaved scan", lambda: f.recover_autosave())
     acts["save_session"] = _action(w, m, "&Save session…", lambda: f.save_session(), StdKey.Save)
     acts["export"] = _action(w, m, "&Export labeled mesh…", lambda: f.export(), "Ctrl+E")
+    extras, ticked = m.addMenu("Export &also"), f.export_extras()
+    for key, (text, _suffix) in EXTRAS.items():
+        acts[f"export_{key}"] = act = _action(w, extras, text, lambda on, k=key: f.set_export_extra(k, on), None, True)
+        act.setChecked(key in ticked)
     acts["screenshot"] = _action(w, m, "Save screens&hot…", lambda: f.screenshot(), "Ctrl+P")
     m.addSeparator()
     acts["quit"] = _action(w, m, "&Quit", w.close, StdKey.Quit)

@@ -161,6 +161,11 @@ class NetsHookup:
         size = self.config.grid.chunk_size_m
         return [(np.asarray(k, float) * size, (np.asarray(k, float) + 1) * size) for k in keys]
 
+    @property
+    def seen_version(self) -> int:
+        """The label-store version whose changes the display has taken (see changed_boxes)."""
+        return self._seen_version
+
     def drain(self, timeout_s: float = 30.0) -> int:
         """Label every pending chunk now (fusion thread only: it serves the labeler's snapshots);
         returns the chunks inferred, 0 when the nets are off."""

@@ -1,15 +1,20 @@
 """Owns how the fusion worker turns its state into a display snapshot: changed mesh chunks packed for
-the viewport with their labels, the chunks whose labels changed, thumbnails and the camera path.
+the viewport with their labels, the chunks whose labels changed, thumbnails, the camera path and the
+status numbers.
 Runs on the fusion thread (it reads the pipeline's mesher)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
+import time
 
 import numpy as np
 
-from app.snapshots import DisplaySnapshot, MeshDisplay, pack_mesh
-from app.thumbnails import depth_colormap, downsample
+from app.snapshots import DisplaySnapshot, FusionStatus, MeshDisplay, pack_mesh
+from app.thumbnails import depth_colormap, downsample, process_memory_mb
 from fusion.meshing import unpack_keys
+
+log = logging.getLogger(__name__)
 
 
 def seam_vertices(vertex_keys: np.ndarray, chunk_key: tuple, chunk_voxels: int) -> np.ndarray:
@@ -49,6 +54,22 @@ def thumbnails(frame, width_px: int, depth_max_m: float) -> tuple[np.ndarray, np
     return downsample(frame.color, width_px), depth_colormap(depth, depth_max_m)
 
 
+def worker_status(worker) -> FusionStatus:
+    """The fusion worker's numbers for the status bar (fusion thread)."""
+    p, times, src = worker.pipeline, worker._frame_times, worker.source
+    capture_drops = getattr(getattr(src, "slot", None), "dropped", 0)
+    return FusionStatus(
+        state=worker.state, source=worker.source_spec, frames=worker.frames_read,
+        frames_integrated=worker._integrated, frames_dropped=worker._rejected + capture_drops,
+        fps=len(times) / sum(times) if times and sum(times) > 0 and worker._it is not None else 0.0,
+        tracking=worker._tracking, unsaved_frames=worker._integrated - worker._saved_integrated,
+        continuable=worker._continuable,
+        n_blocks=p.volume.n_blocks if p else 0, volume_mb=p.volume.memory_bytes() / 2**20 if p else 0.0,
+        process_mb=process_memory_mb(), recording=str(getattr(src, "recording_path", "") or ""),
+        can_record=hasattr(src, "start_recording"), nets=worker.nets.status(),
+        gravity=p.gravity.report().to_dict() | {"settling": p.gravity.holds_labels} if p else {})
+
+
 def build_snapshot(worker, label_keys: set) -> DisplaySnapshot:
     """Everything that changed since the last snapshot (takes the pipeline's dirty mesh chunks)."""
     cfg, p, nets = worker.config, worker.pipeline, worker.nets
@@ -60,9 +81,39 @@ def build_snapshot(worker, label_keys: set) -> DisplaySnapshot:
     thumbs = (None, None) if frame is None else thumbnails(frame, cfg.thumb_width_px,
                                                            worker.pipeline_config.volume.depth_max_m)
     return DisplaySnapshot(
-        seq=worker.frames_read, status=worker.status(), chunks=chunks, reset=worker.reset_pending,
+        seq=worker.frames_read, status=worker_status(worker), chunks=chunks, reset=worker.reset_pending,
         completion=nets.completion_display(), T_world_cam=poses[-1] if poses else None, up=worker.up,
-        trajectory_m=worker.positions_m(),
+        trajectory_m=camera_positions(worker),
         intrinsics=None if frame is None else dataclasses.astuple(frame.intrinsics),
         color_thumb=thumbs[0], depth_thumb=thumbs[1], class_counts=nets.class_counts(),
-        events=tuple(worker.events))
+        events=tuple(worker.events), label_version=nets.seen_version)
+
+
+def camera_positions(worker) -> np.ndarray:
+    """(T,3) float32 camera positions of the worker's scan (cached on it and grown incrementally)."""
+    n, cached = len(worker.poses), worker._positions
+    if len(cached) != n:
+        new = np.array([T[:3, 3] for T in worker.poses[len(cached):]], np.float32).reshape(-1, 3)
+        worker._positions = np.concatenate([cached, new]) if len(cached) < n else new
+    return worker._positions
+
+
+def publish(worker, force: bool = False) -> None:
+    """Put a snapshot into the worker's outbox when something changed (or the status is due) and the
+    last one has been taken; wake the GUI when the outbox was empty."""
+    now, cfg = time.monotonic(), worker.config
+    if not force and (not worker.outbox.empty or now - worker._last_pub < cfg.publish_interval_s):
+        return
+    label_keys = label_dirty_chunks(worker.pipeline, worker.nets.changed_boxes())
+    dirty = worker.pipeline is not None and worker.pipeline.dirty.pending("mesh") > 0
+    if not (force or worker._changed or label_keys or dirty or worker.nets.has_news()):
+        if now - worker._last_status < cfg.status_interval_s:
+            return
+    worker._last_pub = worker._last_status = now
+    snap = build_snapshot(worker, label_keys)
+    worker.events, worker.reset_pending, worker._changed = [], False, False
+    if worker.outbox.put(snap):
+        try:
+            worker._notify()
+        except RuntimeError:  # the window (and its signal object) is already gone
+            log.debug("snapshot not delivered: the window has been deleted")

@@ -8,12 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from PyQt6.QtCore import Qt, pyqtSignal
+from PyQt6.QtCore import Qt, QTimer, pyqtSignal
 from PyQt6.QtGui import QImage, QPixmap
-from PyQt6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-                             QPushButton, QScrollArea, QVBoxLayout, QWidget)
+from PyQt6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton,
+                             QScrollArea, QVBoxLayout, QWidget)
 
 from app.legend import Legend, LegendConfig
+from app.spins import RangeSpinBox
 from app.viewport import COLOR_MODES
 
 DEMO_SOURCE = "synthetic:0"
@@ -26,20 +27,15 @@ class PanelConfig:
 
     voxel_cm: tuple = (0.4, 10.0)        #: voxel size range (cm)
     depth_m: tuple = (0.1, 10.0)         #: depth range limits (m)
+    min_depth_span_m: float = 0.1        #: "depth to" must exceed "depth from" by at least this
     brush_cm: tuple = (2.0, 100.0)       #: brush radius range (cm)
     thumb_width_px: int = 160            #: thumbnail width
     panel_width_px: int = 330            #: panel width
     legend: LegendConfig = field(default_factory=LegendConfig)
 
 
-def _spin(lo: float, hi: float, value: float, step: float, suffix: str, decimals: int = 2) -> QDoubleSpinBox:
-    s = QDoubleSpinBox()
-    s.setRange(lo, hi)
-    s.setDecimals(decimals)
-    s.setSingleStep(step)
-    s.setValue(value)
-    s.setSuffix(suffix)
-    return s
+def _spin(lo: float, hi: float, value: float, step: float, suffix: str, decimals: int = 2) -> RangeSpinBox:
+    return RangeSpinBox(lo, hi, value, step, suffix, decimals)
 
 
 def to_pixmap(rgb: np.ndarray) -> QPixmap:
@@ -61,6 +57,7 @@ class SidePanel(QScrollArea):
     reset = pyqtSignal()
     record = pyqtSignal(bool)
     settings_changed = pyqtSignal()   #: voxel size or depth range edited
+    notice = pyqtSignal(str, str)     #: (level, text) for the status bar: a value clamped, a range refused
     nets_toggled = pyqtSignal(bool)
     mode_changed = pyqtSignal(str)
     fit = pyqtSignal()
@@ -117,8 +114,11 @@ class SidePanel(QScrollArea):
         self.voxel_spin = _spin(*c.voxel_cm, 1.0, 0.1, " cm", 1)
         self.depth_min_spin = _spin(*c.depth_m, 0.15, 0.05, " m")
         self.depth_max_spin = _spin(*c.depth_m, 4.0, 0.25, " m")
-        for s in (self.voxel_spin, self.depth_min_spin, self.depth_max_spin):
+        for s, name in ((self.voxel_spin, "Voxel size"), (self.depth_min_spin, "Depth from"),
+                        (self.depth_max_spin, "Depth to")):
             s.valueChanged.connect(lambda _v: self.settings_changed.emit())
+            s.valueChanged.connect(lambda _v: self.show_validity())
+            s.clamped.connect(lambda typed, used, s=s, name=name: self._clamped(s, name, typed, used))
         form.addRow("Voxel size", self.voxel_spin)
         form.addRow("Depth from", self.depth_min_spin)
         form.addRow("Depth to", self.depth_max_spin)
@@ -170,11 +170,36 @@ class SidePanel(QScrollArea):
         row.addWidget(self.tool_box)
         lay.addRow(row)
         self.brush_spin = _spin(*self.config.brush_cm, 15.0, 1.0, " cm", 0)
+        self.brush_spin.clamped.connect(lambda t, u: self._clamped(self.brush_spin, "Brush radius", t, u))
         lay.addRow("Brush radius", self.brush_spin)
         self.undo_row = QHBoxLayout()
         lay.addRow(self.undo_row)
         lay.addRow(QLabel("Pick a class below, then click the surface."))
         return g
+
+    # --- scan settings -------------------------------------------------------------------------
+    def _clamped(self, spin: RangeSpinBox, name: str, typed: float, used: float) -> None:
+        unit = spin.suffix().strip()
+        side = "smallest" if typed < used else "largest"
+        text = (f"{name} {typed:g} {unit} is outside the allowed {spin.range_text}: "
+                f"set to the {side}, {spin.textFromValue(used)} {unit}")
+        QTimer.singleShot(0, lambda: self.notice.emit("warning", text))  # after the value's own messages
+
+    def settings_problem(self) -> str | None:
+        """Why the scan settings cannot be used (one line), or None when they can."""
+        lo, hi = self.depth_min_spin.value(), self.depth_max_spin.value()
+        span = self.config.min_depth_span_m
+        if hi - lo < span - 1e-9:
+            return (f"Depth from ({lo:.2f} m) must be at least {span:g} m less than Depth to ({hi:.2f} m): "
+                    "change the scan settings")
+        return None
+
+    def show_validity(self) -> None:
+        """Mark the depth fields (colour and tooltip) while their range cannot be used."""
+        problem = self.settings_problem()
+        for spin in (self.depth_min_spin, self.depth_max_spin):
+            spin.setStyleSheet("QDoubleSpinBox { background: #f6c6c6; }" if problem else "")
+            spin.setToolTip(spin.range_text + (f"\n{problem}" if problem else ""))
 
     # --- readouts -----------------------------------------------------------------------------
     def set_sources(self, devices: list, recent: list[str], current: str | None = None) -> None:
@@ -207,10 +232,14 @@ class SidePanel(QScrollArea):
             return None
         return self.source_box.currentData()
 
-    def set_thumbnails(self, color: np.ndarray | None, depth: np.ndarray | None) -> None:
-        for lab, img in ((self.color_thumb, color), (self.depth_thumb, depth)):
+    def set_thumbnails(self, color: np.ndarray | None, depth: np.ndarray | None, clear: bool = False) -> None:
+        """Show new thumbnails; None keeps the old one, unless `clear` (a new or loaded model)."""
+        for lab, img, text in ((self.color_thumb, color, "colour"), (self.depth_thumb, depth, "depth")):
             if img is not None:
                 lab.setPixmap(to_pixmap(img))
+            elif clear:
+                lab.clear()
+                lab.setText(text)
 
     def set_state(self, state: str, can_record: bool, recording: bool) -> None:
         """Enable the buttons that make sense in the worker's state."""

@@ -96,7 +96,9 @@ class FusionStatus:
     frames_integrated: int = 0
     frames_dropped: int = 0             #: not integrated + dropped by the capture loop
     fps: float = 0.0                    #: fusion frames/s (recent window)
-    tracking: str = "ok"                #: ok | lost
+    tracking: str = ""                  #: ok | lost | "" (no frame fused yet)
+    unsaved_frames: int = 0             #: frames integrated since the model was last saved, loaded or reset
+    continuable: bool = False           #: Start goes on into this model (a loaded session) instead of a new one
     n_blocks: int = 0
     volume_mb: float = 0.0
     process_mb: float = 0.0             #: resident memory of the whole process
@@ -124,16 +126,17 @@ class DisplaySnapshot:
     depth_thumb: np.ndarray | None = None          #: (h,w,3) uint8, colour-mapped depth
     class_counts: dict | None = None               #: NYU40 id -> amount (label-store cells); None: unchanged
     events: tuple = ()
+    label_version: int = -1                        #: label-store version whose changes the chunks include
 
 
 def merge(old: DisplaySnapshot, new: DisplaySnapshot) -> DisplaySnapshot:
     """One snapshot with the effect of `old` then `new` (newer fields win, chunk changes accumulate)."""
     chunks = dict(new.chunks) if new.reset else {**old.chunks, **new.chunks}
     keep = lambda name: getattr(new, name) if getattr(new, name) is not None else getattr(old, name)  # noqa: E731
-    return replace(new, chunks=chunks, reset=old.reset or new.reset,
-                   completion=new.completion if new.reset else keep("completion"),
-                   class_counts=keep("class_counts"), color_thumb=keep("color_thumb"),
-                   depth_thumb=keep("depth_thumb"), events=old.events + new.events)
+    newer = (lambda name: getattr(new, name)) if new.reset else keep  # noqa: E731  (a reset forgets the old)
+    return replace(new, chunks=chunks, reset=old.reset or new.reset, completion=newer("completion"),
+                   class_counts=newer("class_counts"), color_thumb=newer("color_thumb"),
+                   depth_thumb=newer("depth_thumb"), events=old.events + new.events)
 
 
 class DisplayOutbox:

@@ -1,5 +1,6 @@
 """Owns the status bar: fusion frames/s, dropped frames, tracking state, how up was found, blocks and
-memory, nets queue and label latency, and the viewport's paint time."""
+memory, nets queue and label latency, and the viewport's paint time; a transient message makes room for
+itself by hiding the less important readouts while it shows."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ class StatusBarConfig:
     message_ms: int = 6000      #: info messages
     warning_ms: int = 15000     #: warnings and errors
     nets_width_px: int = 330    #: the nets readout is cut to this width (the whole text is its tooltip)
+    #: readouts hidden, in this order, while a message needs their room
+    yield_order: tuple = ("ui", "memory", "gravity", "nets", "dropped", "tracking", "fusion")
 
 
 def _fmt_s(value) -> str:
@@ -32,6 +35,16 @@ def nets_text(nets: dict) -> str:
     queue = nets.get("queue", nets.get("queue_length", "–"))
     return (f"nets: queue {queue} · latency p50 {_fmt_s(nets.get('latency_p50_s'))}"
             f" p95 {_fmt_s(nets.get('latency_p95_s'))}")
+
+
+def fusion_text(s: FusionStatus) -> str:
+    """'running · 12.3 fps · 40 frames'; frames/s only while a source is open."""
+    fps = f" · {s.fps:.1f} fps" if s.state in ("running", "paused") else ""
+    return f"{s.state}{fps} · {s.frames} frames"
+
+
+def tracking_text(tracking: str) -> str:
+    return f"tracking {tracking}" if tracking else "tracking –"
 
 
 def gravity_text(g: dict) -> str:
@@ -55,13 +68,15 @@ class StatusBar(QStatusBar):
         self.labels["nets"].setMaximumWidth(config.nets_width_px)
         for lab in self.labels.values():
             self.addPermanentWidget(lab)
+        self._yielded: list[str] = []
+        self.messageChanged.connect(self._make_room)
         self.show_status(FusionStatus(), {})
 
     def show_status(self, s: FusionStatus, paint: dict) -> None:
         L = self.labels
-        L["fusion"].setText(f"{s.state} · {s.fps:.1f} fps · {s.frames} frames")
+        L["fusion"].setText(fusion_text(s))
         L["dropped"].setText(f"{s.frames_dropped} dropped")
-        L["tracking"].setText(f"tracking {s.tracking}")
+        L["tracking"].setText(tracking_text(s.tracking))
         L["tracking"].setStyleSheet(f"color: {TRACKING_COLORS.get(s.tracking, '#888')}; font-weight: bold")
         L["gravity"].setText(gravity_text(s.gravity))
         L["memory"].setText(f"{s.n_blocks} blocks · {s.volume_mb:.0f} MB volume · {s.process_mb:.0f} MB in all")
@@ -72,3 +87,24 @@ class StatusBar(QStatusBar):
 
     def message(self, level: str, text: str) -> None:
         self.showMessage(text, self.config.message_ms if level == "info" else self.config.warning_ms)
+
+    def message_room_px(self) -> int:
+        """Width left of the visible readouts, where the transient message shows."""
+        used = sum(lab.sizeHint().width() + 2 * self.layout().spacing() for lab in self.labels.values()
+                   if not lab.isHidden())
+        return self.width() - used - 2 * self.layout().contentsMargins().left() - 16  # the size grip
+
+    def message_fits(self, text: str | None = None) -> bool:
+        text = self.currentMessage() if text is None else text
+        return self.fontMetrics().horizontalAdvance(text) + 8 <= self.message_room_px()
+
+    def _make_room(self, text: str) -> None:
+        """Hide readouts (least important first) until the message fits; show them again after it."""
+        for name in self._yielded:
+            self.labels[name].show()
+        self._yielded = []
+        for name in self.config.yield_order:
+            if not text or self.message_fits(text):
+                break
+            self.labels[name].hide()
+            self._yielded.append(name)

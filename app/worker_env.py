@@ -1,5 +1,6 @@
 """Owns how the workers meet their environment: the frame source opened for the GUI (recordings
-frame-exact or paced) and the lower CPU priority of worker threads, so the GUI thread stays responsive."""
+frame-exact or paced, retimed to follow the model they continue) and the lower CPU priority of worker
+threads, so the GUI thread stays responsive."""
 from __future__ import annotations
 
 import logging
@@ -32,3 +33,9 @@ def open_gui_source(spec: str, max_frames: int | None, real_time: bool) -> Frame
 
         return RecordingSource(Path(spec), max_frames, RecordingConfig(real_time=real_time))
     return open_source(spec, max_frames=max_frames)
+
+
+def retime_offset_s(first_s: float, last_fused_s: float | None, gap_s: float) -> float:
+    """Seconds to add to a source's timestamps so its first frame (at first_s) comes gap_s after the
+    model's last fused frame (0 when it already does)."""
+    return 0.0 if last_fused_s is None or first_s > last_fused_s else last_fused_s - first_s + gap_s

@@ -43,15 +43,25 @@ def require_display() -> None:
 
 
 def gui_config(tmp_path, nets: bool = False, poses: str = "gt", voxel_m: float = 0.02, **overrides):
-    """A GuiConfig for tests: settings in tmp_path, no dialogs, small voxels, the untrained model."""
+    """A GuiConfig for tests: settings in tmp_path, no dialogs (unless asked: confirm_discard=True), small
+    voxels, the untrained model."""
     from app.main_window import GuiConfig
     from app.nets_hookup import NetsConfig
     from fusion.pipeline import PipelineConfig
     from fusion.volume import VolumeConfig
 
+    overrides.setdefault("confirm_discard", False)
     return GuiConfig(settings_path=str(tmp_path / "settings.ini"), error_dialogs=False,
                      pipeline=PipelineConfig(volume=VolumeConfig(voxel_size_m=voxel_m), poses=poses),
                      nets=NetsConfig(enabled=nets, untrained=True), **overrides)
+
+
+def full_detail():
+    """A ViewportConfig that draws every chunk in full detail: pixel checks must not depend on the
+    adaptive detail, which follows the paint time (and so the machine's load)."""
+    from app.viewport import ViewportConfig
+
+    return ViewportConfig(full_detail_triangles=10**9, budget_range=(10**9, 10**9))
 
 
 @pytest.fixture
@@ -75,7 +85,8 @@ def make_window(qtbot, tmp_path, caplog):
     from PyQt6.QtCore import QCoreApplication, QEvent
 
     for w in windows:
-        w.close()
+        if not w._closed:  # a test may have closed (and so deleted) it already
+            w.close_discarding()
         assert not w.worker._thread.is_alive(), "fusion thread still running after close"
     QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete.value)  # delete the windows now
     errors = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR]
@@ -98,8 +109,14 @@ def shown(qtbot, w, timeout_s: float = 20.0) -> None:
         fut = w.worker.call(lambda worker: worker.nets.drain())
         qtbot.waitUntil(fut.done, timeout=ms)
         assert fut.result() >= 0
-    qtbot.waitUntil(lambda: not w.nets.label_changes_pending() and w.worker.outbox.empty, timeout=ms)
-    qtbot.wait(200)  # one more publish round trip
+    labels_on_screen(qtbot, w, timeout_s)
+
+
+def labels_on_screen(qtbot, w, timeout_s: float = 60.0) -> None:
+    """Wait until the window has applied a snapshot holding every label change made so far (a state the
+    window reports, not a time), then upload everything to the GPU. The timeout only bounds a failure."""
+    version = w.nets.store.version
+    qtbot.waitUntil(lambda: w.label_version_shown >= version, timeout=int(timeout_s * 1000))
     w.viewport.flush_uploads()
 
 
@@ -136,3 +153,47 @@ def palette_share(img: np.ndarray, mask: np.ndarray, ids) -> tuple[float, set]:
 
 def with_fields(obj, **changes):
     return dataclasses.replace(obj, **changes)
+
+
+class DialogAnswerer:
+    """Answers the modal message boxes a test causes, in order, by clicking the named button ("Save",
+    "Discard", "Cancel", "OK"). A QTimer looks for the box while its modal loop runs: a state check,
+    not a fixed wait. A box nobody expected is cancelled and recorded, so a test never hangs on it."""
+
+    def __init__(self, interval_ms: int = 20):
+        from PyQt6.QtCore import QTimer
+
+        self.answers: list[str] = []
+        self.asked: list[str] = []        #: the text of every box seen
+        self.unexpected: list[str] = []   #: boxes that came without an answer queued
+        self.timer = QTimer()
+        self.timer.timeout.connect(self._look)
+        self.timer.start(interval_ms)
+
+    def expect(self, *answers: str) -> "DialogAnswerer":
+        self.answers.extend(answers)
+        return self
+
+    def _look(self) -> None:
+        from PyQt6.QtWidgets import QApplication, QMessageBox
+
+        box = QApplication.activeModalWidget()
+        if not isinstance(box, QMessageBox) or not box.isVisible():
+            return
+        self.asked.append(box.text())
+        if not self.answers:
+            self.unexpected.append(box.text())
+        name = self.answers.pop(0) if self.answers else "Cancel"
+        button = next(b for b in box.buttons() if b.text().replace("&", "") == name)
+        button.click()
+
+    def stop(self) -> None:
+        self.timer.stop()
+
+
+@pytest.fixture
+def answerer():
+    a = DialogAnswerer()
+    yield a
+    a.stop()
+    assert not a.unexpected, f"questions nobody expected: {a.unexpected}"
