@@ -76,8 +76,7 @@ class TrackResult:
     state: TrackState
     fitness: float = 0.0
     rmse_m: float = 0.0
-    reason: str = ""
-    relocalised: bool = False
+    reason: str = ""  #: why it was rejected, or "relocalised"
 
 
 @dataclass
@@ -286,8 +285,7 @@ class Tracker:
             m.velocity = np.linalg.inv(m.last_good) @ reg.T
         m.last_good = reg.T
         self.keyframe(frame, reg.T, feats)
-        return TrackResult(reg.T, self.state, reg.fitness, reg.rmse_m, "relocalised" if relocalised else "",
-                           relocalised)
+        return TrackResult(reg.T, self.state, reg.fitness, reg.rmse_m, "relocalised" if relocalised else "")
 
     def _reject(self, reason: str, reg: _Registration | None = None) -> TrackResult:
         self.failures += 1
