@@ -3,11 +3,10 @@ each named after the export (FILE_labels.ply, FILE_points.ply, FILE_legend.json,
 with errors worded for the window (no command-line flags). Pure file work; any thread (a job thread)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from fusion.errors import UserError
-from fusion.export import FORMATS, LabeledMesh, face_labels, label_colors, write_legend, write_obj
+from fusion.export import LabeledMesh, export_path_problem, face_labels, label_colors, write_legend, write_obj
 from fusion.export_gltf import write_glb
 from fusion.plyio import write_labeled_ply
 from fusion.trajectory import write_tum
@@ -27,16 +26,10 @@ def extra_path(path: Path, key: str) -> Path:
 
 def check_export_path(path: Path | str) -> Path:
     """Refuse (UserError, window wording) an unknown format or a folder that is missing or not writable."""
-    path = Path(path)
-    if path.suffix.lower() not in FORMATS:
-        raise UserError(f"cannot export {path.name}: unknown format {path.suffix or '(none)'}; "
-                        "choose a .ply, .obj or .glb file")
-    folder = path.parent
-    if not folder.is_dir():
-        raise UserError(f"cannot export to {folder}: the folder does not exist; choose another folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"cannot export to {folder}: the folder is not writable; choose another folder")
-    return path
+    problem = export_path_problem(path)
+    if problem:
+        raise UserError(f"cannot export {Path(path).name}: {problem}; choose another file or folder")
+    return Path(path)
 
 
 def _write_mesh(path: Path, mesh: LabeledMesh) -> list[Path]:

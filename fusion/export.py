@@ -125,19 +125,28 @@ def write_point_cloud(path: Path | str, mesh: LabeledMesh) -> None:
     write_labeled_ply(path, mesh.positions_m, mesh.colors, mesh.labels, faces=None)
 
 
-def check_output(path: Path | str) -> Path:
-    """Refuse (UserError) an unknown extension or an output folder that is missing or not writable."""
+def export_path_problem(path: Path | str) -> str:
+    """What stops an export to `path` ("" when nothing): an unknown extension, or an output folder
+    that is missing or not writable. Callers word it for their user (command line or window)."""
     import os
 
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
-        raise UserError(f"--out {path}: unknown format {path.suffix or '(none)'!r}; use .ply, .obj or .glb")
+        return f"unknown format {path.suffix or '(none)'}; use .ply, .obj or .glb"
     folder = path.parent
     if not folder.is_dir():
-        raise UserError(f"--out {path}: folder {folder} does not exist")
+        return f"folder {folder} does not exist"
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"--out {path}: folder {folder} is not writable")
-    return path
+        return f"folder {folder} is not writable"
+    return ""
+
+
+def check_output(path: Path | str) -> Path:
+    """Refuse (UserError, command-line wording) a path `export_path_problem` finds a problem with."""
+    problem = export_path_problem(path)
+    if problem:
+        raise UserError(f"--out {path}: {problem}")
+    return Path(path)
 
 
 def export_mesh(path: Path | str, mesh: LabeledMesh, timestamps_s=None, poses=None,

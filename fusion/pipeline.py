@@ -39,7 +39,7 @@ class PipelineConfig:
     gravity: SettleConfig = field(default_factory=SettleConfig)  #: aligning a world without ground truth
     nets_chunk_m: float = 1.6       #: edge of a nets chunk (the semantics/completion dirty grid)
     incremental_mesh: bool = True   #: re-mesh touched blocks after every frame
-    min_valid_depth_share: float = 0.01  #: frames with a smaller share of valid depth pixels are skipped
+    min_valid_depth_share: float = 0.01  #: frames with a smaller share of pixels with depth in range are skipped
     snapshot_regions_per_frame: int = 1  #: region snapshots completed at the end of one process() at most
     snapshot_budget_ms: float = 8.0      #: fusion-thread time per process() for snapshot work (a big region
     #:     is finished over several frames)
@@ -107,8 +107,11 @@ class FusionPipeline:
                               f"the previous one ({self.last_timestamp_s:.6f} s)")
         self.last_timestamp_s = frame.timestamp_s
         timings: dict[str, float] = {}
-        if np.count_nonzero(frame.depth_m) < self.config.min_valid_depth_share * frame.depth_m.size:
-            log.warning("frame %d has no usable depth; skipped", frame.index)
+        vol = self.config.volume
+        in_range = (frame.depth_m >= vol.depth_min_m) & (frame.depth_m <= vol.depth_max_m)
+        if np.count_nonzero(in_range) < self.config.min_valid_depth_share * frame.depth_m.size:
+            log.warning("frame %d has no usable depth within %.2f-%.2f m; skipped", frame.index,
+                        vol.depth_min_m, vol.depth_max_m)
             return self._result(frame, None, False, "no valid depth", timings)
         self.frames_with_depth += 1
         if not self.tracker.started:

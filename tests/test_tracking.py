@@ -135,3 +135,11 @@ def test_ate_counts_every_frame_of_the_trajectory_with_the_pose_it_holds():
     assert len(poses) == 10 and np.allclose(poses[9], gt[4])
     stats = _ate_stats(run)
     assert stats["ate_integrated_rmse_m"] < 1e-9 and stats["ate_rmse_m"] > 0.05 and stats["ate_frames"] == 10
+
+
+def test_frame_with_depth_only_beyond_the_range_is_skipped_not_fatal():
+    frames = orbit(3, VGA)
+    far = Frame(frames[1].color, np.full_like(frames[1].depth_m, 9.0), VGA, frames[1].timestamp_s, 1)
+    pipe, results = _run([frames[0], far, frames[2]])
+    assert not results[1].integrated and results[1].reason == "no valid depth"
+    assert results[2].integrated
