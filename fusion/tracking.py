@@ -49,6 +49,8 @@ class TrackerConfig:
     max_rmse_m: float = 0.025                   #: largest inlier RMSE accepted
     max_jump_m: float = 0.12                    #: largest translation of ICP away from its initial guess
     max_jump_deg: float = 12.0                  #: largest rotation of ICP away from its initial guess
+    crosscheck_m: float = 0.04                  #: an ICP correction beyond this is checked against feature guesses
+    crosscheck_deg: float = 4.0                 #: ... or beyond this rotation
     fast_max_m: float = 0.35                    #: largest frame-to-frame motion a feature guess may propose
     fast_max_deg: float = 35.0                  #: ... in rotation (while tracking)
     guess_min_fitness: float = 0.1              #: least inlier share from a feature guess (then checked below)
@@ -137,7 +139,7 @@ class Tracker:
         self.failures = 0          #: frames rejected
         self.losses = 0            #: times tracking was lost
         self.relocalisations = 0   #: times it was found again
-        self.fast_recoveries = 0   #: frames kept by a feature guess after the motion model failed
+        self.fast_recoveries = 0   #: frames posed by a feature guess where the motion model failed or slid
         self.last_timings_ms: dict[str, float] = {}  #: render and ICP time of the latest track()
         self._criteria = [odom.OdometryConvergenceCriteria(n) for n in config.iterations]
         self._params = odom.OdometryLossParams(config.outlier_m, config.huber_m)
@@ -172,29 +174,46 @@ class Tracker:
     def track(self, frame: Frame) -> TrackResult:
         """Register `frame` against the model; returns the accepted pose or a rejection.
 
-        Order: ICP from the motion model; if that fails, ICP from each feature guess (the recent
-        keyframes and the most similar ones). While lost every accepted pose is a relocalisation and
-        is checked against the model rendered from it and must lie near a keyframe."""
+        Order: ICP from the motion model; if that fails, or corrects the model by more than
+        `crosscheck_m` / `crosscheck_deg` (fast motion, where ICP may slide along walls and floors),
+        ICP from each feature guess (the recent keyframes and the most similar ones), checked against
+        the model rendered from it. While lost (or beyond fast motion) an accepted guess is a
+        relocalisation and must lie near a keyframe."""
         cfg = self.config
         self.last_timings_ms = {}
         src_depth = downsample_depth(frame.depth_m) if cfg.scale == 0.5 else frame.depth_m
         if np.count_nonzero(src_depth) < cfg.min_valid_share * src_depth.size:
             return self._reject("too little valid depth")
-        first = self._register(src_depth, frame, self.predict(), self.state != TrackState.OK)
-        if first.T is not None:
+        T_pred = self.predict()
+        first = self._register(src_depth, frame, T_pred, self.state != TrackState.OK)
+        if first.T is not None and not self._needs_crosscheck(T_pred, first.T):
             return self._accept(frame, first)
         t0 = time.perf_counter()
         feats = self.relocaliser.features(frame)
+        found = self._from_features(src_depth, frame, feats)
+        self.last_timings_ms["relocalise"] = (time.perf_counter() - t0) * 1e3
+        if found is not None:  # a large ICP correction slides as often as it is right: features decide
+            reg, jump = found
+            return self._accept(frame, reg, feats, relocalised=jump)
+        if first.T is not None:
+            return self._accept(frame, first)
+        return self._reject(first.reason, first)
+
+    def _needs_crosscheck(self, T_pred: np.ndarray, T: np.ndarray) -> bool:
+        """True when ICP moved far from the motion model (fast motion: on walls and floors it can slide)."""
+        m, deg = relative_motion(T_pred, T)
+        return m > self.config.crosscheck_m or deg > self.config.crosscheck_deg
+
+    def _from_features(self, src_depth, frame: Frame, feats: Features) -> tuple[_Registration, bool] | None:
+        """The first feature guess that ICP refines and the model confirms, and whether it is a jump."""
         for prop in self.relocaliser.propose(frame, feats):
             jump = self._is_jump(prop.T_world_cam)
             if jump and self._far_from_keyframes(prop.T_world_cam):
                 continue
             reg = self._register(src_depth, frame, prop.T_world_cam, verify=True)
             if reg.T is not None:
-                self.last_timings_ms["relocalise"] = (time.perf_counter() - t0) * 1e3
-                return self._accept(frame, reg, feats, relocalised=jump)
-        self.last_timings_ms["relocalise"] = (time.perf_counter() - t0) * 1e3
-        return self._reject(first.reason, first)
+                return reg, jump
+        return None
 
     def _is_jump(self, T: np.ndarray) -> bool:
         """True when T is no continuation of the track (lost, or beyond fast hand-held motion)."""
