@@ -154,3 +154,18 @@ def test_every_sixth_frame_of_a_hand_held_scan_is_tracked():
     for r, f in zip(results, frames):
         assert relative_motion(r.T_world_cam, f.T_world_cam_gt)[0] < 0.015, f.index
     assert pipe.tracker.fast_recoveries >= 1 and pipe.tracker.losses == 0
+
+
+def test_a_relocalisation_that_sees_through_the_model_or_barely_overlaps_it_is_refused():
+    from fusion.tracking import Tracker
+    from fusion.volume import TsdfVolume
+
+    tracker = Tracker(TsdfVolume(VolumeConfig(voxel_size_m=0.02, device="cpu")))
+    frame = np.full((60, 80), 2.0, np.float32)
+    assert tracker._inconsistency(frame, frame + 0.01) == ""
+    behind = frame.copy()
+    behind[:, :40] += 0.5  # half the frame sees far past surfaces the model holds: a camera inside a wall
+    assert "disagrees" in tracker._inconsistency(behind, frame)
+    sliver = np.zeros_like(frame)
+    sliver[:5] = 2.0
+    assert "overlaps" in tracker._inconsistency(frame, sliver)
