@@ -14,7 +14,7 @@ Without a floor and walls the prior is kept, with one warning per estimator and 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 

@@ -244,7 +244,7 @@ class Tracker:
             res = odom.rgbd_odometry_multi_scale(
                 src, dst, K, o3c.Tensor(np.eye(4)), 1.0, cfg.depth_max_m, self._criteria,
                 odom.Method.PointToPlane, self._params)
-        except RuntimeError as exc:  # Open3D raises when the system is degenerate (no overlap)
+        except RuntimeError:  # Open3D raises when the system is degenerate (no overlap)
             return _Registration(None, reason="registration failed (no overlap)")
         self._add_time("track_icp", time.perf_counter() - t1)
         T = T_init @ res.transformation.cpu().numpy()
