@@ -225,3 +225,10 @@ def test_out_of_range_voxel_size_is_clamped_visibly(make_window, qtbot, typed, u
     msg = w.status_bar.currentMessage()
     assert f"Voxel size {typed} cm" in msg and f"{used:.1f} cm" in msg and "0.4–10.0 cm" in msg, msg
     assert w._pipeline_config().volume.voxel_size_m == pytest.approx(used / 100)
+
+
+def test_the_panel_says_what_the_nets_were_trained_on(make_window):
+    w = make_window()
+    note = w.panel.nets_note
+    assert note.isVisibleTo(w.panel) and "synthetic rooms only" in note.text() and "real" in note.text()
+    assert w.panel.nets_check.toolTip() == note.text()
