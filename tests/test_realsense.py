@@ -3,6 +3,7 @@ app's own sources; the live source's capture path fed from a software device; fa
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -386,3 +387,18 @@ def test_sdk_post_filters_fill_holes_on_real_depth():
     filtered = list(RecordingSource(bag, config=cfg))[0]
     assert filtered.intrinsics == plain.intrinsics
     assert (filtered.depth_m > 0).mean() > (plain.depth_m > 0).mean()
+
+
+def test_a_replay_that_lost_its_first_framesets_is_started_again(scene_db3, scene_frames, monkeypatch, caplog):
+    calls = []
+
+    def late_once(self):
+        calls.append(self._playback.get_position())
+        return len(calls) == 1  # the first attempt reports a late start, as when the SDK dropped frames
+
+    monkeypatch.setattr(RecordingSource, "_started_late", late_once)
+    with caplog.at_level(logging.INFO, logger="fusion.sources.recording"):
+        got = list(RecordingSource(scene_db3))
+    assert len(calls) == 2 and any("lost its first frames" in m for m in caplog.messages)
+    assert len(got) == len(scene_frames) and [g.index for g in got] == list(range(len(scene_frames)))
+    np.testing.assert_array_equal(got[0].depth_m, expected_depth_m(raw_depth(scene_frames[0])))

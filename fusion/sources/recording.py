@@ -37,7 +37,8 @@ class RecordingConfig:
     stall_timeout_s: float = 5.0  # no frame for this long while the file is still playing: an error
     end_grace_s: float = 0.3  # after playback stops, wait this long for framesets still in the SDK
     first_frame_grace_s: float = 3.0  # before the first frame, "stopped" may mean "not started yet"
-    empty_replay_retries: int = 2  # a replay that delivered nothing is tried again this many times
+    empty_replay_retries: int = 2  # a replay that delivered nothing (or started late) is tried again this many times
+    late_start_s: float = 0.3  # a first frameset this far into the file means the SDK dropped the first ones
     filters: PostFilterConfig = field(default_factory=PostFilterConfig)
 
 
@@ -59,6 +60,10 @@ def check_container(path: Path) -> None:
 def _sdk_message(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+class _LateStart(Exception):
+    """The replay began past the file's first framesets; it is started again."""
 
 
 class RecordingSource(FrameSource):
@@ -117,16 +122,19 @@ class RecordingSource(FrameSource):
             raise SourceError(f"{self.path}: a recording can be replayed once per source; open it again")
         self._replayed = True
         self._converter = FramesetConverter(self.info, self.cfg.filters)
-        for attempt in range(self.cfg.empty_replay_retries + 1):
-            if attempt:  # the SDK sometimes loses a short file's only frames: replay it afresh
-                log.info("%s: the replay delivered no frame; replaying it again", self.path)
+        retries = self.cfg.empty_replay_retries
+        for attempt in range(retries + 1):
+            if attempt:  # the SDK sometimes loses a file's first frames: replay it afresh
+                log.info("%s: the replay lost its first frames; replaying it again", self.path)
                 try:
                     self._open()
                 except RuntimeError as exc:
                     raise SourceError(f"{self.path}: cannot reopen recording ({_sdk_message(exc)})") from None
             self._start()
             try:
-                yield from self._frames()
+                yield from self._frames(may_restart=attempt < retries)
+            except _LateStart:
+                continue
             finally:
                 self.close()
             if self.frames_read or self._converter.incomplete:
@@ -139,7 +147,7 @@ class RecordingSource(FrameSource):
             raise SourceError(f"{self.path}: cannot start replay ({_sdk_message(exc)})") from None
         self._started = True
 
-    def _frames(self) -> Iterator[Frame]:
+    def _frames(self, may_restart: bool = False) -> Iterator[Frame]:
         poll_ms = max(1, int(self.cfg.poll_timeout_s * 1000))
         last_frame_t = time.monotonic()
         stopped_since: float | None = None  # first poll that saw playback stopped, since the last frame
@@ -163,8 +171,15 @@ class RecordingSource(FrameSource):
             last_frame_t, stopped_since = now, None
             frame = self._converter.convert(fs, self.frames_read)
             if frame is not None:
+                if not self.frames_read and may_restart and self._started_late():
+                    raise _LateStart
                 self.frames_read += 1
                 yield frame
+
+    def _started_late(self) -> bool:
+        """True when the first frameset came from well into the file: the SDK's pipeline sometimes drops
+        the first framesets of a replay (seen on a loaded machine, even with real time off)."""
+        return self._playback.get_position() / 1e9 > self.cfg.late_start_s
 
     def _at_end(self, now: float, stopped_since: float | None) -> bool:
         """End of file: playback has stayed stopped with nothing delivered for a grace period.
