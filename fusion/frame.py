@@ -21,6 +21,12 @@ class Intrinsics:
     width: int
     height: int
 
+    def backproject(self, u_px, v_px, z_m) -> np.ndarray:
+        """Camera-frame points (..., 3) in metres of pixels (u, v) at depth z (arrays broadcast)."""
+        z_m = np.asarray(z_m)
+        return np.stack([(np.asarray(u_px) - self.cx) / self.fx * z_m, (np.asarray(v_px) - self.cy) / self.fy * z_m,
+                         z_m], -1)
+
     def matrix(self) -> np.ndarray:
         """3x3 camera matrix K (float64)."""
         return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])

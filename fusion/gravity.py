@@ -74,10 +74,7 @@ def depth_points(depth_m: np.ndarray, intr: Intrinsics, T_world_cam: np.ndarray,
     z, zl, zr, zu, zd = d[v, u], d[v, u - h], d[v, u + h], d[v - h, u], d[v + h, u]
     ok = (z > 0) & (z <= cfg.max_depth_m) & (zl > 0) & (zr > 0) & (zu > 0) & (zd > 0)
     ok &= (np.abs(zr - zl) < cfg.max_depth_jump * z) & (np.abs(zd - zu) < cfg.max_depth_jump * z)
-
-    def back(uu, vv, zz):
-        return np.stack([(uu - intr.cx) / intr.fx * zz, (vv - intr.cy) / intr.fy * zz, zz], -1)
-
+    back = intr.backproject
     u, v, z, zl, zr, zu, zd = (a[ok] for a in (u, v, z, zl, zr, zu, zd))
     p = back(u, v, z)
     n = np.cross(back(u, v + h, zd) - back(u, v - h, zu), back(u + h, v, zr) - back(u - h, v, zl))

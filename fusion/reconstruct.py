@@ -136,7 +136,8 @@ def _trajectory(run: _Run) -> tuple[list, list]:
     return [r.timestamp_s for r in run.results][:len(poses)], poses
 
 
-def _stats(req: ReconstructRequest, source, pipeline: FusionPipeline, run: _Run, mesh) -> dict:
+def _stats(req: ReconstructRequest, source, pipeline: FusionPipeline, run: _Run, mesh, poses: list) -> dict:
+    """The statistics of stats.json; `poses` are the written trajectory's (one per frame)."""
     import open3d
 
     res = run.results
@@ -169,16 +170,16 @@ def _stats(req: ReconstructRequest, source, pipeline: FusionPipeline, run: _Run,
                      "numpy": np.__version__},
         "completed": run.error is None and not run.interrupted,
     }
-    stats.update(_ate_stats(run))
+    stats.update(_ate_stats(run, poses))
     if run.error is not None:
         stats["error"] = str(run.error)
     return stats
 
 
-def _ate_stats(run: _Run) -> dict:
-    """ATE over every frame of the written trajectory that has ground truth (a rejected frame counts
-    with the pose the trajectory holds for it), and over the integrated frames alone."""
-    pairs = [(T, g, r.integrated) for T, g, r in zip(_frame_poses(run), run.gt, run.results) if g is not None]
+def _ate_stats(run: _Run, poses: list) -> dict:
+    """ATE over every frame of the written trajectory `poses` that has ground truth (a rejected frame
+    counts with the pose the trajectory holds for it), and over the integrated frames alone."""
+    pairs = [(T, g, r.integrated) for T, g, r in zip(poses, run.gt, run.results) if g is not None]
     if len(pairs) < 3:
         return {}
     out = {"ate_rmse_m": round(ate_rmse_m(np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])), 6),
@@ -218,7 +219,7 @@ def write_outputs(req: ReconstructRequest, source, pipeline: FusionPipeline, run
     completed_vertices = _write_completed(req.out_dir / "completed.ply", hook)
     stamps, poses = _trajectory(run)
     write_tum(req.out_dir / "trajectory.txt", stamps, poses)
-    stats = _stats(req, source, pipeline, run, mesh) | _label_stats(hook, len(run.results))
+    stats = _stats(req, source, pipeline, run, mesh, poses) | _label_stats(hook, len(run.results))
     stats["completed_mesh"] = {"vertices": completed_vertices}
     stats["gravity"] = pipeline.gravity.report().to_dict()
     write_text_atomic(req.out_dir / "stats.json", json.dumps(stats, indent=2) + "\n")

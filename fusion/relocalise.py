@@ -131,8 +131,7 @@ class Relocaliser:
         z = frame.depth_m[v, u]
         lo, hi = self.config.depth_range_m
         ok = (z > lo) & (z < hi) & _flat_depth(frame.depth_m, u, v, self.config.depth_spread)
-        i = frame.intrinsics
-        cam = np.stack([(kp[:, 0] - i.cx) / i.fx * z, (kp[:, 1] - i.cy) / i.fy * z, z], 1)
+        cam = frame.intrinsics.backproject(kp[:, 0], kp[:, 1], z)
         return (cam @ T[:3, :3].T + T[:3, 3]).astype(np.float32), ok
 
     def _candidates(self, thumb: np.ndarray) -> list[Keyframe]:

@@ -35,7 +35,7 @@ from fusion.gravity_settle import SettleConfig
 from fusion.meshing import MeshConfig
 from fusion.pipeline import FusionPipeline, PipelineConfig
 from fusion.relocalise import RelocaliserConfig
-from fusion.tracking import TrackerConfig, TrackState, _Motion
+from fusion.tracking import TrackerConfig
 from fusion.volume import VOXEL_ATTRS, VolumeConfig
 
 log = logging.getLogger(__name__)
@@ -217,10 +217,8 @@ def _restore_volume(pipeline: FusionPipeline, arrays: dict) -> np.ndarray:
 
 def _restore_tracker(pipeline: FusionPipeline, t: dict) -> None:
     tr = pipeline.tracker
-    if t.get("started"):
+    if t.get("started"):  # the saved state and velocity do not carry over: a loaded session starts lost
         tr.reset(np.array(t["last_good"], float))
-        tr._motion = _Motion(np.array(t["last_good"], float), np.array(t["velocity"], float))
-        tr.state = TrackState(t.get("state", "ok"))
     tr.failures = int(t.get("failures", 0))
     tr.losses = int(t.get("losses", 0))
     tr.relocalisations = int(t.get("relocalisations", 0))

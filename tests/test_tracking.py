@@ -133,7 +133,7 @@ def test_ate_counts_every_frame_of_the_trajectory_with_the_pose_it_holds():
         run.gt.append(T)
     stamps, poses = _trajectory(run)
     assert len(poses) == 10 and np.allclose(poses[9], gt[4])
-    stats = _ate_stats(run)
+    stats = _ate_stats(run, poses)
     assert stats["ate_integrated_rmse_m"] < 1e-9 and stats["ate_rmse_m"] > 0.05 and stats["ate_frames"] == 10
 
 
