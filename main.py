@@ -100,7 +100,7 @@ def _cmd_reconstruct(args) -> int:
 
 def _cmd_synth(args) -> int:
     from fusion.errors import UserError
-    from fusion.synth.writer import write_sequence
+    from synth.writer import write_sequence
     from tqdm import tqdm
 
     if args.frames < 1 or args.seed < 0:
@@ -133,8 +133,8 @@ def _session_labels(extras: dict, positions_m):
 
 
 def _cmd_export(args) -> int:
-    from fusion.export import LabeledMesh, check_output, export_mesh
-    from fusion.session import load_session
+    from storage.export import LabeledMesh, check_output, export_mesh
+    from storage.session import load_session
 
     out = check_output(args.out)  # before the (slow) load: bad --out fails fast and writes nothing
     session = load_session(args.session)

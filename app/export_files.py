@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from fusion.errors import UserError
-from fusion.export import LabeledMesh, export_path_problem, face_labels, label_colors, write_legend, write_obj
-from fusion.export_gltf import write_glb
-from fusion.plyio import write_labeled_ply
+from storage.export import LabeledMesh, export_path_problem, face_labels, label_colors, write_legend, write_obj
+from storage.export_gltf import write_glb
+from storage.plyio import write_labeled_ply
 from fusion.trajectory import write_tum
 
 #: extra files an export may also write: key -> (menu text, file name suffix)

@@ -13,9 +13,9 @@ from PyQt6.QtWidgets import QFileDialog
 from app.export_files import EXTRAS, check_export_path, describe_written, write_export
 from app.jobs import Job, JobConfig, JobDialog
 from fusion.errors import UserError
-from fusion.export import LabeledMesh
-from fusion.autosave import discard, find_recoverable
-from fusion.session import load_session, save_session
+from storage.export import LabeledMesh
+from storage.autosave import discard, find_recoverable
+from storage.session import load_session, save_session
 
 log = logging.getLogger(__name__)
 RECORDING_FILTER = "RealSense recordings (*.bag *.db3);;All files (*)"

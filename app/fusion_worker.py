@@ -22,10 +22,10 @@ from app.nets_hookup import NetsHookup
 from app.publisher import publish
 from app.snapshots import DisplayOutbox, Event
 from app.worker_env import lower_thread_priority, open_gui_source, retime_offset_s
-from fusion.autosave import AutosaveConfig, Autosaver
+from storage.autosave import AutosaveConfig, Autosaver
 from fusion.errors import UserError
 from fusion.pipeline import FusionPipeline, PipelineConfig
-from fusion.session import capture_session, write_session
+from storage.session import capture_session, write_session
 from fusion.sources.base import FrameSource
 from fusion.sources.stall import StallGuardConfig, guarded_frames
 from fusion.tracking import LOST_MESSAGE

@@ -24,7 +24,7 @@ from app.snapshots import DisplaySnapshot, FusionStatus
 from app.status_bar import StatusBar, StatusBarConfig
 from app.unsaved import UnsavedGuard
 from app.viewport import Viewport, ViewportConfig
-from fusion.autosave import find_recoverable
+from storage.autosave import find_recoverable
 from fusion.pipeline import PipelineConfig
 
 log = logging.getLogger(__name__)

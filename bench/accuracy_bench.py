@@ -20,7 +20,7 @@ import fusion.volume as volume_module  # noqa: E402
 from bench.fusion_bench import SEVEN_SCENES, load  # noqa: E402
 from fusion.pipeline import FusionPipeline, PipelineConfig  # noqa: E402
 from fusion.sources.synthetic import SyntheticConfig, SyntheticSource  # noqa: E402
-from fusion.synth.render import RenderConfig  # noqa: E402
+from synth.render import RenderConfig  # noqa: E402
 from fusion.trajectory import ate_rmse_m  # noqa: E402
 from fusion.volume import TsdfVolume, VolumeConfig  # noqa: E402
 

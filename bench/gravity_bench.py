@@ -25,8 +25,8 @@ from fusion.frame import Frame  # noqa: E402
 from fusion.gravity import angle_deg  # noqa: E402
 from fusion.pipeline import FusionPipeline, PipelineConfig  # noqa: E402
 from fusion.sources.synthetic import SyntheticConfig, SyntheticSource  # noqa: E402
-from fusion.synth.render import RenderConfig  # noqa: E402
-from fusion.synth.trajectory import tilted_start  # noqa: E402
+from synth.render import RenderConfig  # noqa: E402
+from synth.trajectory import tilted_start  # noqa: E402
 from fusion.volume import VolumeConfig  # noqa: E402
 
 log = logging.getLogger("bench")

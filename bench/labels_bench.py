@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 from fusion.coarse import CoarseGridConfig, all_chunk_keys, coarse_region  # noqa: E402
 from fusion.pipeline import FusionPipeline, PipelineConfig  # noqa: E402
 from fusion.sources.synthetic import SyntheticConfig, SyntheticSource  # noqa: E402
-from fusion.synth.render import RenderConfig  # noqa: E402
+from synth.render import RenderConfig  # noqa: E402
 from fusion.volume import VolumeConfig  # noqa: E402
 from nets.incremental import IncrementalLabeler, torch_threads, LabelerConfig  # noqa: E402
 

@@ -23,12 +23,12 @@ os.environ.setdefault("NUMBA_THREADING_LAYER", "omp")
 
 import numpy as np  # noqa: E402
 
-from fusion.export import (LabeledMesh, face_labels, label_colors, write_legend, write_obj,  # noqa: E402
+from storage.export import (LabeledMesh, face_labels, label_colors, write_legend, write_obj,  # noqa: E402
                            write_point_cloud)
-from fusion.export_gltf import write_glb  # noqa: E402
+from storage.export_gltf import write_glb  # noqa: E402
 from fusion.pipeline import FusionPipeline, PipelineConfig  # noqa: E402
-from fusion.plyio import write_labeled_ply  # noqa: E402
-from fusion.session import capture_session, load_session, save_session  # noqa: E402
+from storage.plyio import write_labeled_ply  # noqa: E402
+from storage.session import capture_session, load_session, save_session  # noqa: E402
 from fusion.sources.synthetic import SyntheticSource  # noqa: E402
 from fusion.trajectory import write_tum  # noqa: E402
 from fusion.volume import VolumeConfig  # noqa: E402

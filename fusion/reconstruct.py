@@ -19,12 +19,12 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from fusion.atomic import write_text_atomic
+from storage.atomic import write_text_atomic
 from fusion.errors import SourceError, UserError
 from fusion.meshing import MeshArrays
 from fusion.pipeline import FrameResult, FusionPipeline, PipelineConfig
-from fusion.plyio import write_labeled_ply
-from fusion.session import save_session
+from storage.plyio import write_labeled_ply
+from storage.session import save_session
 from fusion.sources import open_source
 from fusion.sources.stall import StallGuardConfig, guarded_frames
 from fusion.trajectory import ate_rmse_m, write_tum

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from fusion.atomic import write_text_atomic
+from storage.atomic import write_text_atomic
 from fusion.errors import SourceError
 
 

@@ -20,7 +20,7 @@ import open3d as o3d
 import open3d.core as o3c
 from tqdm import tqdm
 
-from fusion.atomic import atomic_path
+from storage.atomic import atomic_path
 from fusion.classes import SCANNET20
 from fusion.coarse import CoarseGridConfig, all_chunk_keys, coarse_region
 from fusion.frame import Frame

@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fusion.atomic import write_text_atomic
+from storage.atomic import write_text_atomic
 from fusion.classes import SCANNET20
 from fusion.errors import UserError
-from fusion.plyio import read_labeled_ply
-from fusion.synth.world import build_world
+from storage.plyio import read_labeled_ply
+from synth.world import build_world
 from nets.data import CLASS_IDS, IGNORE, Sample, closest_surface, make_sample, nyu40_to_class_index
 from nets.infer import DEFAULT_WEIGHTS, ChunkModel
 from nets.metrics import sample_scores, summarise

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fusion.atomic import atomic_path
+from storage.atomic import atomic_path
 from fusion.classes import SCANNET20
 from fusion.coarse import CoarseGridConfig, CoarseRegion, chunk_keys_of_cells
 from fusion.errors import UserError

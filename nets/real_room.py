@@ -3,7 +3,7 @@
 The room (`scene0451_01_nyu40.ply` in `../shared/data/scannet-scene0451_01-points/`: coloured points,
 z up, floor at z = 0, NYU40 `label`, `instance`) is turned into a surface (Poisson, trimmed where it
 strays from the points; vertex colours kept, labels by nearest point) and rendered along a hand-held
-path (`fusion.synth.trajectory`, obstacles from the instances) with the project's rasterizer and depth
+path (`synth.trajectory`, obstacles from the instances) with the project's rasterizer and depth
 sensor model. The frames are written twice: in the synthetic layout with the ground-truth poses
 (`posed/`, reconstructed with `--poses gt`) and as an Open3D/Redwood folder with no poses (`unposed/`,
 sharing `posed/`'s images; tracking starts from the identity, the first camera's tilted frame, as with
@@ -31,10 +31,10 @@ from fusion.classes import SCANNET20
 from fusion.errors import UserError
 from fusion.frame import Frame
 from fusion.sources.base import PosedSequenceSource
-from fusion.synth.primitives import PLAIN
-from fusion.synth.render import DEFAULT_INTRINSICS, RenderConfig, Renderer
-from fusion.synth.trajectory import TrajectoryConfig, plan_trajectory
-from fusion.synth.world import Obstacle, World
+from synth.primitives import PLAIN
+from synth.render import DEFAULT_INTRINSICS, RenderConfig, Renderer
+from synth.trajectory import TrajectoryConfig, plan_trajectory
+from synth.world import Obstacle, World
 from fusion.trajectory import ate_rmse_m, read_tum
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ def write_variants(source: RoomSource, out_dir: Path, progress: bool = True) -> 
     the same images); returns {poses mode: folder}."""
     from tqdm import tqdm
 
-    from fusion.synth.writer import write_frames
+    from synth.writer import write_frames
 
     posed, unposed = out_dir / VARIANTS["gt"], out_dir / VARIANTS["track"]
     with tqdm(total=len(source), desc="render", unit="frame", disable=not progress) as bar:
@@ -270,7 +270,7 @@ def vertex_scores(pred: np.ndarray, gt: np.ndarray) -> dict:
 
 def score_mesh(mesh_ply: Path, points: RoomPoints, T_gt_out: np.ndarray, cfg: RealRoomConfig) -> dict:
     """Scores of mesh.ply's vertex labels (mapped by T_gt_out) against their nearest point's label."""
-    from fusion.plyio import read_labeled_ply
+    from storage.plyio import read_labeled_ply
 
     mesh = read_labeled_ply(mesh_ply)
     xyz = mesh["xyz_m"].astype(np.float64) @ T_gt_out[:3, :3].T + T_gt_out[:3, 3]

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fusion.atomic import atomic_path
+from storage.atomic import atomic_path
 from fusion.coarse import CoarseGridConfig
 from fusion.errors import UserError
 from nets.batch import Augment, BatchTargets, make_batch

@@ -1,4 +1,4 @@
-"""Layering rules: Qt only in app/, fusion/ never imports nets/."""
+"""Layering rules: Qt only in app/; fusion/, storage/ and synth/ never import nets/."""
 from __future__ import annotations
 
 import ast
@@ -17,11 +17,12 @@ def _imports(folder: str):
 
 
 def test_no_qt_outside_app():
-    for folder in ("fusion", "nets"):
+    for folder in ("fusion", "nets", "storage", "synth"):
         for path, names in _imports(folder):
             assert not any(n.split(".")[0] in ("PyQt6", "PySide6", "PyQt5") for n in names), path
 
 
-def test_fusion_does_not_import_nets():
-    for path, names in _imports("fusion"):
-        assert not any(n.split(".")[0] == "nets" for n in names), path
+def test_fusion_storage_synth_do_not_import_nets():
+    for folder in ("fusion", "storage", "synth"):
+        for path, names in _imports(folder):
+            assert not any(n.split(".")[0] in ("nets", "app") for n in names), path

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-import fusion.atomic as atomic_mod
-from fusion.autosave import (AutosaveConfig, Autosaver, default_folder, discard, find_recoverable,
+import storage.atomic as atomic_mod
+from storage.autosave import (AutosaveConfig, Autosaver, default_folder, discard, find_recoverable,
                              pid_alive)
 
 
@@ -127,7 +127,7 @@ def test_write_errors_warn_once_keep_previous_and_never_raise(tmp_path, monkeypa
     else:
         (tmp_path / "auto").write_text("a file where the folder should be")
         s.start(0.0)
-    with caplog.at_level(logging.WARNING, logger="fusion.autosave"):
+    with caplog.at_level(logging.WARNING, logger="storage.autosave"):
         for now_s in (5.0, 10.0, 10.5):  # two attempts (the third is not due), neither raises
             s.maybe_save(now_s)
             assert s.wait()
@@ -139,7 +139,7 @@ def test_write_errors_warn_once_keep_previous_and_never_raise(tmp_path, monkeypa
         assert sorted(p.name for p in s.folder.iterdir()) == ["scan-a.lock", "scan-a.session"]
         monkeypatch.undo()
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="fusion.autosave"):
+        with caplog.at_level(logging.INFO, logger="storage.autosave"):
             assert s.maybe_save(20.0) and s.wait() and s.last_error is None  # space again: autosaving resumes
         assert any("works again" in r.getMessage() for r in caplog.records)
     s.close()
@@ -177,7 +177,7 @@ def test_autosaved_session_loads_after_a_crash(tmp_path):
     import functools
 
     from fusion.pipeline import FusionPipeline, PipelineConfig
-    from fusion.session import capture_session, load_session, write_session
+    from storage.session import capture_session, load_session, write_session
     from fusion.volume import VolumeConfig
     from tests.scenes import SMALL, orbit
 

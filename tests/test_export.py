@@ -15,9 +15,9 @@ from plyfile import PlyData
 from scipy.spatial import cKDTree
 
 from fusion.classes import palette_lut
-from fusion.export import ExportConfig, LabeledMesh, export_mesh, face_areas_m2, face_labels
+from storage.export import ExportConfig, LabeledMesh, export_mesh, face_areas_m2, face_labels
 from fusion.pipeline import FusionPipeline, PipelineConfig
-from fusion.session import save_session
+from storage.session import save_session
 from fusion.trajectory import read_tum
 from fusion.volume import VolumeConfig
 from tests.scenes import FLOOR_Y_M, SMALL, SPHERE_CENTER, SPHERE_RADIUS_M, WALL_Z_M, orbit
@@ -203,7 +203,7 @@ def test_unwritable_folder_is_refused_before_writing(scan, tmp_path, monkeypatch
 def test_obj_text_kernels_write_what_savetxt_writes():
     import io
 
-    from fusion.objtext import face_lines, vertex_lines
+    from storage.objtext import face_lines, vertex_lines
 
     rng = np.random.default_rng(3)
     xyz = rng.normal(0, 4, (5000, 3))

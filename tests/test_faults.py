@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import fusion.atomic as atomic_mod
+import storage.atomic as atomic_mod
 from fusion.errors import SourceError, UserError
-from fusion.export import LabeledMesh, export_mesh
+from storage.export import LabeledMesh, export_mesh
 from fusion.frame import Frame
 from fusion.pipeline import FusionPipeline, PipelineConfig
-from fusion.session import load_session, save_session
+from storage.session import load_session, save_session
 from fusion.sources.base import FrameSource
 from fusion.sources.stall import StallGuardConfig, guarded_frames
 from fusion.tracking import relative_motion
@@ -306,7 +306,7 @@ CHILD = """
 import sys
 import numpy as np
 from fusion.pipeline import FusionPipeline, PipelineConfig
-from fusion.session import save_session
+from storage.session import save_session
 from fusion.volume import VolumeConfig
 from tests.scenes import SMALL, orbit
 

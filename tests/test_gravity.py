@@ -16,12 +16,12 @@ from fusion.gravity import PRIOR_UP_CAM, GravityEstimator, angle_deg, depth_poin
 from fusion.gravity_settle import SettleConfig
 from fusion.pipeline import FusionPipeline, PipelineConfig
 from fusion.reconstruct import ReconstructRequest, reconstruct
-from fusion.session import load_session, save_session
+from storage.session import load_session, save_session
 from fusion.sources.imu import AccelFilter, rotation_from_sdk
 from fusion.sources.rs_common import accel_rotation
 from fusion.sources.synthetic import SyntheticConfig, SyntheticSource
-from fusion.synth.render import RenderConfig
-from fusion.synth.trajectory import tilted_start
+from synth.render import RenderConfig
+from synth.trajectory import tilted_start
 from fusion.trajectory import read_tum
 from fusion.volume import VolumeConfig
 from tests.fixtures_rgbd import write_sevenscenes

@@ -98,8 +98,8 @@ def test_autosave_during_a_scan_writes_a_session_that_loads(make_window, qtbot, 
     """The app autosaves while it scans (the copy on the fusion thread, the write beside it); the
     autosave holds the volume, the trajectory and the labels."""
     from app.fusion_worker import FusionWorkerConfig
-    from fusion.autosave import AutosaveConfig
-    from fusion.session import load_session
+    from storage.autosave import AutosaveConfig
+    from storage.session import load_session
 
     folder = tmp_path / "autosave"
     w = make_window(nets=True, worker=FusionWorkerConfig(autosave=AutosaveConfig(interval_s=0.3, folder=folder)))

@@ -94,7 +94,7 @@ def _export_has(qtbot, w, path, nyu40: int) -> None:
 
 
 def test_session_save_and_load_keep_corrections(make_window, qtbot, tmp_path):
-    from fusion.session import load_session
+    from storage.session import load_session
     from nets.labels import LabelStore
 
     w = make_window(viewport=full_detail())

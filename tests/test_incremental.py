@@ -12,10 +12,10 @@ import pytest
 from fusion.coarse import CoarseGridConfig, all_chunk_keys, coarse_region
 from fusion.dirty import chunk_keys_of_blocks
 from fusion.pipeline import FusionPipeline, PipelineConfig
-from fusion.plyio import read_labeled_ply
-from fusion.session import load_session
+from storage.plyio import read_labeled_ply
+from storage.session import load_session
 from fusion.sources.synthetic import SyntheticConfig, SyntheticSource
-from fusion.synth.render import RenderConfig
+from synth.render import RenderConfig
 from fusion.volume import VolumeConfig
 from nets.incremental import IncrementalLabeler
 from nets.infer import ChunkModel

@@ -9,7 +9,7 @@ import pytest
 
 from fusion.coarse import CoarseGridConfig
 from fusion.pipeline import FusionPipeline, PipelineConfig
-from fusion.session import load_session, save_session
+from storage.session import load_session, save_session
 from fusion.volume import VolumeConfig
 from nets.completion import CompletionStore
 from nets.labels import CLASS_IDS, NO_CORRECTION, LabelStore, LabelStoreConfig

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from fusion.plyio import read_labeled_ply
+from storage.plyio import read_labeled_ply
 from fusion.sources import open_source
 from nets.real_room import VARIANTS, RealRoomConfig, points_path, read_points, run_real_room, table, vertex_scores
 from tests.conftest import shared_data

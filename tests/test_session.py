@@ -8,10 +8,10 @@ import zipfile
 import numpy as np
 import pytest
 
-import fusion.session as session_mod
+import storage.session as session_mod
 from fusion.errors import UserError
 from fusion.pipeline import FusionPipeline, PipelineConfig
-from fusion.session import FORMAT_VERSION, load_session, save_session
+from storage.session import FORMAT_VERSION, load_session, save_session
 from fusion.volume import VolumeConfig
 from tests.scenes import SMALL, orbit
 

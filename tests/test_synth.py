@@ -10,11 +10,11 @@ from fusion.classes import SCANNET20
 from fusion.errors import SourceError
 from fusion.sources.synth_folder import SynthFolderSource
 from fusion.sources.synthetic import SyntheticConfig, SyntheticSource
-from fusion.synth.render import DEFAULT_INTRINSICS, RenderConfig, Renderer
-from fusion.synth.rooms import ROOM_TYPES
-from fusion.synth.trajectory import motion_per_frame, plan_trajectory
-from fusion.synth.world import build_world
-from fusion.synth.writer import write_sequence
+from synth.render import DEFAULT_INTRINSICS, RenderConfig, Renderer
+from synth.rooms import ROOM_TYPES
+from synth.trajectory import motion_per_frame, plan_trajectory
+from synth.world import build_world
+from synth.writer import write_sequence
 
 SMALL = RenderConfig(intrinsics=DEFAULT_INTRINSICS.scaled(0.25))  # 160 x 120
 SMALL_CFG = SyntheticConfig(render=SMALL)

@@ -14,7 +14,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fusion.classes import palette_lut  # noqa: E402
-from fusion.plyio import read_labeled_ply  # noqa: E402
+from storage.plyio import read_labeled_ply  # noqa: E402
 
 
 def view_from_bounds(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Owns reading the project's synthetic folder layout (what `fusion.synth.writer` writes).
+"""Owns reading the project's synthetic folder layout (what `synth.writer` writes).
 
 synth.json marks the folder; frames are color/NNNNNN.png and depth/NNNNNN.png (uint16, depth_scale
 units per metre); timestamps and ground-truth poses come from groundtruth.txt (TUM format).

@@ -10,9 +10,9 @@ from typing import Optional
 
 from fusion.frame import Frame
 from fusion.sources.base import PosedSequenceSource
-from fusion.synth.render import RenderConfig, Renderer
-from fusion.synth.trajectory import TrajectoryConfig, plan_trajectory
-from fusion.synth.world import World, WorldConfig, build_world
+from synth.render import RenderConfig, Renderer
+from synth.trajectory import TrajectoryConfig, plan_trajectory
+from synth.world import World, WorldConfig, build_world
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from typing import Callable, Optional
 import numpy as np
 from PIL import Image
 
-from fusion.atomic import write_text_atomic
-from fusion.plyio import write_labeled_ply
+from storage.atomic import write_text_atomic
+from storage.plyio import write_labeled_ply
 from fusion.trajectory import write_tum
-from fusion.synth.world import World
+from synth.world import World
 
 log = logging.getLogger(__name__)
 FORMAT = "rgbd-synth"

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fusion.synth.rooms import ROOM_TYPES, RoomConfig, furnish, shell
+from synth.rooms import ROOM_TYPES, RoomConfig, furnish, shell
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,14 @@
 """Owns the parametric furniture: chairs, tables, beds, sofas, shelves, fixtures, doors, windows, pictures.
 
 Every builder takes a seeded `np.random.Generator` and returns a `Piece` in its local frame (see
-`fusion.synth.primitives`: front faces -y, back at +y, floor at z = 0). Pure; any thread may call them.
+`synth.primitives`: front faces -y, back at +y, floor at z = 0). Pure; any thread may call them.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from fusion.classes import NAME_TO_ID
-from fusion.synth.primitives import (ART, FABRIC, FABRICS, GLASS, PLAIN, WHITES, WOOD, WOODS, Piece, box,
+from synth.primitives import (ART, FABRIC, FABRICS, GLASS, PLAIN, WHITES, WOOD, WOODS, Piece, box,
                                      folded_sheet, frustum, jitter, legs, merge, pick, rod, transform)
 
 L = NAME_TO_ID

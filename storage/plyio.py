@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from fusion.atomic import atomic_path
+from storage.atomic import atomic_path
 
 VERTEX_DTYPE = np.dtype(
     [("x", "<f4"), ("y", "<f4"), ("z", "<f4"),

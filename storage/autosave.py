@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from fusion.atomic import atomic_path, write_text_atomic
+from storage.atomic import atomic_path, write_text_atomic
 from fusion.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ NAME_PREFIX = "scan-"
 
 def default_folder() -> Path:
     """`$XDG_DATA_HOME/<app>/autosave`, by default `~/.local/share/<app>/autosave`."""
-    from fusion.session import APP_NAME  # lazy: this module stays light (no Open3D) for the GUI's start
+    from storage.session import APP_NAME  # lazy: this module stays light (no Open3D) for the GUI's start
 
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
     return Path(base) / APP_NAME / "autosave"

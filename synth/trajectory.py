@@ -15,7 +15,7 @@ import numpy as np
 from scipy.interpolate import CubicSpline, PchipInterpolator
 from scipy.ndimage import distance_transform_edt, label
 
-from fusion.synth.world import World
+from synth.world import World
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ def _weakest_normal_share(n: np.ndarray) -> float:
 
 def plan_trajectory(world: World, n_frames: int, config: TrajectoryConfig | None = None) -> np.ndarray:
     """(n_frames, 4, 4) T_world_cam poses; a shorter sequence is a prefix of a longer one (same block)."""
-    from fusion.synth.render import DEFAULT_INTRINSICS, RenderConfig, Renderer
+    from synth.render import DEFAULT_INTRINSICS, RenderConfig, Renderer
 
     cfg = config or TrajectoryConfig()
     horizon = max(1, -(-int(n_frames) // cfg.horizon_frames)) * cfg.horizon_frames

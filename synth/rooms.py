@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fusion.classes import NAME_TO_ID
-from fusion.synth import objects as ob
-from fusion.synth.primitives import PLANKS, PLASTER, TILE, WHITES, WOODS, Part, Piece, jitter, pick, transform
+from synth import objects as ob
+from synth.primitives import PLANKS, PLASTER, TILE, WHITES, WOODS, Part, Piece, jitter, pick, transform
 
 log = logging.getLogger(__name__)
 ROOM_TYPES = ("bedroom", "living room", "office", "kitchen", "bathroom")

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fusion.atomic import atomic_path, write_text_atomic
+from storage.atomic import atomic_path, write_text_atomic
 from fusion.classes import UNLABELED_COLOR, palette_lut
 from fusion.errors import UserError
-from fusion.export_gltf import class_name, write_glb
-from fusion.objtext import face_lines, vertex_lines
-from fusion.plyio import write_labeled_ply
+from storage.export_gltf import class_name, write_glb
+from storage.objtext import face_lines, vertex_lines
+from storage.plyio import write_labeled_ply
 from fusion.trajectory import write_tum
 
 log = logging.getLogger(__name__)

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fusion.frame import Intrinsics
-from fusion.synth import raster
-from fusion.synth.primitives import ART, FABRIC, GLASS, N_MATERIALS, PLAIN, PLANKS, PLASTER, TILE, WOOD
-from fusion.synth.world import World
+from synth import raster
+from synth.primitives import ART, FABRIC, GLASS, N_MATERIALS, PLAIN, PLANKS, PLASTER, TILE, WOOD
+from synth.world import World
 
 DEFAULT_INTRINSICS = Intrinsics(525.0, 525.0, 319.5, 239.5, 640, 480)
 

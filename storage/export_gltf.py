@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fusion.atomic import atomic_path
+from storage.atomic import atomic_path
 from fusion.classes import SCANNET20
 
 GLB_MAGIC, GLB_VERSION = 0x46546C67, 2

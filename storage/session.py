@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import open3d.core as o3c
 
-from fusion.atomic import atomic_path
+from storage.atomic import atomic_path
 from fusion.dirty import chunk_keys_of_blocks
 from fusion.errors import UserError
 from fusion.gravity import GravityConfig
