@@ -37,8 +37,8 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--source", default=None, help="SRC as for reconstruct (default: the last one used, else the demo)")
     g.add_argument("--autostart", action="store_true", help="start scanning the source as soon as the window opens")
     g.add_argument("--exit-after-frames", type=int, default=None,
-                   help="quit once N frames are fused (with --screenshot: after saving it)")
-    g.add_argument("--screenshot", type=Path, default=None, help="save a screenshot of the window to this PNG on exit")
+                   help="quit once N frames are fused (or the source ends) and the labels settle")
+    g.add_argument("--screenshot", type=Path, default=None, help="save the window to this PNG once the scan finishes (or N frames are fused)")
     rec = sub.add_parser("record", help="record the RealSense camera to a file")
     rec.add_argument("--out", required=True, type=Path)
     rec.add_argument("--seconds", type=float, default=None, help="stop after S seconds (default: Ctrl-C)")
