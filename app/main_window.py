@@ -18,13 +18,13 @@ from app.fusion_worker import FusionWorker, FusionWorkerConfig
 from app.jobs import Job
 from app.menus import build_menus
 from app.nets_hookup import NetsConfig, NetsHookup
+from app.recovery import offer_recovery
 from app.shortcuts import ShortcutGuard
 from app.side_panel import DEMO_SOURCE, PanelConfig, SidePanel
 from app.snapshots import DisplaySnapshot, FusionStatus
 from app.status_bar import StatusBar, StatusBarConfig
 from app.unsaved import UnsavedGuard
 from app.viewport import Viewport, ViewportConfig
-from storage.autosave import find_recoverable
 from fusion.pipeline import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class GuiConfig:
     window_size_px: tuple = (1440, 880)  #: first-run window size
     error_dialogs: bool = True           #: errors also open a (non-blocking) message box
     confirm_discard: bool = True         #: ask (Save / Discard / Cancel) before unsaved work is discarded
+    recovery_dialog: bool = True         #: a crashed run's autosave is offered in a dialog (always in the status bar)
     max_recent: int = 8                  #: recent sources remembered
     list_devices_at_start: bool = True   #: look for RealSense cameras when the window opens
 
@@ -90,15 +91,7 @@ class MainWindow(QMainWindow):
         self.worker.start_thread()
         if config.list_devices_at_start:
             QTimer.singleShot(0, lambda: self.refresh_devices(announce=False))
-        QTimer.singleShot(0, self._offer_recovery)
-
-    def _offer_recovery(self) -> None:
-        """Say (without blocking) when a crashed run left an autosave behind."""
-        found = find_recoverable()
-        if found:
-            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(found[0].saved_at_unix_s))
-            self.show_event("warning", f"a scan autosaved at {when} was not closed cleanly",
-                            "File > Recover autosaved scan loads it")
+        QTimer.singleShot(0, lambda: offer_recovery(self, config.recovery_dialog))
 
     # --- construction -------------------------------------------------------------------------
     def _build_widgets(self) -> None:
@@ -310,6 +303,7 @@ class MainWindow(QMainWindow):
             self.panel.legend.set_counts(snap.class_counts or {})
         s = snap.status
         self.panel.set_state(s.state, s.can_record, bool(s.recording))
+        self.actions_by_name["start"].setEnabled(self.panel.start_btn.isEnabled())
         self.status_bar.show_status(s, self.viewport.paint_stats())
         for ev in snap.events:
             self.show_event(ev.level, ev.text, ev.hint)

@@ -5,6 +5,7 @@ from PyQt6.QtGui import QAction, QKeySequence
 from PyQt6.QtWidgets import QToolButton
 
 from app.export_files import EXTRAS
+from app.help_menu import help_menu
 from app.side_panel import MODE_NAMES
 from app.viewport import COLOR_MODES
 
@@ -77,9 +78,11 @@ def _view_menu(w, acts: dict) -> None:
 
 
 def build_menus(w) -> dict[str, QAction]:
-    """File, Scan, Edit and View menus of MainWindow `w`; returns the actions by name (also w.actions_by_name)."""
+    """File, Scan, Edit, View and Help menus of MainWindow `w`; returns the actions by name (also
+    w.actions_by_name)."""
     acts: dict[str, QAction] = {}
     for menu in (_file_menu, _scan_menu, _edit_menu, _view_menu):
         menu(w, acts)
+    help_menu(w, acts, _action)
     w.actions_by_name = acts
     return acts

@@ -21,6 +21,24 @@ DEMO_SOURCE = "synthetic:0"
 #: what the labels can be trusted for (the model card has the figures)
 NETS_NOTE = ("Trained on synthetic rooms only: labels score mIoU about 0.8 on held-out synthetic rooms but about 0.3 on "
              "a real ScanNet room. Check them, and correct them with Pick on surface.")
+#: what each control does, shown on hover (number fields add their allowed range)
+TOOLTIPS = {
+    "source_box": "What to scan: a RealSense camera, a recording, a dataset folder or the demo room",
+    "start_btn": "Start scanning the source (Ctrl+Return); disabled while a scan runs",
+    "pause_btn": "Pause or resume fusing frames (Space); the model stays",
+    "stop_btn": "Stop the source (Ctrl+.); the model stays and can be saved, exported or continued",
+    "reset_btn": "Discard the model and start over (Ctrl+R); asks first when there is unsaved work",
+    "record_btn": "Record the camera to a file while scanning (RealSense only)",
+    "voxel_spin": "Edge of a TSDF voxel: smaller keeps more detail and costs more time and memory",
+    "depth_min_spin": "Depth nearer than this is ignored",
+    "depth_max_spin": "Depth farther than this is ignored",
+    "mode_box": "Colour the mesh by camera colour, label, label confidence or completion (keys 1-4)",
+    "lighting_check": "Shade the mesh (Ctrl+I)",
+    "follow_check": "Keep the view behind the tracked camera (Ctrl+F)",
+    "correct_btn": "Click the surface to give it the class selected in the legend (C)",
+    "tool_box": "Connected region: the whole region of one label under the click; Brush: a sphere around it",
+    "brush_spin": "Radius of the brush",
+}
 MODE_NAMES = {"rgb": "RGB", "labels": "Labels", "confidence": "Label confidence", "completion": "Completion overlay"}
 
 
@@ -77,6 +95,10 @@ class SidePanel(QScrollArea):
         lay.addWidget(self.legend, 1)
         self.setWidget(body)
         self.setWidgetResizable(True)
+        for name, tip in TOOLTIPS.items():
+            widget = getattr(self, name)
+            range_text = getattr(widget, "range_text", "")
+            widget.setToolTip(f"{tip} ({range_text})" if range_text else tip)
         self.setMinimumWidth(config.panel_width_px)
 
     # --- groups -------------------------------------------------------------------------------
@@ -87,9 +109,13 @@ class SidePanel(QScrollArea):
         self.source_box.setMinimumContentsLength(18)
         lay.addWidget(self.source_box)
         row = QHBoxLayout()
-        for text, sig in (("File…", self.open_file), ("Folder…", self.open_folder), ("Cameras", self.refresh_devices)):
+        for text, sig, tip in (("File…", self.open_file, "Open a recording (.bag, .db3) or a ScanNet .sens file"),
+                               ("Folder…", self.open_folder, "Open an RGB-D dataset folder (7-Scenes, TUM, Redwood, "
+                                                             "SUN3D, synthetic)"),
+                               ("Cameras", self.refresh_devices, "Look for connected RealSense cameras")):
             b = QPushButton(text)
             b.clicked.connect(sig)
+            b.setToolTip(tip)
             row.addWidget(b)
         lay.addLayout(row)
         self.set_sources([], [])
@@ -150,6 +176,7 @@ class SidePanel(QScrollArea):
         self.lighting_check.setChecked(True)
         fit = QPushButton("Fit")
         fit.clicked.connect(self.fit)
+        fit.setToolTip("Frame the whole model in the view (F)")
         for w in (self.lighting_check, self.follow_check, fit):
             row.addWidget(w)
         lay.addRow(row)
@@ -252,6 +279,7 @@ class SidePanel(QScrollArea):
     def set_state(self, state: str, can_record: bool, recording: bool) -> None:
         """Enable the buttons that make sense in the worker's state."""
         active = state in ("running", "paused")
+        self.start_btn.setEnabled(not active)
         self.pause_btn.setEnabled(active)
         self.stop_btn.setEnabled(active)
         self.record_btn.setEnabled(can_record)

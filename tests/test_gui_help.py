@@ -1,0 +1,103 @@
+"""The app explains itself (issue 18): a Help menu (shortcuts read from the actions, the model card,
+About), tooltips with allowed ranges, Start disabled while a scan runs, and a crashed run's autosave
+offered in a dialog that recovers it. Every wait is on a state (timeouts only bound failures)."""
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+
+from PyQt6.QtCore import Qt
+
+from tests.gui_support import make_window, require_display  # noqa: F401
+
+require_display()
+MS = 60_000  # bound on waits for work on a loaded machine (a failure, never a pace)
+
+
+def test_help_lists_every_shortcut_and_shows_the_model_card_and_versions(make_window, qtbot):
+    import open3d
+    from PyQt6.QtGui import QAction
+    from PyQt6.QtWidgets import QTableWidget, QTextBrowser
+
+    from app.help_menu import shortcut_rows
+
+    w = make_window()
+    acts = w.actions_by_name
+    w.activateWindow()
+    qtbot.waitUntil(w.isActiveWindow, timeout=MS)
+    qtbot.keyClick(w, Qt.Key.Key_F1)
+    qtbot.waitUntil(lambda: getattr(w, "help_dialog", None) is not None and w.help_dialog.isVisible(), timeout=MS)
+    rows = set(shortcut_rows(w.findChildren(QAction)))
+    assert ("Start", "Ctrl+Return") in rows and ("Export labeled mesh", "Ctrl+E") in rows
+    assert ("Undo", "Ctrl+Z") in rows and ("Keyboard shortcuts", "F1") in rows
+    table = w.help_dialog.findChild(QTableWidget)
+    shown = {(table.item(r, 0).text(), table.item(r, 1).text()) for r in range(table.rowCount())}
+    assert shown == rows
+    w.help_dialog.close()
+    acts["model_card"].trigger()
+    qtbot.waitUntil(lambda: w.help_dialog.isVisible(), timeout=MS)
+    assert "synthetic" in w.help_dialog.findChild(QTextBrowser).toPlainText()
+    w.help_dialog.close()
+    acts["about"].trigger()
+    qtbot.waitUntil(lambda: w.help_dialog.isVisible(), timeout=MS)
+    assert f"Open3D {open3d.__version__}" in w.help_dialog.findChild(QTextBrowser).toPlainText()
+    w.help_dialog.close()
+
+
+def test_controls_have_tooltips_with_ranges_and_start_waits_for_the_scan_to_end(make_window, qtbot):
+    from app.side_panel import TOOLTIPS
+
+    w = make_window()
+    p = w.panel
+    for name in TOOLTIPS:
+        assert getattr(p, name).toolTip(), name
+    assert "range 0.4–10.0 cm" in p.voxel_spin.toolTip() and "Edge of a TSDF voxel" in p.voxel_spin.toolTip()
+    assert p.start_btn.isEnabled()
+    p.select_source("synthetic:2")
+    w.start_scan(400)
+    qtbot.waitUntil(lambda: w.status.state == "running" and w.status.frames >= 1, timeout=MS)
+    assert not p.start_btn.isEnabled() and not w.actions_by_name["start"].isEnabled()
+    qtbot.mouseClick(p.stop_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: w.status.state == "idle", timeout=MS)
+    assert p.start_btn.isEnabled() and w.actions_by_name["start"].isEnabled()
+
+
+def _crashed_autosave(folder) -> None:
+    """A real session autosaved by a 'process' that has since died: what a crash leaves behind."""
+    from fusion.pipeline import FusionPipeline, PipelineConfig
+    from fusion.volume import VolumeConfig
+    from storage.autosave import AutosaveConfig, Autosaver
+    from storage.session import capture_session, write_session
+    from tests.scenes import SMALL, orbit
+
+    p = FusionPipeline(PipelineConfig(volume=VolumeConfig(voxel_size_m=0.04, device="cpu")))
+    stamps, poses = [], []
+    for f in orbit(4, SMALL):
+        r = p.process(f, T_start=f.T_world_cam_gt)
+        stamps.append(r.timestamp_s)
+        poses.append(r.T_world_cam)
+    capture = functools.partial(write_session, capture=capture_session(p, stamps, poses, {"kind": "test"}))
+    s = Autosaver(lambda: capture, AutosaveConfig(interval_s=1.0, folder=folder), name="scan-crashed")
+    s.start(0.0)
+    assert s.maybe_save(1.0) and s.wait()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    s.marker_path.write_text(json.dumps(json.loads(s.marker_path.read_text()) | {"pid": dead.pid}))
+    p.close()
+
+
+def test_a_crashed_scan_is_offered_in_a_dialog_that_recovers_it(make_window, qtbot, tmp_path, monkeypatch):
+    from storage.autosave import default_folder, find_recoverable
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    _crashed_autosave(default_folder())
+    w = make_window(recovery_dialog=True)
+    qtbot.waitUntil(lambda: getattr(w, "recovery_dialog", None) is not None and w.recovery_dialog.isVisible(),
+                    timeout=MS)
+    assert "not closed cleanly" in w.recovery_dialog.text()
+    recover = next(b for b in w.recovery_dialog.buttons() if b.text() == "Recover")
+    qtbot.mouseClick(recover, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: w.status.continuable and w.status.frames == 4, timeout=MS)
+    assert find_recoverable() == []  # recovered: no longer offered
