@@ -329,6 +329,22 @@ class IncrementalLabeler:
             self._last_behind_log_s = now
             log.info("labels are behind: %d chunks queued, the oldest waiting %.1f s", queue, wait)
 
+    def latency_samples_s(self) -> list[float]:
+        """Every label latency measured so far (s), oldest first: one per labelled change. Any thread."""
+        with self._stats_lock:
+            return list(self._counters.latencies_s)
+
+    def unlabelled_waits_s(self, now_s: float | None = None) -> list[float]:
+        """How long each change not labelled yet has waited by `now_s` (time.monotonic()), including
+        marks fusion made that the worker has not taken: a lower bound on latencies still to come. Not
+        while the worker thread runs (it takes the dirty marks, as the worker would)."""
+        if self.running:
+            raise RuntimeError("unlabelled_waits_s() while the worker thread runs; stop() and join() it first")
+        self._sync_generation()
+        self._poll()
+        now_s = time.monotonic() if now_s is None else now_s
+        return [now_s - e.since_s for e in self.scheduler.waiting() if e.marks]
+
     def stats(self) -> dict:
         """Queue length, oldest wait (s), label latency p50/p95 (s), work counters. Any thread."""
         with self._stats_lock:

@@ -77,6 +77,10 @@ class ChunkScheduler:
     def queue_length(self) -> int:
         return len(self.pending) + len(self.in_flight)
 
+    def waiting(self) -> list:
+        """The entries of every chunk pending or in flight (their `since_s`, `marks`)."""
+        return list(self.pending.values()) + list(self.in_flight.values())
+
     def oldest_since_s(self) -> float | None:
         times = [e.since_s for e in self.pending.values()] + [e.since_s for e in self.in_flight.values()]
         return min(times) if times else None
