@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from PyQt6.QtCore import QObject, QSettings, Qt, QTimer, pyqtSignal
 from PyQt6.QtGui import QUndoStack
-from PyQt6.QtWidgets import QMainWindow, QMessageBox, QSplitter
+from PyQt6.QtWidgets import QDockWidget, QMainWindow, QMessageBox, QSplitter
 
 from app.correction import CorrectionConfig, CorrectionTool
 from app.file_ops import FileOps, FileOpsConfig
@@ -75,6 +75,7 @@ class MainWindow(QMainWindow):
         self.errors: list[str] = []
         self.apply_ms: list[float] = []
         self.label_version_shown = -1   #: label-store version whose changes the viewport has been given
+        self.last_intrinsics: tuple | None = None  #: (fx, fy, cx, cy, width, height) of the latest frame shown
         self._closed = self._discard_on_close = False
         self.nets = NetsHookup(dataclasses.replace(config.nets, enabled=self._setting("nets/enabled", config.nets.enabled, bool)))
         self.bridge = WorkerBridge(self)
@@ -102,7 +103,10 @@ class MainWindow(QMainWindow):
         split.addWidget(self.panel)
         split.addWidget(self.viewport)
         split.setStretchFactor(1, 1)
+        split.setSizes([c.panel.panel_width_px, c.window_size_px[0]])  # the viewport gets the rest
         self.setCentralWidget(split)
+        self.camera_dock, self.legend_dock = (self._dock(t, w) for t, w in (("Camera", self.panel.camera_view),
+                                                                           ("Classes", self.panel.legend)))
         self.status_bar = StatusBar(c.status)
         self.setStatusBar(self.status_bar)
         self.undo = QUndoStack(self)
@@ -129,6 +133,16 @@ class MainWindow(QMainWindow):
         p.legend.class_selected.connect(lambda nyu: setattr(self.correction, "nyu40", nyu))
         self.correction.set_radius(p.brush_spin.value() / 100.0)
         self.correction.nyu40 = p.legend.selected_class
+
+    def _dock(self, title: str, widget) -> QDockWidget:
+        """A movable, floatable (not closable) dock on the right holding `widget`."""
+        dock = QDockWidget(title, self)
+        dock.setObjectName(f"{title.lower()}_dock")
+        dock.setWidget(widget)
+        dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable
+                         | QDockWidget.DockWidgetFeature.DockWidgetFloatable)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
+        return dock
 
     def _setting(self, key: str, default, kind=str):
         value = self.settings.value(key, default)
@@ -299,6 +313,7 @@ class MainWindow(QMainWindow):
         self.label_version_shown = max(self.label_version_shown, snap.label_version) if not snap.reset \
             else snap.label_version
         self.panel.set_thumbnails(snap.color_thumb, snap.depth_thumb, clear=snap.reset)
+        self.last_intrinsics = snap.intrinsics or (None if snap.reset else self.last_intrinsics)
         if snap.class_counts is not None or snap.reset:
             self.panel.legend.set_counts(snap.class_counts or {})
         s = snap.status

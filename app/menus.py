@@ -4,6 +4,7 @@ from __future__ import annotations
 from PyQt6.QtGui import QAction, QKeySequence
 from PyQt6.QtWidgets import QToolButton
 
+from app.camera_info import show_camera_info
 from app.export_files import EXTRAS
 from app.help_menu import help_menu
 from app.side_panel import MODE_NAMES
@@ -71,6 +72,7 @@ def _view_menu(w, acts: dict) -> None:
     acts["lighting"] = _action(w, m, "&Lighting", lambda on: p.lighting_check.setChecked(on), "Ctrl+I", True)
     acts["lighting"].setChecked(p.lighting_check.isChecked())
     p.lighting_check.toggled.connect(acts["lighting"].setChecked)
+    acts["camera_info"] = _action(w, m, "&Camera details…", lambda: show_camera_info(w), "Ctrl+D")
     m.addSeparator()
     for i, mode in enumerate(COLOR_MODES):
         acts[f"mode_{mode}"] = _action(w, m, MODE_NAMES[mode],

@@ -35,7 +35,7 @@ TOOLTIPS = {
     "mode_box": "Colour the mesh by camera colour, label, label confidence or completion (keys 1-4)",
     "lighting_check": "Shade the mesh (Ctrl+I)",
     "follow_check": "Keep the view behind the tracked camera (Ctrl+F)",
-    "correct_btn": "Click the surface to give it the class selected in the legend (C)",
+    "correct_btn": "Pick a class in Classes, then click the surface to give it that class (C)",
     "tool_box": "Connected region: the whole region of one label under the click; Brush: a sphere around it",
     "brush_spin": "Radius of the brush",
 }
@@ -50,7 +50,7 @@ class PanelConfig:
     depth_m: tuple = (0.1, 10.0)         #: depth range limits (m)
     min_depth_span_m: float = 0.1        #: "depth to" must exceed "depth from" by at least this
     brush_cm: tuple = (2.0, 100.0)       #: brush radius range (cm)
-    thumb_width_px: int = 160            #: thumbnail width
+    dock_thumb_width_px: int = 120       #: width of each camera image in the Camera dock (scaled to fit)
     panel_width_px: int = 330            #: panel width
     legend: LegendConfig = field(default_factory=LegendConfig)
 
@@ -88,11 +88,12 @@ class SidePanel(QScrollArea):
         self.config = config
         body = QWidget()
         lay = QVBoxLayout(body)
-        for group in (self._source_group(), self._scan_group(), self._view_group(), self._frames_group(),
-                      self._correct_group()):
+        for group in (self._source_group(), self._scan_group(), self._view_group(), self._correct_group()):
             lay.addWidget(group)
+        lay.addStretch(1)
+        # shown in docks beside the viewport by the window: with them the whole window fits 1280x720
+        self.camera_view = self._frames_group()
         self.legend = Legend(config.legend)
-        lay.addWidget(self.legend, 1)
         self.setWidget(body)
         self.setWidgetResizable(True)
         for name, tip in TOOLTIPS.items():
@@ -182,14 +183,16 @@ class SidePanel(QScrollArea):
         lay.addRow(row)
         return g
 
-    def _frames_group(self) -> QGroupBox:
-        g = QGroupBox("Camera")
+    def _frames_group(self) -> QWidget:
+        g = QWidget()
         row = QHBoxLayout(g)
         self.color_thumb, self.depth_thumb = QLabel("colour"), QLabel("depth")
+        w = self.config.dock_thumb_width_px
         for lab in (self.color_thumb, self.depth_thumb):
             lab.setAlignment(Qt.AlignmentFlag.AlignCenter)
-            lab.setMinimumHeight(self.config.thumb_width_px * 3 // 4 // 2)
+            lab.setFixedSize(w, w * 3 // 4)  # a whole 4:3 image, scaled to fit
             row.addWidget(lab)
+        g.setFixedHeight(g.sizeHint().height())  # the legend below gets the rest
         return g
 
     def _correct_group(self) -> QGroupBox:
@@ -209,7 +212,6 @@ class SidePanel(QScrollArea):
         lay.addRow("Brush radius", self.brush_spin)
         self.undo_row = QHBoxLayout()
         lay.addRow(self.undo_row)
-        lay.addRow(QLabel("Pick a class below, then click the surface."))
         return g
 
     # --- scan settings -------------------------------------------------------------------------
@@ -271,7 +273,8 @@ class SidePanel(QScrollArea):
         """Show new thumbnails; None keeps the old one, unless `clear` (a new or loaded model)."""
         for lab, img, text in ((self.color_thumb, color, "colour"), (self.depth_thumb, depth, "depth")):
             if img is not None:
-                lab.setPixmap(to_pixmap(img))
+                lab.setPixmap(to_pixmap(img).scaled(lab.size(), Qt.AspectRatioMode.KeepAspectRatio,
+                                                    Qt.TransformationMode.SmoothTransformation))
             elif clear:
                 lab.clear()
                 lab.setText(text)

@@ -1,6 +1,6 @@
 """The app explains itself (issue 18): a Help menu (shortcuts read from the actions, the model card,
-About), tooltips with allowed ranges, Start disabled while a scan runs, and a crashed run's autosave
-offered in a dialog that recovers it. Every wait is on a state (timeouts only bound failures)."""
+About), tooltips with allowed ranges, Start disabled while a scan runs, a crashed run's autosave
+offered in a dialog that recovers it, and a layout that fits 1280x720. Every wait is on a state (timeouts only bound failures)."""
 from __future__ import annotations
 
 import functools
@@ -101,3 +101,40 @@ def test_a_crashed_scan_is_offered_in_a_dialog_that_recovers_it(make_window, qtb
     qtbot.mouseClick(recover, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: w.status.continuable and w.status.frames == 4, timeout=MS)
     assert find_recoverable() == []  # recovered: no longer offered
+
+
+def test_the_window_fits_1280x720_with_the_legend_and_camera_images_whole(make_window, qtbot):
+    import numpy as np
+
+    w = make_window()
+    w.resize(1280, 720)
+    qtbot.waitUntil(lambda: w.size().width() == 1280 and w.size().height() == 720, timeout=MS)
+    p, legend = w.panel, w.panel.legend
+    qtbot.waitUntil(lambda: p.verticalScrollBar().maximum() == 0, timeout=MS)  # the panel needs no scrolling
+    last = legend.visualItemRect(legend.item(len(legend.ids) - 1, 0))
+    assert legend.verticalScrollBar().maximum() == 0 and last.bottom() <= legend.viewport().height()
+    assert w.viewport.width() >= w.width() // 2  # the model gets the most room
+    p.set_thumbnails(np.full((120, 160, 3), 90, np.uint8), np.full((120, 160, 3), 200, np.uint8))
+    for lab in (p.color_thumb, p.depth_thumb):
+        pix = lab.pixmap()
+        assert (pix.width(), pix.height()) == (lab.width(), lab.height())  # scaled whole, not cropped
+
+
+def test_camera_details_show_the_intrinsics_and_depth_scale(make_window, qtbot):
+    from app.camera_info import camera_rows
+    from tests.gui_support import scan
+
+    rs = {"kind": "realsense", "device": {"name": "Intel RealSense D435", "serial": "123", "firmware": "5.13"},
+          "depth_scale_m_per_unit": 0.001, "fps": 30}
+    rows = dict(camera_rows(rs, (615.0, 615.0, 320.0, 240.0, 640, 480)))
+    assert rows["Device"] == "Intel RealSense D435" and rows["Serial number"] == "123"
+    assert rows["Depth scale"] == "1 mm per unit (1000 units per metre)" and rows["Frame rate"] == "30 frames/s"
+    assert rows["Field of view"] == "55.0° x 42.6°"
+    w = make_window()
+    scan(qtbot, w, "synthetic:2", 3)
+    w.actions_by_name["camera_info"].trigger()
+    qtbot.waitUntil(lambda: w.camera_info_dialog.rows is not None, timeout=MS)
+    shown = dict(w.camera_info_dialog.rows)
+    fx, fy, cx, cy, width, height = w.last_intrinsics
+    assert shown["Resolution"] == f"{width} x {height} px" and shown["Focal length"].startswith(f"fx {fx:.2f} px")
+    w.camera_info_dialog.close()
