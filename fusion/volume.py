@@ -14,7 +14,7 @@ import open3d.core as o3c
 
 from fusion.errors import UserError
 from fusion.frame import Frame
-from fusion.raycast import BlockIndex, raycast_depth
+from fusion.raycast import BlockIndex, depth_ranges, raycast_depth
 
 log = logging.getLogger(__name__)
 o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
@@ -23,6 +23,8 @@ o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
 #: the voxel attributes of every block, and their channels
 VOXEL_ATTRS = ("tsdf", "weight", "color")
 _VOXEL_CHANNELS = (1, 1, 3)
+RAY_TILE_PX = 8  #: the raycaster skips empty space per tile of this many pixels an edge
+RAY_GUIDE_MIN_WIDTH_PX = 160  #: renders this wide or wider start their rays from a half-resolution render
 
 
 @dataclass(frozen=True)
@@ -225,11 +227,24 @@ class TsdfVolume:
                 t[o3c.Tensor(idx, device=self.device)] = o3c.Tensor(a, device=self.device)
 
     def render_depth(self, T_world_cam: np.ndarray, intrinsics, weight_min: float = 1.0) -> np.ndarray:
-        """Depth (H,W) float32 metres of the model seen from T_world_cam (trilinear, sub-voxel accurate)."""
+        """Depth (H,W) float32 metres of the model seen from T_world_cam (trilinear, sub-voxel accurate).
+
+        Rays skip the space where no block lies; at RAY_GUIDE_MIN_WIDTH_PX and wider a render at half
+        the resolution first tells each ray where to start."""
+        T = np.asarray(T_world_cam, np.float64)
+        guide = np.zeros((0, 0), np.float32)
+        if intrinsics.width >= RAY_GUIDE_MIN_WIDTH_PX:
+            guide = self._raycast(T, intrinsics.scaled(0.5), weight_min, guide)
+        return self._raycast(T, intrinsics, weight_min, guide)
+
+    def _raycast(self, T: np.ndarray, i, weight_min: float, guide: np.ndarray) -> np.ndarray:
         cfg = self.config
         tsdf, weight, _ = self.voxel_arrays()
-        i = intrinsics
         shift = int(cfg.block_resolution).bit_length() - 1
+        lo, hi = depth_ranges(self.index.keys, cfg.block_size_m, 2 * cfg.voxel_size_m, np.linalg.inv(T),
+                              i.fx, i.fy, i.cx, i.cy, i.width, i.height, RAY_TILE_PX, cfg.depth_min_m,
+                              cfg.depth_max_m)
         return raycast_depth(tsdf, weight, self.index.table, self.index.origin.astype(np.float64), shift,
-                             cfg.voxel_size_m, cfg.trunc_m, weight_min, np.asarray(T_world_cam, np.float64),
-                             i.fx, i.fy, i.cx, i.cy, i.width, i.height, cfg.depth_min_m, cfg.depth_max_m)
+                             cfg.voxel_size_m, cfg.trunc_m, weight_min, T,
+                             i.fx, i.fy, i.cx, i.cy, i.width, i.height, cfg.depth_min_m, cfg.depth_max_m,
+                             lo, hi, RAY_TILE_PX, guide)
