@@ -13,9 +13,11 @@ from PyQt6.QtGui import QUndoStack
 from PyQt6.QtWidgets import QDockWidget, QMainWindow, QMessageBox, QSplitter
 
 from app.correction import CorrectionConfig, CorrectionTool
+from app.learning import LearningConfig, LearningController
 from app.file_ops import FileOps, FileOpsConfig
 from app.fusion_worker import FusionWorker, FusionWorkerConfig
 from app.jobs import Job
+from app.kernel_warmup import KernelWarmup, KernelWarmupConfig
 from app.menus import build_menus
 from app.nets_hookup import NetsConfig, NetsHookup
 from app.recovery import offer_recovery
@@ -42,12 +44,14 @@ class GuiConfig:
     viewport: ViewportConfig = field(default_factory=ViewportConfig)
     panel: PanelConfig = field(default_factory=PanelConfig)
     correction: CorrectionConfig = field(default_factory=CorrectionConfig)
+    learning: LearningConfig = field(default_factory=LearningConfig)
     status: StatusBarConfig = field(default_factory=StatusBarConfig)
     files: FileOpsConfig = field(default_factory=FileOpsConfig)
     window_size_px: tuple = (1440, 880)  #: first-run window size
     error_dialogs: bool = True           #: errors also open a (non-blocking) message box
     confirm_discard: bool = True         #: ask (Save / Discard / Cancel) before unsaved work is discarded
     recovery_dialog: bool = True         #: a crashed run's autosave is offered in a dialog (always in the status bar)
+    kernels: KernelWarmupConfig = field(default_factory=KernelWarmupConfig)  #: compile ahead of the first scan
     max_recent: int = 8                  #: recent sources remembered
     list_devices_at_start: bool = True   #: look for RealSense cameras when the window opens
 
@@ -89,6 +93,9 @@ class MainWindow(QMainWindow):
         build_menus(self)
         self.shortcut_guard = ShortcutGuard(self, self.actions_by_name.values())
         self._restore_settings()
+        self.warmup = KernelWarmup(self.status_bar, config.kernels, parent=self)
+        if config.kernels.enabled:
+            self.warmup.start()
         self.worker.start_thread()
         if config.list_devices_at_start:
             QTimer.singleShot(0, lambda: self.refresh_devices(announce=False))
@@ -111,6 +118,9 @@ class MainWindow(QMainWindow):
         self.setStatusBar(self.status_bar)
         self.undo = QUndoStack(self)
         self.correction = CorrectionTool(self.nets, self.viewport, self.undo, c.correction, parent=self)
+        self.learning = LearningController(self.nets, self.worker, self.undo, c.learning, parent=self)
+        self.learning.message.connect(self.show_event)
+        self.status_bar.addPermanentWidget(self.learning.widget)
         self.correction.message.connect(lambda text: self.show_event("info", text))
         self.viewport.surface_picked.connect(self.correction.on_pick)
         p = self.panel
@@ -320,6 +330,7 @@ class MainWindow(QMainWindow):
         self.panel.set_state(s.state, s.can_record, bool(s.recording))
         self.actions_by_name["start"].setEnabled(self.panel.start_btn.isEnabled())
         self.status_bar.show_status(s, self.viewport.paint_stats())
+        self.status_bar.set_busy("autosave", "autosaving…" if s.autosaving else None)
         for ev in snap.events:
             self.show_event(ev.level, ev.text, ev.hint)
         self.setWindowTitle(f"RGB-D reconstruction — {s.source}" if s.source else "RGB-D reconstruction")
@@ -341,6 +352,7 @@ class MainWindow(QMainWindow):
             return True
         self._closed = True
         self.files.shutdown()
+        self.learning.shutdown()
         self.worker.stop()
         ok = self.worker.join()
         if not ok:

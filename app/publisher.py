@@ -67,6 +67,7 @@ def worker_status(worker) -> FusionStatus:
         n_blocks=p.volume.n_blocks if p else 0, volume_mb=p.volume.memory_bytes() / 2**20 if p else 0.0,
         process_mb=process_memory_mb(), recording=str(getattr(src, "recording_path", "") or ""),
         can_record=hasattr(src, "start_recording"), nets=worker.nets.status(),
+        autosaving=worker._autosaver is not None and worker._autosaver.writing,
         gravity=p.gravity.report().to_dict() | {"settling": p.gravity.holds_labels} if p else {})
 
 

@@ -105,6 +105,7 @@ class FusionStatus:
     timings_ms: dict = field(default_factory=dict)
     recording: str = ""                 #: file being recorded to ("" when not recording)
     can_record: bool = False
+    autosaving: bool = False            #: an autosave is being written (in the background)
     nets: dict = field(default_factory=dict)   #: NetsStatus fields (see app.nets_hookup)
     gravity: dict = field(default_factory=dict)  #: GravityReport fields and "settling" (see fusion.gravity_settle)
 

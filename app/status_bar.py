@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from PyQt6.QtCore import Qt
-from PyQt6.QtWidgets import QLabel, QStatusBar
+from PyQt6.QtWidgets import QLabel, QProgressBar, QStatusBar
 
 from app.snapshots import FusionStatus
 
@@ -20,6 +20,7 @@ class StatusBarConfig:
     message_ms: int = 6000      #: info messages
     warning_ms: int = 15000     #: warnings and errors
     nets_width_px: int = 330    #: the nets readout is cut to this width (the whole text is its tooltip)
+    busy_width_px: int = 80     #: the busy bar shown while background work runs (kernels, autosave)
     #: readouts hidden, in this order, while a message needs their room
     yield_order: tuple = ("ui", "memory", "gravity", "nets", "dropped", "tracking", "fusion")
 
@@ -66,9 +67,16 @@ class StatusBar(QStatusBar):
         self.config = config
         self.labels = {name: QLabel() for name in ("fusion", "dropped", "tracking", "gravity", "memory", "nets", "ui")}
         self.labels["nets"].setMaximumWidth(config.nets_width_px)
+        self.busy_label, self.busy_bar = QLabel(), QProgressBar()
+        self.busy_bar.setRange(0, 0)  # busy: no known end
+        self.busy_bar.setMaximumWidth(config.busy_width_px)
+        for w in (self.busy_label, self.busy_bar):
+            self.addPermanentWidget(w)
+            w.hide()
         for lab in self.labels.values():
             self.addPermanentWidget(lab)
         self._yielded: list[str] = []
+        self._busy: dict[str, str] = {}  #: background work running: key -> what the user reads
         self.messageChanged.connect(self._make_room)
         self.show_status(FusionStatus(), {})
 
@@ -84,6 +92,16 @@ class StatusBar(QStatusBar):
         L["nets"].setText(L["nets"].fontMetrics().elidedText(text, Qt.TextElideMode.ElideRight, self.config.nets_width_px))
         L["nets"].setToolTip(text)
         L["ui"].setText(f"UI {paint['p50']:.0f} ms (p95 {paint['p95']:.0f})" if paint else "UI –")
+
+    def set_busy(self, key: str, text: str | None) -> None:
+        """Show `text` with a busy bar while background work `key` runs (None: it ended); several
+        may run at once, the latest text shows."""
+        self._busy.pop(key, None)
+        if text:
+            self._busy[key] = text
+        self.busy_label.setText(next(reversed(self._busy.values()), ""))
+        for w in (self.busy_label, self.busy_bar):
+            w.setVisible(bool(self._busy))
 
     def message(self, level: str, text: str) -> None:
         self.showMessage(text, self.config.message_ms if level == "info" else self.config.warning_ms)

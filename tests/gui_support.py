@@ -45,6 +45,7 @@ def require_display() -> None:
 def gui_config(tmp_path, nets: bool = False, poses: str = "gt", voxel_m: float = 0.02, **overrides):
     """A GuiConfig for tests: settings in tmp_path, no dialogs (unless asked: confirm_discard=True or
     recovery_dialog=True), small voxels, the untrained model."""
+    from app.kernel_warmup import KernelWarmupConfig
     from app.main_window import GuiConfig
     from app.nets_hookup import NetsConfig
     from fusion.pipeline import PipelineConfig
@@ -52,6 +53,7 @@ def gui_config(tmp_path, nets: bool = False, poses: str = "gt", voxel_m: float =
 
     overrides.setdefault("confirm_discard", False)
     overrides.setdefault("recovery_dialog", False)
+    overrides.setdefault("kernels", KernelWarmupConfig(enabled=False))  # the suite compiles them anyway
     return GuiConfig(settings_path=str(tmp_path / "settings.ini"), error_dialogs=False,
                      pipeline=PipelineConfig(volume=VolumeConfig(voxel_size_m=voxel_m), poses=poses),
                      nets=NetsConfig(enabled=nets, untrained=True), **overrides)

@@ -138,3 +138,42 @@ def test_camera_details_show_the_intrinsics_and_depth_scale(make_window, qtbot):
     fx, fy, cx, cy, width, height = w.last_intrinsics
     assert shown["Resolution"] == f"{width} x {height} px" and shown["Focal length"].startswith(f"fx {fx:.2f} px")
     w.camera_info_dialog.close()
+
+
+def test_kernels_are_prepared_when_the_window_opens_with_a_busy_bar(make_window, qtbot):
+    from app.kernel_warmup import BUSY_TEXT, KernelWarmupConfig
+
+    w = make_window(kernels=KernelWarmupConfig(enabled=True, show_after_ms=0))
+    bar = w.status_bar
+    qtbot.waitUntil(lambda: w.warmup.seconds is not None or bar.busy_bar.isVisible(), timeout=MS)
+    if w.warmup.seconds is None:  # still running: the user sees why the first start is slow
+        assert bar.busy_label.text() == BUSY_TEXT
+    qtbot.waitUntil(lambda: w.warmup.seconds is not None, timeout=5 * MS)
+    assert w.warmup.seconds > 0 and not bar.busy_bar.isVisible() and not bar.busy_label.isVisible()
+
+
+def test_an_autosave_being_written_shows_a_busy_bar(make_window, qtbot, tmp_path, monkeypatch):
+    import threading
+
+    import app.fusion_worker as fusion_worker
+    from app.fusion_worker import FusionWorkerConfig
+    from storage.autosave import AutosaveConfig
+
+    release, started = threading.Event(), threading.Event()
+
+    def held_write(path, capture):  # the autosave's write, held until the test has seen the bar
+        started.set()
+        release.wait(MS / 1000)
+        path.write_bytes(b"session")
+
+    monkeypatch.setattr(fusion_worker, "write_session", held_write)
+    w = make_window(worker=FusionWorkerConfig(autosave=AutosaveConfig(interval_s=0.3, folder=tmp_path / "auto")))
+    bar = w.status_bar
+    w.panel.select_source("synthetic:2")
+    w.start_scan(400)
+    qtbot.waitUntil(started.is_set, timeout=MS)
+    qtbot.waitUntil(lambda: bar.busy_label.isVisible() and bar.busy_label.text() == "autosaving…", timeout=MS)
+    release.set()
+    qtbot.waitUntil(lambda: not bar.busy_label.isVisible(), timeout=MS)
+    qtbot.mouseClick(w.panel.stop_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: w.status.state == "idle", timeout=MS)
