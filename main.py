@@ -45,6 +45,15 @@ def _build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="export a saved session")
     e.add_argument("session", type=Path)
     e.add_argument("--out", required=True, type=Path)
+    rl = sub.add_parser("relabel", help="apply label corrections to a session, learn from them, relabel the scene")
+    rl.add_argument("session", type=Path)
+    rl.add_argument("--corrections", required=True, type=Path,
+                    help='JSON list of {"point_m": [x,y,z], "label": NYU40 id, "mode": "region"|"brush", "radius_m": M}')
+    rl.add_argument("--out", required=True, type=Path, help="output folder: mesh.ply, labels.json, session, weights.pt")
+    rl.add_argument("--weights", type=Path, default=None, help="base weights to learn from (default: the shipped ones)")
+    rl.add_argument("--budget-s", type=float, default=None, help="learning time in seconds (default 30)")
+    rl.add_argument("--threads", type=int, default=2, help="torch threads while learning and relabeling")
+    rl.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
@@ -153,6 +162,28 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_relabel(args) -> int:
+    import dataclasses
+
+    from fusion.errors import UserError
+    from nets.adapt import AdaptConfig
+    from nets.relabel import RelabelRequest, run_relabel
+
+    budget = AdaptConfig.budget_s if args.budget_s is None else args.budget_s
+    if not 0 < budget <= 3600 or args.threads < 1:
+        raise UserError("relabel: --budget-s must be in (0, 3600] seconds and --threads at least 1")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    cfg = dataclasses.replace(AdaptConfig(), budget_s=budget, threads=args.threads)
+    done = run_relabel(RelabelRequest(args.session, args.corrections, args.out, args.weights, cfg,
+                                      progress=not args.no_progress))
+    log.info("%d corrections (%d cells): %d learning steps in %.1f s, relabel %.1f s, %d vertices -> %s",
+             done["corrections"], done["corrected_cells"], done["steps"], done["learn_s"], done["relabel_s"],
+             done["vertices"], args.out)
+    return 0
+
+
 def _cmd_gui(args) -> int:
     from app.cli import run_gui
 
@@ -160,7 +191,7 @@ def _cmd_gui(args) -> int:
 
 
 COMMANDS = {"reconstruct": _cmd_reconstruct, "synth": _cmd_synth, "gui": _cmd_gui,
-            "record": _cmd_record, "export": _cmd_export}
+            "record": _cmd_record, "export": _cmd_export, "relabel": _cmd_relabel}
 
 
 def main(argv=None) -> int:

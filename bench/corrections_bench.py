@@ -1,0 +1,273 @@
+"""Benchmark that plays the user correcting labels: K region clicks, one learning round, mIoU on untouched vertices.
+
+    python -m bench.corrections_bench [--cache /tmp/corr] [--seeds 1000,1001,1002] [--ks 1,3,5,10]
+                                      [--budget-s 30] [--threads 2] [--no-real-room] [--json FILE]
+
+Scenes: the shared real ScanNet room (rendered and reconstructed with ground-truth poses and the shipped
+weights, `nets.real_room`; built once into CACHE/real, which must lie outside the repository) and
+held-out synthetic rooms (`reconstruct synthetic:SEED --labels final`, built once into CACHE/synth_SEED).
+For each scene and K, starting from the shipped weights' labels: K times, find the largest connected
+set of mesh vertices that are still wrongly labeled (same predicted and same true class, connected
+through mesh edges) and click its vertex nearest its centroid with the region tool and the true class
+(`connected_region`, exactly as the app does; no learning between clicks). Then one learning round
+(`nets.adapt.CorrectionLearner`, the app's and `relabel`'s code) and the relabel. Scored: per-vertex
+ScanNet-20 mIoU (`nets.real_room.vertex_scores`) on the vertices no correction touched (their cell,
+or the neighbour cell their label is read from, was not corrected), before and after the round; wall
+time and the optimiser steps the round took (the machine may be shared: steps say how much learning the
+budget bought). Prints a table; writes bench/results/corrections.json.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as main.py: spinning OpenMP threads stall on a shared CPU
+os.environ.setdefault("NUMBA_THREADING_LAYER", "omp")
+
+import numpy as np  # noqa: E402
+from scipy.sparse import coo_matrix  # noqa: E402
+from scipy.sparse.csgraph import connected_components  # noqa: E402
+
+from fusion.coarse import CoarseGridConfig, CoarseRegion
+from nets.adapt import AdaptConfig, CorrectionLearner, scene_region
+from nets.labels import LabelStore
+from nets.real_room import vertex_scores
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A reconstructed room with its base labels and per-vertex truth (immutable)."""
+
+    name: str
+    region: CoarseRegion
+    store_arrays: dict        #: the base labels (LabelStore.to_arrays)
+    vertices_m: np.ndarray    #: (N,3) float32 mesh vertices
+    faces: np.ndarray         #: (M,3) int64
+    gt: np.ndarray            #: (N,) NYU40 truth, 0: not scored
+
+
+# --- building the scenes once ------------------------------------------------------------------
+def _save_cache(path: Path, scene: Scene) -> None:
+    r = scene.region
+    np.savez(path, coords=r.coords, features=r.features, vertices_m=scene.vertices_m, faces=scene.faces,
+             gt=scene.gt, **{f"store__{k}": v for k, v in scene.store_arrays.items()})
+
+
+def _load_cache(path: Path, name: str) -> Scene:
+    z = np.load(path)
+    coords = z["coords"]
+    region = CoarseRegion((), coords, z["features"], np.ones(len(coords), bool), CoarseGridConfig())
+    store = {k[len("store__"):]: z[k] for k in z.files if k.startswith("store__")}
+    return Scene(name, region, store, z["vertices_m"], z["faces"], z["gt"])
+
+
+def _from_session(name: str, session_path: Path, gt_of) -> Scene:
+    from storage.session import load_session
+
+    s = load_session(session_path)
+    try:
+        region = scene_region(s.pipeline.volume, CoarseGridConfig())
+        mesh = s.pipeline.final_mesh()
+    finally:
+        s.pipeline.close()
+    store = LabelStore.from_arrays(s.extras).to_arrays()
+    verts = np.asarray(mesh.positions_m, np.float32)
+    return Scene(name, region, store, verts, np.asarray(mesh.faces, np.int64), gt_of(verts))
+
+
+def real_room(cache: Path, model) -> Scene:
+    """The real ScanNet room, reconstructed once (GT poses, shipped weights) into cache/real."""
+    from nets.real_room import (RealRoomConfig, RoomSource, VARIANTS, build_surface, output_to_gt, plan_path,
+                                points_path, read_points, reconstruct_variant, write_variants)
+    from scipy.spatial import cKDTree
+
+    from fusion.trajectory import read_tum
+
+    folder = cache / "real"
+    npz = folder / "scene.npz"
+    if npz.exists():
+        return _load_cache(npz, "real ScanNet room")
+    cfg = RealRoomConfig()
+    points = read_points(points_path())
+    rec = folder / f"reconstruct_{VARIANTS['gt']}"
+    if not (rec / "session").exists():
+        world = build_surface(points, cfg)
+        src = write_variants(RoomSource(world, plan_path(world, cfg), cfg), folder, cfg.progress)["gt"]
+        reconstruct_variant(src, rec, "gt", model, cfg)
+    _, gt_poses = read_tum(folder / VARIANTS["gt"] / "groundtruth.txt")
+    T = output_to_gt(rec / "trajectory.txt", gt_poses[0])
+    tree = cKDTree(points.xyz_m)
+
+    def gt_of(verts):
+        dist, idx = tree.query(verts.astype(np.float64) @ T[:3, :3].T + T[:3, 3],
+                               distance_upper_bound=cfg.match_distance_m)
+        ok = np.isfinite(dist)
+        out = np.zeros(len(verts), np.uint16)
+        out[ok] = points.labels[idx[ok]]
+        return out
+
+    scene = _from_session("real ScanNet room", rec / "session", gt_of)
+    _save_cache(npz, scene)
+    return scene
+
+
+def synthetic_room(seed: int, cache: Path, model, frames: int) -> Scene:
+    """A held-out synthetic room (seeds 1000+ are never trained on), reconstructed once."""
+    from fusion.pipeline import PipelineConfig
+    from fusion.reconstruct import ReconstructRequest, reconstruct
+    from nets.data import CLASS_IDS, IGNORE, closest_surface, nyu40_to_class_index
+    from nets.reconstruct_labels import label_hook_factory
+    from synth.world import build_world
+
+    folder = cache / f"synth_{seed}"
+    npz = folder / "scene.npz"
+    if npz.exists():
+        return _load_cache(npz, f"synthetic room {seed}")
+    if not (folder / "session").exists():
+        reconstruct(ReconstructRequest(f"synthetic:{seed}", folder, PipelineConfig(poses="gt"), frames, "final",
+                                       progress=False, label_hook=label_hook_factory("final", model)))
+    world = build_world(seed)
+
+    def gt_of(verts):
+        _, cls = closest_surface(world.vertices, world.triangles, nyu40_to_class_index(world.tri_labels), verts)
+        ids = np.append(CLASS_IDS, 0).astype(np.uint16)
+        return ids[np.where(cls == IGNORE, len(CLASS_IDS), cls).astype(np.int64)]
+
+    scene = _from_session(f"synthetic room {seed}", folder / "session", gt_of)
+    _save_cache(npz, scene)
+    return scene
+
+
+# --- playing the user --------------------------------------------------------------------------
+def largest_wrong_region(scene: Scene, pred: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """(click point, true class) for the largest connected set of wrongly labeled vertices that share
+    their predicted and their true class; None when nothing is wrong."""
+    wrong = (scene.gt > 0) & (pred != scene.gt)
+    if not wrong.any():
+        return None
+    e = np.concatenate([scene.faces[:, [0, 1]], scene.faces[:, [1, 2]], scene.faces[:, [2, 0]]])
+    same = wrong[e[:, 0]] & wrong[e[:, 1]] & (pred[e[:, 0]] == pred[e[:, 1]]) & (scene.gt[e[:, 0]] == scene.gt[e[:, 1]])
+    e = e[same]
+    n = len(pred)
+    graph = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    sizes = np.bincount(comp[wrong], minlength=comp.max() + 1)
+    members = np.flatnonzero(wrong & (comp == sizes.argmax()))
+    centre = scene.vertices_m[members].mean(0)
+    pick = members[np.argmin(np.linalg.norm(scene.vertices_m[members] - centre, axis=1))]
+    return scene.vertices_m[pick].astype(np.float64), int(scene.gt[pick])
+
+
+def touched_vertices(store: LabelStore, vertices_m: np.ndarray, corrected_packed: np.ndarray) -> np.ndarray:
+    """Vertices whose label a correction decides: their cell is corrected, or (their cell holds no
+    label) a corrected neighbour cell could give it."""
+    from nets.cells import pack_cells
+
+    cells = store.cells_at(vertices_m)
+    own = np.isin(pack_cells(cells), corrected_packed)
+    lab, _ = store.labels_of_cells(cells)
+    out = own.copy()
+    empty = np.flatnonzero(lab == 0)
+    for d in np.array([(x, y, z) for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1)]):
+        out[empty] |= np.isin(pack_cells(cells[empty] + d), corrected_packed)
+    return out
+
+
+def play(scene: Scene, model, k: int, cfg: AdaptConfig) -> dict:
+    """K clicks, one learning round; scores on the untouched vertices before and after."""
+    from nets.cells import pack_cells
+
+    store = LabelStore.from_arrays(scene.store_arrays)
+    before = store.labels_at(scene.vertices_m)[0]
+    pred, clicks, corrected = before.copy(), [], np.zeros(0, np.int64)
+    for _ in range(k):
+        found = largest_wrong_region(scene, pred)
+        if found is None:
+            break
+        point, label = found
+        cells = store.connected_region(point)
+        if not len(cells):
+            break
+        store.correct(cells, label)
+        corrected = np.union1d(corrected, pack_cells(cells))
+        clicks.append({"point_m": point.round(3).tolist(), "label": label, "cells": int(len(cells))})
+        pred = store.labels_at(scene.vertices_m)[0]
+    learner = CorrectionLearner(model, cfg)
+    t0 = time.perf_counter()
+    result = learner.learn(scene.region, store)
+    wall_s = time.perf_counter() - t0
+    after = store.labels_at(scene.vertices_m)[0]
+    keep = ~touched_vertices(store, scene.vertices_m, corrected) & (scene.gt > 0)
+    s0, s1 = vertex_scores(before[keep], scene.gt[keep]), vertex_scores(after[keep], scene.gt[keep])
+    return {"scene": scene.name, "k": k, "clicks": clicks, "untouched_vertices": int(keep.sum()),
+            "scored_vertices": int((scene.gt > 0).sum()), "miou_before": s0["miou"], "miou_after": s1["miou"],
+            "gain": s1["miou"] - s0["miou"], "accuracy_before": s0["accuracy"], "accuracy_after": s1["accuracy"],
+            "steps": result.steps, "learn_s": round(result.learn_s, 2), "relabel_s": round(result.relabel_s, 2),
+            "round_wall_s": round(wall_s, 2), "class_iou_before": s0["class_iou"], "class_iou_after": s1["class_iou"]}
+
+
+def table(rows: list[dict]) -> str:
+    head = f"{'scene':<22}{'K':>3}{'untouched':>11}{'mIoU before':>13}{'after':>8}{'gain':>8}{'steps':>7}" \
+           f"{'learn s':>9}{'relabel s':>11}"
+    lines = [head] + [f"{r['scene']:<22}{r['k']:>3}{r['untouched_vertices']:>11}{r['miou_before']:>13.3f}"
+                      f"{r['miou_after']:>8.3f}{r['gain']:>+8.3f}{r['steps']:>7}{r['learn_s']:>9.1f}"
+                      f"{r['relabel_s']:>11.1f}" for r in rows]
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.corrections_bench", description=__doc__.splitlines()[0])
+    p.add_argument("--cache", type=Path, default=Path("/tmp/corr"), help="scenes are built once into this folder "
+                   "(outside the repository)")
+    p.add_argument("--seeds", default="1000,1001,1002", help="held-out synthetic rooms ('' for none)")
+    p.add_argument("--ks", default="1,3,5,10")
+    p.add_argument("--frames", type=int, default=150, help="frames of each synthetic room")
+    p.add_argument("--budget-s", type=float, default=AdaptConfig.budget_s, help="learning time of a round")
+    p.add_argument("--threads", type=int, default=2, help="torch threads while learning")
+    p.add_argument("--no-real-room", action="store_true")
+    p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "corrections.json")
+    return p
+
+
+def main(argv=None) -> int:
+    import torch
+
+    from nets.infer import ChunkModel
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    cache = args.cache.resolve()
+    if cache == ROOT or ROOT in cache.parents:
+        print(f"error: --cache {cache}: keep the scenes outside the repository", file=sys.stderr)
+        return 1
+    torch.set_num_threads(args.threads)
+    model = ChunkModel.load()
+    cfg = dataclasses.replace(AdaptConfig(), budget_s=args.budget_s, threads=args.threads)
+    scenes = [] if args.no_real_room else [lambda: real_room(cache, model)]
+    scenes += [lambda s=int(s): synthetic_room(s, cache, model, args.frames) for s in args.seeds.split(",") if s]
+    rows = []
+    for make in scenes:
+        scene = make()
+        for k in (int(v) for v in args.ks.split(",")):
+            rows.append(play(scene, model, k, cfg))
+            print(table(rows[-1:]).splitlines()[1], flush=True)
+    print(table(rows))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"command": "python -m bench.corrections_bench " + " ".join(sys.argv[1:] if argv is None else argv),
+           "budget_s": args.budget_s, "threads": args.threads, "adapt_config": dataclasses.asdict(cfg), "rows": rows}
+    args.json.write_text(json.dumps(doc, indent=2, default=float) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,342 @@
+"""Owns learning from corrections: a bounded fine-tuning round of the labeling net on the current scene.
+
+One round takes the whole scene's coarse sites (`scene_region`), the user's corrected cells (from the
+label store) and the anchor net (the shipped or session base weights), and trains a copy of the anchor:
+- the encoder and the coarse decoder stay frozen (the anchor), their activations are computed once;
+  only the finest decoder levels and the semantic head learn (`AdaptConfig.train_from`);
+- corrected cells are labeled examples (each corrected class weighs the same, however large its region);
+- the anchor's own confident predictions elsewhere are pseudo-labels (regularisation), sampled per step;
+  those of a class the user corrected away from weigh less (they are where the anchor is known to err);
+- the anchor's signed distance and occupancy are distilled (completion stays as it was) and an L2 pull
+  keeps the trained parameters near the anchor's.
+A round stops at `budget_s` of wall time (or `max_steps`, or when cancelled). Every round starts from the
+anchor with all current corrections, so an undone correction leaves no trace in the next round.
+Then the whole scene is relabeled with the adapted net (`relabel`); corrected cells keep their label
+(the store's rule). Torch modules here are used by one thread at a time (the learning thread).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fusion.coarse import CoarseGridConfig, CoarseRegion, all_chunk_keys, chunk_keys_of_cells, coarse_region
+from nets.adapt_config import AdaptConfig
+from nets.cells import CLASS_IDS, NO_CORRECTION, pack_cells
+from nets.infer import ChunkModel, RegionPrediction
+from nets.labels import PREFIX, LabelStore
+from nets.model import EMPTY, SemanticCompletionNet, add_skip, site_mask
+from nets.sparse import SparseTensor
+from nets.sparse.coords import CoordinateSet
+
+log = logging.getLogger(__name__)
+
+TRAINED = ("dec1", "gen0", "dec0", "sem", "sdf")  #: modules that learn; the rest is the frozen anchor
+_COLUMN = {int(c): i for i, c in enumerate(CLASS_IDS)}  # NYU40 id -> class index of the net
+
+
+@dataclass(frozen=True)
+class Corrections:
+    """The corrected cells of a store (immutable): cells (K,3) int32 and their NYU40 labels (K,) uint16."""
+
+    cells: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """What one round did."""
+
+    steps: int                 #: optimiser steps taken
+    learn_s: float             #: wall time of preparing and training
+    relabel_s: float           #: wall time of the relabel pass
+    corrected_cells: int       #: corrected cells in the store
+    trained_cells: int         #: of those, sites of the scene the net saw as examples
+    cancelled: bool            #: stopped by the caller: nothing changed
+    adapted: bool              #: the net differs from the anchor (False: no corrections, anchor restored)
+    loss: float                #: last training loss (nan without training)
+
+
+def corrections_of(store: LabelStore) -> Corrections:
+    """Every corrected cell with a class (label 0 'unlabeled' teaches nothing), from the store's arrays."""
+    arrays = store.to_arrays()
+    corrected = arrays[f"{PREFIX}corrected"]
+    keep = (corrected != NO_CORRECTION) & np.isin(corrected, CLASS_IDS)
+    return Corrections(arrays[f"{PREFIX}coords"][keep].astype(np.int32), corrected[keep].astype(np.uint16))
+
+
+def scene_region(volume, grid: CoarseGridConfig) -> CoarseRegion:
+    """The whole scene's coarse sites, every one a core site. Call on the volume's thread."""
+    keys = sorted(all_chunk_keys(volume, grid))
+    return coarse_region(volume, keys, grid, halo_voxels=0)
+
+
+RELABEL_FUSES = 3  #: the store keeps `keep_old` (5%) of a cell's evidence per fusion: 3 leave ~1e-4 of it
+
+
+def relabel(model: ChunkModel, region: CoarseRegion, store: LabelStore) -> set:
+    """Predict the whole scene with `model` and make it the store's labels (plain argmax, corrections
+    kept): the prediction is fused until the earlier evidence is negligible, so relabeling with the base
+    model after an undo gives back the base labels. Returns the changed chunk keys."""
+    pred = predict_scene(model, region)
+    changed = set()
+    for _ in range(RELABEL_FUSES):
+        changed |= store.fuse(pred)
+    return changed | store.settle(pred.keys)
+
+
+def predict_scene(model: ChunkModel, region: CoarseRegion) -> RegionPrediction:
+    keys = tuple(sorted({tuple(k) for k in chunk_keys_of_cells(region.coords, model.grid).tolist()}))
+    whole = CoarseRegion(keys, region.coords, region.features, np.ones(len(region), bool), model.grid)
+    return model.predict(whole)
+
+
+# --- the frozen prefix -----------------------------------------------------------------------
+@dataclass
+class _Prefix:
+    """Anchor activations up to the trained levels (no gradients) and the anchor's outputs."""
+
+    x1: SparseTensor           # input of dec1 (L1 sites, stride 2)
+    e0: SparseTensor           # encoder L0 features (gen0's skip)
+    kept0: np.ndarray          # sorted packed L0 sites the anchor kept after gen0 (= d0's sites)
+    coords: np.ndarray         # (N,3) d0 sites (L0 output)
+    observed: np.ndarray       # (N,) bool
+    logits: torch.Tensor       # (N,21) anchor
+    sdf: torch.Tensor          # (N,) anchor
+
+
+def _prefix(net: SemanticCompletionNet, region: CoarseRegion) -> _Prefix:
+    x = SparseTensor.from_coords(torch.from_numpy(region.coords), torch.from_numpy(region.features))
+    with torch.no_grad():
+        e0 = net.enc0(x)
+        e1 = net.enc1(net.down1(e0))
+        e2 = net.enc2(net.down2(e1))
+        levels: list = []
+        d2 = net._grow(net.grow2(e2), e2, net.occ2, 2, None, levels)
+        x1 = net._grow(net.gen1(d2), e1, net.occ1, 1, None, levels)
+        d0 = net.dec0(net._grow(net.gen0(net.dec1(x1)), e0, net.occ0, 0, None, levels))
+        logits, sdf = net.sem(d0.features), net.sdf(d0.features).squeeze(1)
+    coords = d0.coordinates[:, 1:].numpy().astype(np.int32)
+    return _Prefix(x1, e0, np.sort(pack_cells(coords)), coords, site_mask(d0, x).numpy(), logits, sdf)
+
+
+_N27 = np.array([(x, y, z) for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1)], np.int32)
+
+
+def _among(cells: np.ndarray, sorted_packed: np.ndarray) -> np.ndarray:
+    """Rows into `sorted_packed` of each cell, -1 where absent."""
+    key = pack_cells(cells)
+    pos = np.minimum(np.searchsorted(sorted_packed, key), max(len(sorted_packed) - 1, 0))
+    hit = (sorted_packed[pos] == key) if len(sorted_packed) else np.zeros(len(key), bool)
+    return np.where(hit, pos, -1)
+
+
+def _around(cells: np.ndarray) -> np.ndarray:
+    """Unique cells of the 3x3x3 neighbourhoods of `cells`."""
+    return np.unique((cells[:, None, :] + _N27[None]).reshape(-1, 3), axis=0)
+
+
+def _sub(x: SparseTensor, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows of x, their cells) for the cells that are sites of x (x's coordinate units)."""
+    own = x.coordinates[:, 1:].numpy()
+    order = np.argsort(pack_cells(own))
+    rows = _among(cells, pack_cells(own)[order])
+    rows = order[rows[rows >= 0]]
+    return rows, own[rows]
+
+
+@dataclass
+class _Batch:
+    """The part of the scene the trained levels must recompute for the target sites, exactly: the
+    targets' L0 neighbourhoods (dec0 reads them), their L1 parents, and those parents' L1
+    neighbourhoods (dec1 reads them). Built once a round; its coordinate sets keep their kernel maps."""
+
+    x1: SparseTensor           # dec1's input on the parents' neighbourhoods
+    parent_rows: torch.Tensor  # rows of x1 that are parents (gen0's input)
+    parents: CoordinateSet     # their sites
+    e0: SparseTensor           # skip at the parents' children
+    keep: torch.Tensor         # rows of gen0's output the anchor kept
+    x0: CoordinateSet          # those sites
+    target_rows: torch.Tensor  # rows of x0 that are the targets, in target order
+
+
+def _batch(p: _Prefix, targets: np.ndarray) -> _Batch:
+    cells = p.coords[targets]
+    n0 = _around(cells)
+    n0 = n0[_among(n0, p.kept0) >= 0]
+    parents = np.unique(np.floor_divide(n0, 2), axis=0)
+    rows1, cells1 = _sub(p.x1, _around(parents))
+    x1 = SparseTensor.from_coords(torch.from_numpy(cells1.astype(np.int32)), p.x1.features[rows1], stride=2)
+    order = np.argsort(pack_cells(cells1))
+    prow = order[_among(parents, pack_cells(cells1)[order])]
+    kids = (parents[:, None, :] * 2 + _CHILD[None]).reshape(-1, 3)
+    erows, ecells = _sub(p.e0, kids)
+    e0 = SparseTensor.from_coords(torch.from_numpy(ecells.astype(np.int32)), p.e0.features[erows])
+    pcs = CoordinateSet(torch.from_numpy(parents.astype(np.int32)), 2)
+    return _Batch(x1, torch.from_numpy(prow.astype(np.int64)), pcs, e0, torch.zeros(0), None,
+                  torch.from_numpy(cells.astype(np.int32)))
+
+
+_CHILD = np.array([(x, y, z) for x in (0, 1) for y in (0, 1) for z in (0, 1)], np.int32)
+
+
+def _suffix(net: SemanticCompletionNet, p: _Prefix, b: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, sdf) at the batch's targets, recomputed through the trained levels (equal to a whole-scene
+    pass there)."""
+    d1 = net.dec1(b.x1)
+    g = add_skip(net.gen0(SparseTensor(d1.features[b.parent_rows], b.parents)), b.e0)
+    if b.x0 is None:  # first step: the anchor's pruning and the target rows, kept for the round
+        gcells = g.coordinates[:, 1:].numpy()
+        keep = np.flatnonzero(_among(gcells, p.kept0) >= 0)
+        b.keep, b.x0 = torch.from_numpy(keep), CoordinateSet(torch.from_numpy(gcells[keep]), 1)
+        order = np.argsort(pack_cells(gcells[keep]))
+        rows = order[_among(b.target_rows.numpy(), pack_cells(gcells[keep])[order])]
+        b.target_rows = torch.from_numpy(rows.astype(np.int64))
+    d0 = net.dec0(SparseTensor(g.features[b.keep], b.x0))
+    f = d0.features[b.target_rows]
+    return net.sem(f), net.sdf(f).squeeze(1)
+
+
+# --- targets ---------------------------------------------------------------------------------
+@dataclass
+class _Targets:
+    rows: np.ndarray            # output rows trained on: corrected first, then pseudo-labeled
+    classes: torch.Tensor       # class index of each
+    weights: torch.Tensor       # weight of each (corrections: each class sums to 1; pseudo: pseudo_weight in all)
+    n_corrected: int
+
+
+def _targets(p: _Prefix, corr: Corrections, cfg: AdaptConfig, rng: np.random.Generator) -> _Targets:
+    rows = _among(corr.cells, p.kept0)
+    order = np.argsort(pack_cells(p.coords))
+    ok = rows >= 0
+    rows, labels = order[rows[ok]], corr.labels[ok]
+    keep = p.observed[rows]
+    rows, labels = rows[keep], labels[keep]
+    corrected = np.zeros(len(p.coords), bool)
+    corrected[rows] = True
+    if len(rows) > cfg.max_corrected_cells:
+        pick = rng.choice(len(rows), cfg.max_corrected_cells, replace=False)
+        rows, labels = rows[pick], labels[pick]
+    classes = np.array([_COLUMN[int(v)] for v in labels], np.int64)
+    counts = np.bincount(classes, minlength=EMPTY)
+    weights = 1.0 / (counts[classes] * max(1, np.count_nonzero(counts)))
+    conf, arg = torch.softmax(p.logits, 1).max(1)
+    anchor_cls = arg.numpy()
+    pool = np.flatnonzero(p.observed & ~corrected & (conf.numpy() >= cfg.pseudo_min_conf) & (anchor_cls != EMPTY))
+    pseudo = rng.choice(pool, min(cfg.pseudo_cells, len(pool)), replace=False) if len(pool) else pool
+    away = np.unique(anchor_cls[rows][anchor_cls[rows] != classes])  # classes the user corrected away from
+    pw = np.where(np.isin(anchor_cls[pseudo], away), cfg.away_weight, 1.0)
+    pw = cfg.pseudo_weight * pw / max(pw.sum(), 1e-6)
+    all_rows = np.concatenate([rows, pseudo]).astype(np.int64)
+    return _Targets(all_rows, torch.from_numpy(np.concatenate([classes, anchor_cls[pseudo]]).astype(np.int64)),
+                    torch.from_numpy(np.concatenate([weights, pw]).astype(np.float32)), len(rows))
+
+
+# --- training --------------------------------------------------------------------------------
+def _trained_params(net: SemanticCompletionNet) -> list[torch.nn.Parameter]:
+    return [q for n, q in net.named_parameters() if n.split(".")[0] in TRAINED]
+
+
+def adapt_net(anchor: SemanticCompletionNet, region: CoarseRegion, corr: Corrections,
+              cfg: AdaptConfig = AdaptConfig(), cancel: threading.Event | None = None,
+              progress: Callable[[int, float], None] | None = None) -> tuple[SemanticCompletionNet, dict]:
+    """A copy of `anchor` trained on the corrections (see the module doc); (net, info) with steps,
+    seconds, trained cells, last loss and whether it was cancelled. The anchor is not modified."""
+    t0 = time.perf_counter()
+    old_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        net = copy.deepcopy(anchor).eval()  # batch norm keeps the anchor's statistics
+        for q in net.parameters():
+            q.requires_grad_(False)
+        rng = np.random.default_rng(cfg.seed)
+        p = _prefix(net, region)
+        t = _targets(p, corr, cfg, rng)
+        info = {"steps": 0, "trained_cells": t.n_corrected, "loss": float("nan"), "cancelled": False}
+        if not t.n_corrected:
+            return net, info | {"learn_s": time.perf_counter() - t0}
+        b = _batch(p, t.rows)
+        anchor_sdf = p.sdf[torch.from_numpy(t.rows)]
+        params = _trained_params(net)
+        for q in params:
+            q.requires_grad_(True)
+        start = [q.detach().clone() for q in params]
+        opt = torch.optim.Adam(params, lr=cfg.lr)
+        while info["steps"] < cfg.max_steps and time.perf_counter() - t0 < cfg.budget_s:
+            if cancel is not None and cancel.is_set():
+                info["cancelled"] = True
+                break
+            logits, sdf = _suffix(net, p, b)
+            loss = (F.cross_entropy(logits, t.classes, reduction="none") * t.weights).sum()
+            loss = loss + cfg.distill_weight * F.l1_loss(sdf, anchor_sdf)
+            loss = loss + cfg.anchor_weight * sum(((q - a) ** 2).sum() for q, a in zip(params, start))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            info["steps"] += 1
+            info["loss"] = float(loss.detach())
+            if progress is not None:
+                progress(info["steps"], time.perf_counter() - t0)
+        for q in params:
+            q.requires_grad_(False)
+        return net, info | {"learn_s": time.perf_counter() - t0}
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+# --- the learner -----------------------------------------------------------------------------
+class CorrectionLearner:
+    """The anchor (base) model of one scan and the model its labels come from now (the adapted one
+    after a round with corrections). `learn` runs on one thread at a time (the GUI's learning thread,
+    or the command line's); `model` may be read from any thread (it is replaced, never modified)."""
+
+    def __init__(self, base: ChunkModel, config: AdaptConfig = AdaptConfig()):
+        self.base = base
+        self.config = config
+        self.model = base          #: the model whose labels the scene shows
+        self.adapted = False       #: model differs from the base
+        self.last: RoundResult | None = None
+
+    def use_adapted(self, model: ChunkModel) -> None:
+        """Adopt weights adapted earlier (a loaded session's)."""
+        self.model, self.adapted = model, True
+
+    def learn(self, region: CoarseRegion, store: LabelStore, cancel: threading.Event | None = None,
+              progress: Callable[[int, float], None] | None = None) -> RoundResult:
+        """One round: train from the base on the store's corrections, then relabel the scene with the
+        result (with the base when there are none). Cancelled: nothing changes."""
+        corr = corrections_of(store)
+        steps, learn_s, loss, trained = 0, 0.0, float("nan"), 0
+        model, adapted = self.base, False
+        if len(corr):
+            net, info = adapt_net(self.base.net, region, corr, self.config, cancel, progress)
+            steps, learn_s, loss, trained = info["steps"], info["learn_s"], info["loss"], info["trained_cells"]
+            if info["cancelled"]:
+                return self._done(RoundResult(steps, learn_s, 0.0, len(corr), trained, True, self.adapted, loss))
+            model, adapted = ChunkModel(net, self.base.grid, weights_path=None), trained > 0
+            if not adapted:
+                model = self.base
+        t0 = time.perf_counter()
+        relabel(model, region, store)
+        self.model, self.adapted = model, adapted
+        return self._done(RoundResult(steps, learn_s, time.perf_counter() - t0, len(corr), trained, False,
+                                      adapted, loss))
+
+    def _done(self, result: RoundResult) -> RoundResult:
+        self.last = result
+        log.info("learning round: %d corrected cells (%d trained), %d steps in %.1f s, relabel %.1f s%s",
+                 result.corrected_cells, result.trained_cells, result.steps, result.learn_s, result.relabel_s,
+                 ", cancelled" if result.cancelled else "")
+        return result
