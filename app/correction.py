@@ -1,5 +1,7 @@
 """Owns label correction: surface picks in the viewport become label-store corrections (a connected
-region of the same label, or a brush stroke) on an undo stack; undo reverts them in the store."""
+region of the same label, or a brush stroke) on an undo stack; undo reverts them in the store. The cells a
+click or a brush dab covers come from `nets.corrections_file`, the code `main.py relabel` applies too;
+every change of the undo stack also starts a learning round (`app.learning`)."""
 from __future__ import annotations
 
 import logging
@@ -11,6 +13,7 @@ from PyQt6.QtGui import QUndoCommand, QUndoStack
 
 from fusion.classes import SCANNET20
 from nets.cells import pack_cells
+from nets.corrections_file import brush_cells, region_cells
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +78,7 @@ class CorrectionTool(QObject):
 
     def _region(self, point: np.ndarray) -> None:
         store = self.nets.store
-        cells = store.connected_region(point, max_cells=self.config.max_region_cells)
+        cells = region_cells(store, point, self.config.max_region_cells)
         if not len(cells):
             self.message.emit("no labelled region there yet: use the brush to label unlabelled surface")
             return
@@ -85,12 +88,7 @@ class CorrectionTool(QObject):
 
     def brush_cells(self, center: np.ndarray) -> np.ndarray:
         """Stored cells within the radius plus the cells of the visible surface within it."""
-        store = self.nets.store
-        stored = store.brush(center, self.radius_m)
-        surface = store.cells_at(self.viewport.surface_points_near(center, self.radius_m))
-        cells = np.concatenate([stored.reshape(-1, 3), surface.reshape(-1, 3)]).astype(np.int32)
-        _, first = np.unique(pack_cells(cells), return_index=True) if len(cells) else (None, np.zeros(0, int))
-        return cells[np.sort(first)]
+        return brush_cells(self.nets.store, center, self.radius_m, self.viewport.surface_points_near)
 
     def _brush(self, center: np.ndarray) -> None:
         cells = self.brush_cells(center)

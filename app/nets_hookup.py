@@ -3,7 +3,9 @@
 
 This is the only module of app/ that imports nets/. When the labeling nets are missing (no weights
 yet, or a build without them) scanning and manual label correction still work and `status()` says why
-the nets are off.
+the nets are off. Learning from corrections (`nets.adapt`) runs through it too: the learner of the current
+scan (the base model as its anchor), the adapted model handed to the labeler, and the adapted weights
+saved with sessions.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from app.snapshots import MeshDisplay, pack_mesh
 from fusion.coarse import CoarseGridConfig
 from fusion.errors import UserError
 from nets.completion import PREFIX as COMPLETION_PREFIX
+from nets.adapt_config import ADAPTED_WEIGHTS as ADAPTED_NAME
+from nets.adapt_config import AdaptConfig
 from nets.completion import CompletionStore
 from nets.incremental import IncrementalLabeler, LabelerConfig
 from nets.labels import LabelStore, LabelStoreConfig, has_label_arrays
@@ -37,6 +41,7 @@ class NetsConfig:
     labeler: LabelerConfig = field(default_factory=LabelerConfig)         #: the nets worker's settings
     counts_interval_s: float = 0.5        #: class amounts recounted at most this often
     completion_interval_s: float = 1.0    #: the completion overlay re-meshed at most this often
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)  #: a learning round (budget, anchor pull, ...)
 
 
 class NetsHookup:
@@ -57,6 +62,9 @@ class NetsHookup:
         self._seen_version = 0
         self._completion_version, self._completion_at = 0, 0.0
         self._counts_at, self._counts_version = 0.0, -1
+        self._learner = None                  # nets.adapt.CorrectionLearner of this scan (made with the model)
+        self._adapted_blob = None             # the session's adapted weights, until the model has loaded
+        self._blob_cache: tuple | None = None  # (model, weights array) last saved
 
     @property
     def store(self) -> LabelStore:
@@ -78,6 +86,7 @@ class NetsHookup:
             log.warning("session labels not restored: %s", exc)
         with self._lock:
             self._store, self._completion = store, completion
+            self._learner, self._adapted_blob = None, (extras or {}).get(ADAPTED_NAME)
         self._seen_version, self._counts_version = -1, -1
         self._completion_version = 0 if completion.version == 0 else -1
         self._pipeline = pipeline
@@ -119,7 +128,7 @@ class NetsHookup:
                 self._loader = threading.Thread(target=self._load_model, name="nets-load", daemon=True)
                 self._loader.start()
             return
-        self._labeler = IncrementalLabeler(self._pipeline, self._model, self.store, self._completion,
+        self._labeler = IncrementalLabeler(self._pipeline, self.learner().model, self.store, self._completion,
                                            self.config.labeler)
         self._labeler.start()
         self.message = "nets on" + (" (untrained model)" if self._untrained else "")
@@ -222,5 +231,60 @@ class NetsHookup:
         return out
 
     def session_extras(self) -> dict:
-        """Arrays to save with a session: the label store (corrections included) and the completion."""
-        return self.store.to_arrays() | self._completion.to_arrays()
+        """Arrays to save with a session: the label store (corrections included), the completion and
+        the adapted weights (when corrections were learned from)."""
+        blob = self.adapted_weights()
+        return self.store.to_arrays() | self._completion.to_arrays() | ({ADAPTED_NAME: blob} if blob is not None else {})
+
+    # --- learning from corrections ------------------------------------------------------------
+    def learner(self):
+        """This scan's CorrectionLearner (None until the model has loaded). Any thread."""
+        from nets.adapt import CorrectionLearner
+        from nets.session_weights import model_from_array
+
+        with self._lock:
+            if self._learner is None and self._model is not None:
+                self._learner = CorrectionLearner(self._model, self.config.adapt)
+                if self._adapted_blob is not None:
+                    try:
+                        self._learner.use_adapted(model_from_array(self._adapted_blob))
+                    except UserError as exc:
+                        log.warning("adapted weights not restored: %s", exc)
+                    self._adapted_blob = None
+            return self._learner
+
+    def learning_problem(self) -> str:
+        """Why learning from corrections cannot run now ('' when it can). Any thread."""
+        if not self.enabled:
+            return "learning from corrections needs the labeling nets: turn them on"
+        if self._model is None:
+            return "the labeling nets are still loading" if self._loader is not None and self._loader.is_alive() \
+                else self.message or "the labeling nets are off"
+        return ""
+
+    def scene_region(self):
+        """The whole scan's coarse sites for a learning round (fusion thread: it reads the volume)."""
+        from nets.adapt import scene_region
+
+        return scene_region(self._pipeline.volume, self.config.grid)
+
+    def adopt(self, learner) -> None:
+        """After a round: the labeler labels new geometry with the learner's current model (any thread;
+        the worker picks it up with its next region)."""
+        labeler = self._labeler
+        if labeler is not None and learner is self._learner:
+            labeler.model = learner.model
+
+    def adapted_weights(self):
+        """The adapted weights as a weights-file array (None: nothing learned). Any thread."""
+        from nets.session_weights import weights_array
+
+        learner = self._learner
+        if learner is None:
+            return self._adapted_blob
+        if not learner.adapted:
+            return None
+        model = learner.model
+        if self._blob_cache is None or self._blob_cache[0] is not model:
+            self._blob_cache = (model, weights_array(model, {"adapted_from": str(learner.base.weights_path)}))
+        return self._blob_cache[1]
