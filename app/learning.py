@@ -89,6 +89,7 @@ class LearningController(QObject):
         self._thread: threading.Thread | None = None
         self._cancel = threading.Event()
         self._again = False
+        self._told = False          # the reason for not learning was said
         self.corrections = 0        #: corrections the running (or last) round learns from
         self.rounds = 0             #: rounds finished (cancelled ones included)
         self.text = ""              #: what the widget says
@@ -110,8 +111,10 @@ class LearningController(QObject):
     def _start(self) -> None:
         problem = self.nets.learning_problem()
         learner = self.nets.learner() if not problem else None
-        if learner is None:
-            self._show(f"not learning from corrections: {problem or 'the labeling nets are off'}", False)
+        if learner is None:  # said once a scan, in the transient messages (manual labels still work)
+            if not self._told:
+                self._told = True
+                self.message.emit("info", f"not learning from corrections: {problem or 'the labeling nets are off'}")
             return
         self.corrections = self.undo.index()
         self._cancel = threading.Event()

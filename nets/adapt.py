@@ -235,7 +235,7 @@ def _targets(p: _Prefix, corr: Corrections, cfg: AdaptConfig, rng: np.random.Gen
     anchor_cls = arg.numpy()
     pool = np.flatnonzero(p.observed & ~corrected & (conf.numpy() >= cfg.pseudo_min_conf) & (anchor_cls != EMPTY))
     pseudo = rng.choice(pool, min(cfg.pseudo_cells, len(pool)), replace=False) if len(pool) else pool
-    away = np.unique(anchor_cls[rows][anchor_cls[rows] != classes])  # classes the user corrected away from
+    away = np.setdiff1d(anchor_cls[rows][anchor_cls[rows] != classes], classes)  # corrected away from, never to
     pw = np.where(np.isin(anchor_cls[pseudo], away), cfg.away_weight, 1.0)
     pw = cfg.pseudo_weight * pw / max(pw.sum(), 1e-6)
     all_rows = np.concatenate([rows, pseudo]).astype(np.int64)

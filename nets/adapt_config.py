@@ -13,13 +13,13 @@ class AdaptConfig:
 
     budget_s: float = 30.0          #: wall-time bound of the training steps of one round
     max_steps: int = 300            #: steps at most (a round usually ends on the budget first)
-    lr: float = 3e-3                #: Adam learning rate
-    anchor_weight: float = 1.0      #: L2 pull of the trained parameters toward the anchor's (sum of squares)
+    lr: float = 1e-2                #: Adam learning rate
+    anchor_weight: float = 1e-3     #: L2 pull of the trained parameters toward the anchor's (sum of squares)
     pseudo_min_conf: float = 0.7    #: the anchor's predictions at least this confident are pseudo-labels
     pseudo_weight: float = 0.5      #: weight of the pseudo-label loss against the corrections'
-    away_weight: float = 0.2        #: pseudo-labels of a class corrected away from weigh this much
-    pseudo_cells: int = 4096        #: pseudo-labeled sites trained on in a round (drawn once)
-    max_corrected_cells: int = 4096  #: corrected sites trained on at most (drawn once)
+    away_weight: float = 0.0        #: pseudo-labels of a class corrected away from (and never to) weigh this much
+    pseudo_cells: int = 2048        #: pseudo-labeled sites trained on in a round (drawn once)
+    max_corrected_cells: int = 2048  #: corrected sites trained on at most (drawn once)
     distill_weight: float = 0.5     #: weight of the signed-distance distillation to the anchor
     threads: int = 0                #: torch threads while learning (0: leave the process' setting)
     seed: int = 0                   #: sampling seed (a round is repeatable on one thread)
