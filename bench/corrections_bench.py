@@ -1,7 +1,8 @@
 """Benchmark that plays the user correcting labels: K region clicks, one learning round, mIoU on untouched vertices.
 
     python -m bench.corrections_bench [--cache /tmp/corr] [--seeds 1000,1001,1002] [--ks 1,3,5,10]
-                                      [--budget-s 30] [--threads 2] [--no-real-room] [--json FILE]
+                                      [--budget-s 30] [--threads 2] [--user careful|literal]
+                                      [--no-real-room] [--json FILE]
 
 Scenes: the shared real ScanNet room (rendered and reconstructed with ground-truth poses and the shipped
 weights, `nets.real_room`; built once into CACHE/real, which must lie outside the repository) and
@@ -9,7 +10,11 @@ held-out synthetic rooms (`reconstruct synthetic:SEED --labels final`, built onc
 For each scene and K, starting from the shipped weights' labels: K times, find the largest connected
 set of mesh vertices that are still wrongly labeled (same predicted and same true class, connected
 through mesh edges) and click its vertex nearest its centroid with the region tool and the true class
-(`connected_region`, exactly as the app does; no learning between clicks). Then one learning round
+(`connected_region`, exactly as the app does; no learning between clicks). The region tool floods every
+connected cell of the clicked label, so a picture labeled "wall" clicked as picture turns the whole wall
+into picture; the default "careful" user sees that and takes the next largest wrong region instead
+(a click is kept when at least half the surface it relabels truly has the class it sets); `--user
+literal` keeps every click, whatever it floods. Then one learning round
 (`nets.adapt.CorrectionLearner`, the app's and `relabel`'s code) and the relabel. Scored: per-vertex
 ScanNet-20 mIoU (`nets.real_room.vertex_scores`) on the vertices no correction touched (their cell,
 or the neighbour cell their label is read from, was not corrected), before and after the round; wall
@@ -149,12 +154,12 @@ def synthetic_room(seed: int, cache: Path, model, frames: int) -> Scene:
 
 
 # --- playing the user --------------------------------------------------------------------------
-def largest_wrong_region(scene: Scene, pred: np.ndarray) -> tuple[np.ndarray, int] | None:
-    """(click point, true class) for the largest connected set of wrongly labeled vertices that share
-    their predicted and their true class; None when nothing is wrong."""
+def wrong_regions(scene: Scene, pred: np.ndarray, most: int) -> list[tuple[np.ndarray, int]]:
+    """(click point, true class) for the `most` largest connected sets of wrongly labeled vertices that
+    share their predicted and their true class, largest first."""
     wrong = (scene.gt > 0) & (pred != scene.gt)
     if not wrong.any():
-        return None
+        return []
     e = np.concatenate([scene.faces[:, [0, 1]], scene.faces[:, [1, 2]], scene.faces[:, [2, 0]]])
     same = wrong[e[:, 0]] & wrong[e[:, 1]] & (pred[e[:, 0]] == pred[e[:, 1]]) & (scene.gt[e[:, 0]] == scene.gt[e[:, 1]])
     e = e[same]
@@ -162,10 +167,33 @@ def largest_wrong_region(scene: Scene, pred: np.ndarray) -> tuple[np.ndarray, in
     graph = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
     _, comp = connected_components(graph, directed=False)
     sizes = np.bincount(comp[wrong], minlength=comp.max() + 1)
-    members = np.flatnonzero(wrong & (comp == sizes.argmax()))
-    centre = scene.vertices_m[members].mean(0)
-    pick = members[np.argmin(np.linalg.norm(scene.vertices_m[members] - centre, axis=1))]
-    return scene.vertices_m[pick].astype(np.float64), int(scene.gt[pick])
+    out = []
+    for c in np.argsort(-sizes)[:most]:
+        members = np.flatnonzero(wrong & (comp == c))
+        if not len(members):
+            break
+        centre = scene.vertices_m[members].mean(0)
+        pick = members[np.argmin(np.linalg.norm(scene.vertices_m[members] - centre, axis=1))]
+        out.append((scene.vertices_m[pick].astype(np.float64), int(scene.gt[pick])))
+    return out
+
+
+def click(scene: Scene, store: LabelStore, pred: np.ndarray, user: str) -> tuple[np.ndarray, int, np.ndarray] | None:
+    """The next region click: (point, class, cells it relabels). The "literal" user clicks the largest
+    wrong region whatever the click floods; the "careful" one (default) sees what a click did and undoes
+    a click whose flood relabels more correctly labeled surface than wrong (a picture labeled wall, clicked,
+    turns the whole wall into picture), then tries the next largest wrong region."""
+    from nets.cells import pack_cells
+
+    vertex_cells = pack_cells(store.cells_at(scene.vertices_m))
+    for point, label in wrong_regions(scene, pred, 1 if user == "literal" else 30):
+        cells = store.connected_region(point)
+        if not len(cells):
+            continue
+        inside = np.isin(vertex_cells, pack_cells(cells)) & (scene.gt > 0)
+        if user == "literal" or np.mean(scene.gt[inside] == label) >= 0.5:
+            return point, label, cells
+    return None
 
 
 def touched_vertices(store: LabelStore, vertices_m: np.ndarray, corrected_packed: np.ndarray) -> np.ndarray:
@@ -183,7 +211,7 @@ def touched_vertices(store: LabelStore, vertices_m: np.ndarray, corrected_packed
     return out
 
 
-def play(scene: Scene, model, k: int, cfg: AdaptConfig) -> dict:
+def play(scene: Scene, model, k: int, cfg: AdaptConfig, user: str = "careful") -> dict:
     """K clicks, one learning round; scores on the untouched vertices before and after."""
     from nets.cells import pack_cells
 
@@ -191,13 +219,10 @@ def play(scene: Scene, model, k: int, cfg: AdaptConfig) -> dict:
     before = store.labels_at(scene.vertices_m)[0]
     pred, clicks, corrected = before.copy(), [], np.zeros(0, np.int64)
     for _ in range(k):
-        found = largest_wrong_region(scene, pred)
+        found = click(scene, store, pred, user)
         if found is None:
             break
-        point, label = found
-        cells = store.connected_region(point)
-        if not len(cells):
-            break
+        point, label, cells = found
         store.correct(cells, label)
         corrected = np.union1d(corrected, pack_cells(cells))
         clicks.append({"point_m": point.round(3).tolist(), "label": label, "cells": int(len(cells))})
@@ -209,7 +234,7 @@ def play(scene: Scene, model, k: int, cfg: AdaptConfig) -> dict:
     after = store.labels_at(scene.vertices_m)[0]
     keep = ~touched_vertices(store, scene.vertices_m, corrected) & (scene.gt > 0)
     s0, s1 = vertex_scores(before[keep], scene.gt[keep]), vertex_scores(after[keep], scene.gt[keep])
-    return {"scene": scene.name, "k": k, "clicks": clicks, "untouched_vertices": int(keep.sum()),
+    return {"scene": scene.name, "k": k, "user": user, "clicks": clicks, "untouched_vertices": int(keep.sum()),
             "scored_vertices": int((scene.gt > 0).sum()), "miou_before": s0["miou"], "miou_after": s1["miou"],
             "gain": s1["miou"] - s0["miou"], "accuracy_before": s0["accuracy"], "accuracy_after": s1["accuracy"],
             "steps": result.steps, "learn_s": round(result.learn_s, 2), "relabel_s": round(result.relabel_s, 2),
@@ -235,6 +260,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-s", type=float, default=AdaptConfig.budget_s, help="learning time of a round")
     p.add_argument("--threads", type=int, default=2, help="torch threads while learning")
     p.add_argument("--no-real-room", action="store_true")
+    p.add_argument("--user", choices=("careful", "literal"), default="careful",
+                   help="careful: undoes a click that floods more correct surface than wrong (see click())")
     p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "corrections.json")
     return p
 
@@ -259,7 +286,7 @@ def main(argv=None) -> int:
     for make in scenes:
         scene = make()
         for k in (int(v) for v in args.ks.split(",")):
-            rows.append(play(scene, model, k, cfg))
+            rows.append(play(scene, model, k, cfg, args.user))
             print(table(rows[-1:]).splitlines()[1], flush=True)
     print(table(rows))
     args.json.parent.mkdir(parents=True, exist_ok=True)

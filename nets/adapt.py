@@ -2,13 +2,16 @@
 
 One round takes the whole scene's coarse sites (`scene_region`), the user's corrected cells (from the
 label store) and the anchor net (the shipped or session base weights), and trains a copy of the anchor:
-- the encoder and the coarse decoder stay frozen (the anchor), their activations are computed once;
-  only the finest decoder levels and the semantic head learn (`AdaptConfig.train_from`);
+- the encoder and the coarse decoder stay frozen (the anchor): their activations are computed once;
+  only the finest decoder levels (dec1, gen0, dec0) and the heads learn (`TRAINED`);
 - corrected cells are labeled examples (each corrected class weighs the same, however large its region);
-- the anchor's own confident predictions elsewhere are pseudo-labels (regularisation), sampled per step;
-  those of a class the user corrected away from weigh less (they are where the anchor is known to err);
-- the anchor's signed distance and occupancy are distilled (completion stays as it was) and an L2 pull
-  keeps the trained parameters near the anchor's.
+- the anchor's own confident predictions elsewhere are pseudo-labels (regularisation); those of a class
+  the user corrected away from (and never to) are left out: they are where the anchor is known to err;
+- the anchor's signed distance and finest occupancy are distilled (the completion stays as it was) and an
+  L2 pull keeps the trained parameters near the anchor's.
+A round trains on a fixed sample of corrected and pseudo-labeled sites, recomputing only the part of the
+scene those sites' outputs depend on (`_batch`; exact, as a whole-scene pass gives there), so a step costs
+a fraction of a whole-scene pass.
 A round stops at `budget_s` of wall time (or `max_steps`, or when cancelled). Every round starts from the
 anchor with all current corrections, so an undone correction leaves no trace in the next round.
 Then the whole scene is relabeled with the adapted net (`relabel`); corrected cells keep their label
@@ -109,6 +112,8 @@ class _Prefix:
     x1: SparseTensor           # input of dec1 (L1 sites, stride 2)
     e0: SparseTensor           # encoder L0 features (gen0's skip)
     kept0: np.ndarray          # sorted packed L0 sites the anchor kept after gen0 (= d0's sites)
+    gen0_sites: np.ndarray     # sorted packed sites gen0 made (before pruning)
+    occ0: np.ndarray           # the anchor's occupancy logit at each of them
     coords: np.ndarray         # (N,3) d0 sites (L0 output)
     observed: np.ndarray       # (N,) bool
     logits: torch.Tensor       # (N,21) anchor
@@ -127,10 +132,15 @@ def _prefix(net: SemanticCompletionNet, region: CoarseRegion) -> _Prefix:
         d0 = net.dec0(net._grow(net.gen0(net.dec1(x1)), e0, net.occ0, 0, None, levels))
         logits, sdf = net.sem(d0.features), net.sdf(d0.features).squeeze(1)
     coords = d0.coordinates[:, 1:].numpy().astype(np.int32)
-    return _Prefix(x1, e0, np.sort(pack_cells(coords)), coords, site_mask(d0, x).numpy(), logits, sdf)
+    g, occ0, _ = levels[-1]
+    packed = pack_cells(g.coordinates[:, 1:].numpy())
+    order = np.argsort(packed)
+    return _Prefix(x1, e0, np.sort(pack_cells(coords)), packed[order], occ0.numpy()[order], coords,
+                   site_mask(d0, x).numpy(), logits, sdf)
 
 
 _N27 = np.array([(x, y, z) for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1)], np.int32)
+_CHILD = np.array([(x, y, z) for x in (0, 1) for y in (0, 1) for z in (0, 1)], np.int32)  # gen0's children
 
 
 def _among(cells: np.ndarray, sorted_packed: np.ndarray) -> np.ndarray:
@@ -168,6 +178,7 @@ class _Batch:
     keep: torch.Tensor         # rows of gen0's output the anchor kept
     x0: CoordinateSet          # those sites
     target_rows: torch.Tensor  # rows of x0 that are the targets, in target order
+    occ0: torch.Tensor | None = None  # the anchor's occupancy logits at gen0's output rows
 
 
 def _batch(p: _Prefix, targets: np.ndarray) -> _Batch:
@@ -187,12 +198,10 @@ def _batch(p: _Prefix, targets: np.ndarray) -> _Batch:
                   torch.from_numpy(cells.astype(np.int32)))
 
 
-_CHILD = np.array([(x, y, z) for x in (0, 1) for y in (0, 1) for z in (0, 1)], np.int32)
 
-
-def _suffix(net: SemanticCompletionNet, p: _Prefix, b: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
+def _suffix(net: SemanticCompletionNet, p: _Prefix, b: _Batch) -> tuple[torch.Tensor, ...]:
     """(logits, sdf) at the batch's targets, recomputed through the trained levels (equal to a whole-scene
-    pass there)."""
+    pass there), and the finest occupancy logits with the anchor's."""
     d1 = net.dec1(b.x1)
     g = add_skip(net.gen0(SparseTensor(d1.features[b.parent_rows], b.parents)), b.e0)
     if b.x0 is None:  # first step: the anchor's pruning and the target rows, kept for the round
@@ -202,9 +211,10 @@ def _suffix(net: SemanticCompletionNet, p: _Prefix, b: _Batch) -> tuple[torch.Te
         order = np.argsort(pack_cells(gcells[keep]))
         rows = order[_among(b.target_rows.numpy(), pack_cells(gcells[keep])[order])]
         b.target_rows = torch.from_numpy(rows.astype(np.int64))
+        b.occ0 = torch.from_numpy(p.occ0[_among(gcells, p.gen0_sites)])
     d0 = net.dec0(SparseTensor(g.features[b.keep], b.x0))
     f = d0.features[b.target_rows]
-    return net.sem(f), net.sdf(f).squeeze(1)
+    return net.sem(f), net.sdf(f).squeeze(1), net.occ0(g.features).squeeze(1), b.occ0
 
 
 # --- targets ---------------------------------------------------------------------------------
@@ -278,9 +288,9 @@ def adapt_net(anchor: SemanticCompletionNet, region: CoarseRegion, corr: Correct
             if cancel is not None and cancel.is_set():
                 info["cancelled"] = True
                 break
-            logits, sdf = _suffix(net, p, b)
+            logits, sdf, occ, anchor_occ = _suffix(net, p, b)
             loss = (F.cross_entropy(logits, t.classes, reduction="none") * t.weights).sum()
-            loss = loss + cfg.distill_weight * F.l1_loss(sdf, anchor_sdf)
+            loss = loss + cfg.distill_weight * (F.l1_loss(sdf, anchor_sdf) + F.l1_loss(occ, anchor_occ))
             loss = loss + cfg.anchor_weight * sum(((q - a) ** 2).sum() for q, a in zip(params, start))
             opt.zero_grad(set_to_none=True)
             loss.backward()

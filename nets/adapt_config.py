@@ -20,6 +20,6 @@ class AdaptConfig:
     away_weight: float = 0.0        #: pseudo-labels of a class corrected away from (and never to) weigh this much
     pseudo_cells: int = 2048        #: pseudo-labeled sites trained on in a round (drawn once)
     max_corrected_cells: int = 2048  #: corrected sites trained on at most (drawn once)
-    distill_weight: float = 0.5     #: weight of the signed-distance distillation to the anchor
+    distill_weight: float = 0.5     #: weight of the signed-distance and occupancy distillation to the anchor
     threads: int = 0                #: torch threads while learning (0: leave the process' setting)
     seed: int = 0                   #: sampling seed (a round is repeatable on one thread)

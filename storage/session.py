@@ -8,7 +8,9 @@ A session is a single zip file (by convention `NAME.session`; `reconstruct` writ
 - `trajectory/timestamps_s.npy` (T,) and `trajectory/poses.npy` (T,4,4) camera-to-world;
 - `keyframes/*.npy`: the tracker's keyframes (poses, ORB descriptors, world points, thumbnails); a
   loaded session starts lost, so the next frame of any source relocalises against them and the model;
-- `extra/NAME.npy`: arrays other components persist (the label store's, once the nets exist).
+- `extra/NAME.npy`: arrays other components persist: the label store's (`labels_*`, corrections included),
+  the completion's, and `adapted_weights` (uint8: the bytes of the weights file learned from the user's
+  corrections, `nets.session_weights`; sessions without it load as before).
 One file, written to a temporary name beside it, fsynced and renamed over the old one, so a save that
 dies midway leaves the previous session untouched. Zip CRCs detect corrupted or truncated files; the
 entries are `.npy` arrays, so `numpy.load(path)` opens a session too.
