@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Callable
 
 os.environ.setdefault("NUMBA_THREADING_LAYER", "omp")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as main.py sets it for the app
 
 import numpy as np  # noqa: E402
 

@@ -24,7 +24,7 @@ from fusion.frame import Frame
 from fusion.gravity_settle import GravitySettler, SettleConfig, SettleStep, restate_stamp
 from fusion.meshing import ChunkMesher, MeshConfig
 from fusion.snapshots import RegionSnapshot, SnapshotRequest, SnapshotServer  # noqa: F401 (SnapshotRequest re-exported)
-from fusion.tracking import Tracker, TrackerConfig, TrackState
+from fusion.tracking import Tracker, TrackerConfig, TrackState, relative_motion
 from fusion.volume import TsdfVolume, VolumeConfig
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,10 @@ class PipelineConfig:
     #:     is finished over several frames)
     snapshot_halo_lag_frames: int = 10   #: budgeted snapshots reuse halo chunks summarised this many frames back
     stamp_history: int = 1024            #: integration stamps kept for readers on other threads
+    still_voxels: float = 0.0            #: a tracked frame closer than this many voxels to the last integrated
+    #:     one (and within still_deg) adds nothing new: it is not integrated (0: integrate every frame)
+    still_deg: float = 1.0               #: ... rotation for the above
+    still_max_frames: int = 6            #: a standing camera is integrated at least every this many frames
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class FrameResult:
     reason: str                      #: why it was rejected, or "relocalised" when it found the track again
     timings_ms: dict
     n_blocks: int
+    still: bool = False              #: tracked, and not integrated because the camera stood still
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,8 @@ class FusionPipeline:
         self._snapshots = SnapshotServer(self.volume, config.nets_chunk_m, config.snapshot_halo_lag_frames)
         self._stamps: deque[IntegrationStamp] = deque(maxlen=max(1, config.stamp_history))
         self._last_stamp: IntegrationStamp | None = None
+        self._last_integrated_T: np.ndarray | None = None
+        self._still_run = 0   # frames in a row not integrated because the camera stood still
 
     def process(self, frame: Frame, T_start: np.ndarray | None = None) -> FrameResult:
         """Fuse one frame, then serve snapshot requests within the per-frame budget.
@@ -119,14 +126,27 @@ class FusionPipeline:
         T, reason = self._pose(frame, T_start, timings)
         if T is None:
             return self._result(frame, None, False, reason, timings)
+        if not reason and self._still(T):
+            self._still_run += 1
+            return self._result(frame, T, False, "still", timings, still=True)
+        self._still_run = 0
         t0 = time.perf_counter()
         touched = self.volume.integrate(frame, T)
         timings["integrate"] = (time.perf_counter() - t0) * 1e3
         self._after_integrate(frame, T, touched, timings)
         t0 = time.perf_counter()
         T = self._follow_gravity(self.gravity.after_integrate(frame, T), T)
+        self._last_integrated_T = T
         timings["gravity"] = (time.perf_counter() - t0) * 1e3
         return self._result(frame, T, True, reason, timings)
+
+    def _still(self, T: np.ndarray) -> bool:
+        """True when T is within still_voxels / still_deg of the last integrated pose (not too many times running)."""
+        cfg, last = self.config, self._last_integrated_T
+        if cfg.still_voxels <= 0 or last is None or self._still_run + 1 >= cfg.still_max_frames:
+            return False
+        m, deg = relative_motion(last, T)
+        return m < cfg.still_voxels * cfg.volume.voxel_size_m and deg < cfg.still_deg
 
     def _pose(self, frame: Frame, T_start, timings) -> tuple[np.ndarray | None, str]:
         if self.config.poses == "gt":
@@ -163,6 +183,8 @@ class FusionPipeline:
         follow, re-meshed chunks are marked. Once gravity settles, the nets may label everything."""
         if step.correction is not None:
             T = step.correction @ T
+            if self._last_integrated_T is not None:
+                self._last_integrated_T = step.correction @ self._last_integrated_T
             self.tracker.reset(T)
             self.tracker.relocaliser.move_world(step.correction)
             self._snapshots.reset_cache()
@@ -183,10 +205,10 @@ class FusionPipeline:
         if last is not None:
             self._follow_gravity(self.gravity.settle_now(last.index), last.T_world_cam)
 
-    def _result(self, frame, T, integrated, reason, timings) -> FrameResult:
+    def _result(self, frame, T, integrated, reason, timings, still: bool = False) -> FrameResult:
         state = TrackState.OK.value if self.config.poses == "gt" else self.tracker.state.value
         return FrameResult(frame.index, frame.timestamp_s, T, state, integrated, reason,
-                           timings, self.volume.n_blocks)
+                           timings, self.volume.n_blocks, still)
 
     # --- snapshot requests (other threads ask, the fusion thread serves) ------------------------
     def take_dirty(self, consumers, since_count: int) -> tuple[set, list[IntegrationStamp]]:

@@ -14,6 +14,7 @@ import open3d.core as o3c
 
 from fusion.errors import UserError
 from fusion.frame import Frame
+from fusion.integrate import integrate_blocks
 from fusion.raycast import BlockIndex, depth_ranges, raycast_depth
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class VolumeConfig:
     initial_blocks: int = 4000          #: hash map capacity at start (grows on demand)
     max_blocks: int = 120_000           #: hard cap; beyond it only existing blocks are updated
     device: str = "auto"                #: auto | cpu | cuda
+    own_kernel: bool = True             #: on the CPU integrate with fusion.integrate (False: Open3D's kernel)
 
     def __post_init__(self):
         r = self.block_resolution
@@ -122,12 +124,27 @@ class TsdfVolume:
         blocks = self._limit_to_capacity(blocks)
         if blocks.shape[0] == 0:
             return np.zeros((0, 3), np.int32)
-        self.grid.integrate(blocks, depth, color, K, K, extrinsic, 1.0, cfg.depth_max_m,
-                            trunc_voxel_multiplier=float(cfg.trunc_voxels))
+        if self.on_cpu and cfg.own_kernel:
+            self._integrate_cpu(blocks, frame, depth, T_world_cam)
+        else:
+            self.grid.integrate(blocks, depth, color, K, K, extrinsic, 1.0, cfg.depth_max_m,
+                                trunc_voxel_multiplier=float(cfg.trunc_voxels))
         self.frames_integrated += 1
         self.last_blocks = blocks.cpu().numpy().astype(np.int32)
         self._update_index()
         return self.last_blocks
+
+    def _integrate_cpu(self, blocks: o3c.Tensor, frame: Frame, depth, T_world_cam: np.ndarray) -> None:
+        """Allocate `blocks` and fuse the frame into them with our kernel (fusion.integrate)."""
+        cfg = self.config
+        hashmap = self.grid.hashmap()
+        hashmap.activate(blocks)
+        buf, _ = hashmap.find(blocks)
+        tsdf, weight, color = self.voxel_arrays()  # after activate: a grown map moved the buffers
+        K = integration_matrix(frame.intrinsics)
+        integrate_blocks(tsdf, weight, color, blocks.numpy(), buf.numpy().astype(np.int64), depth.as_tensor().numpy()[..., 0],
+                         np.ascontiguousarray(frame.color), K[0, 0], K[1, 1], K[0, 2], K[1, 2],
+                         np.linalg.inv(T_world_cam), cfg.voxel_size_m, cfg.trunc_m, cfg.depth_max_m)
 
     def _update_index(self) -> None:
         """Keep the dense block index in step; a grown hash map may have moved every block."""

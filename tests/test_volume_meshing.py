@@ -230,3 +230,25 @@ def test_gpu_style_meshing_equals_cpu_meshing():
     gpu = ChunkMesher(vol, MeshConfig(threads=1))
     gpu.update(late)
     assert _face_keys(gpu.full_mesh()) == _face_keys(cpu.full_mesh()) and len(cpu.full_mesh().faces)
+
+
+def test_a_standing_camera_is_tracked_but_integrated_only_every_few_frames():
+    """With still_voxels, frames within a voxel of the last integrated pose are tracked, not integrated
+    (result.still), at most still_max_frames - 1 in a row; a frame that moved is integrated again."""
+    import dataclasses
+
+    from fusion.pipeline import FusionPipeline, PipelineConfig
+
+    base = orbit(2, SMALL, step_deg=2.0)
+    frames = [dataclasses.replace(base[0], index=i, timestamp_s=i / 30) for i in range(8)]
+    frames.append(dataclasses.replace(base[1], index=8, timestamp_s=8 / 30))
+    cfg = PipelineConfig(volume=VolumeConfig(voxel_size_m=0.02, **CPU), still_voxels=1.0, still_max_frames=4)
+    pipe = FusionPipeline(cfg)
+    try:
+        results = [pipe.process(f, T_start=frames[0].T_world_cam_gt) for f in frames]
+    finally:
+        pipe.close()
+    assert [r.integrated for r in results] == [True, False, False, False, True, False, False, False, True]
+    assert all(r.still and r.reason == "still" and r.T_world_cam is not None for r in results if not r.integrated)
+    assert pipe.volume.frames_integrated == 3 and pipe.tracker.failures == 0
+    np.testing.assert_allclose(results[3].T_world_cam, frames[0].T_world_cam_gt, atol=1e-3)
