@@ -117,6 +117,8 @@ class LearningController(QObject):
                 self.message.emit("info", f"not learning from corrections: {problem or 'the labeling nets are off'}")
             return
         self.corrections = self.undo.index()
+        if not self.corrections and not learner.adapted:  # nothing learned, nothing to undo (a new scan)
+            return
         self._cancel = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(learner, self.nets.store, self._cancel),
                                         name="nets-learn", daemon=True)

@@ -10,11 +10,13 @@ held-out synthetic rooms (`reconstruct synthetic:SEED --labels final`, built onc
 For each scene and K, starting from the shipped weights' labels: K times, find the largest connected
 set of mesh vertices that are still wrongly labeled (same predicted and same true class, connected
 through mesh edges) and click its vertex nearest its centroid with the region tool and the true class
-(`connected_region`, exactly as the app does; no learning between clicks). The region tool floods every
-connected cell of the clicked label, so a picture labeled "wall" clicked as picture turns the whole wall
-into picture; the default "careful" user sees that and takes the next largest wrong region instead
-(a click is kept when at least half the surface it relabels truly has the class it sets); `--user
-literal` keeps every click, whatever it floods. Then one learning round
+(no learning between clicks). What the click relabels (`--user`): "precise" (default), the cells of that
+wrong region (a region tool that stops at the object's true boundary); "literal", the app's region tool
+(`connected_region`), which floods every connected cell of the clicked label, so a picture labeled
+"wall" clicked as picture turns the whole wall into picture, and the errors of a good model (thin fringes
+where two objects meet) cannot be clicked without relabeling both objects; "careful", the app's tool,
+but a click is undone when less than half the surface it relabels truly has the class it sets, and the
+next largest wrong region is tried. Then one learning round
 (`nets.adapt.CorrectionLearner`, the app's and `relabel`'s code) and the relabel. Scored: per-vertex
 ScanNet-20 mIoU (`nets.real_room.vertex_scores`) on the vertices no correction touched (their cell,
 or the neighbour cell their label is read from, was not corrected), before and after the round; wall
@@ -154,8 +156,8 @@ def synthetic_room(seed: int, cache: Path, model, frames: int) -> Scene:
 
 
 # --- playing the user --------------------------------------------------------------------------
-def wrong_regions(scene: Scene, pred: np.ndarray, most: int) -> list[tuple[np.ndarray, int]]:
-    """(click point, true class) for the `most` largest connected sets of wrongly labeled vertices that
+def wrong_regions(scene: Scene, pred: np.ndarray, most: int) -> list[tuple[np.ndarray, int, np.ndarray]]:
+    """(click point, true class, member vertices) for the `most` largest connected sets of wrongly labeled vertices that
     share their predicted and their true class, largest first."""
     wrong = (scene.gt > 0) & (pred != scene.gt)
     if not wrong.any():
@@ -174,19 +176,26 @@ def wrong_regions(scene: Scene, pred: np.ndarray, most: int) -> list[tuple[np.nd
             break
         centre = scene.vertices_m[members].mean(0)
         pick = members[np.argmin(np.linalg.norm(scene.vertices_m[members] - centre, axis=1))]
-        out.append((scene.vertices_m[pick].astype(np.float64), int(scene.gt[pick])))
+        out.append((scene.vertices_m[pick].astype(np.float64), int(scene.gt[pick]), members))
     return out
 
 
+USERS = ("precise", "careful", "literal")
+
+
 def click(scene: Scene, store: LabelStore, pred: np.ndarray, user: str) -> tuple[np.ndarray, int, np.ndarray] | None:
-    """The next region click: (point, class, cells it relabels). The "literal" user clicks the largest
-    wrong region whatever the click floods; the "careful" one (default) sees what a click did and undoes
-    a click whose flood relabels more correctly labeled surface than wrong (a picture labeled wall, clicked,
-    turns the whole wall into picture), then tries the next largest wrong region."""
+    """The next region click on the largest wrong region: (point, class, cells it relabels).
+    "literal": the app's region tool at that point, whatever it floods (every connected cell of the
+    clicked label). "careful": the same, but a click whose flood relabels more correctly labeled surface
+    than wrong (a picture labeled wall, clicked, turns the whole wall into picture) is undone and the next
+    largest wrong region tried. "precise" (default): a region tool that stops at the object's true
+    boundary, i.e. exactly the cells of the wrong region's vertices."""
     from nets.cells import pack_cells
 
     vertex_cells = pack_cells(store.cells_at(scene.vertices_m))
-    for point, label in wrong_regions(scene, pred, 1 if user == "literal" else 30):
+    for point, label, members in wrong_regions(scene, pred, 1 if user != "careful" else 30):
+        if user == "precise":
+            return point, label, np.unique(store.cells_at(scene.vertices_m[members]), axis=0)
         cells = store.connected_region(point)
         if not len(cells):
             continue
@@ -211,7 +220,7 @@ def touched_vertices(store: LabelStore, vertices_m: np.ndarray, corrected_packed
     return out
 
 
-def play(scene: Scene, model, k: int, cfg: AdaptConfig, user: str = "careful") -> dict:
+def play(scene: Scene, model, k: int, cfg: AdaptConfig, user: str = "precise") -> dict:
     """K clicks, one learning round; scores on the untouched vertices before and after."""
     from nets.cells import pack_cells
 
@@ -260,8 +269,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-s", type=float, default=AdaptConfig.budget_s, help="learning time of a round")
     p.add_argument("--threads", type=int, default=2, help="torch threads while learning")
     p.add_argument("--no-real-room", action="store_true")
-    p.add_argument("--user", choices=("careful", "literal"), default="careful",
-                   help="careful: undoes a click that floods more correct surface than wrong (see click())")
+    p.add_argument("--user", choices=USERS, default="precise",
+                   help="how a click relabels: precise (the wrong region's cells), careful or literal (the app's "
+                        "region tool; careful undoes floods that break more than they fix); see click()")
     p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "corrections.json")
     return p
 

@@ -5,8 +5,11 @@ label store) and the anchor net (the shipped or session base weights), and train
 - the encoder and the coarse decoder stay frozen (the anchor): their activations are computed once;
   only the finest decoder levels (dec1, gen0, dec0) and the heads learn (`TRAINED`);
 - corrected cells are labeled examples (each corrected class weighs the same, however large its region);
-- the anchor's own confident predictions elsewhere are pseudo-labels (regularisation); those of a class
-  the user corrected away from (and never to) are left out: they are where the anchor is known to err;
+- the anchor's own confident predictions elsewhere are pseudo-labels (regularisation), except where they
+  look like a correction's cells: a cell of a class the user corrected away from whose anchor features
+  are closer to the corrected cells' mean than to its class's mean is left free to change (that is the
+  mistake the user showed); the other cells of that class keep it (a picture corrected out of a wall
+  must not turn the whole wall into picture);
 - the anchor's signed distance and finest occupancy are distilled (the completion stays as it was) and an
   L2 pull keeps the trained parameters near the anchor's.
 A round trains on a fixed sample of corrected and pseudo-labeled sites, recomputing only the part of the
@@ -116,6 +119,7 @@ class _Prefix:
     occ0: np.ndarray           # the anchor's occupancy logit at each of them
     coords: np.ndarray         # (N,3) d0 sites (L0 output)
     observed: np.ndarray       # (N,) bool
+    features: np.ndarray       # (N,C) the anchor's last features (what the semantic head reads)
     logits: torch.Tensor       # (N,21) anchor
     sdf: torch.Tensor          # (N,) anchor
 
@@ -136,7 +140,7 @@ def _prefix(net: SemanticCompletionNet, region: CoarseRegion) -> _Prefix:
     packed = pack_cells(g.coordinates[:, 1:].numpy())
     order = np.argsort(packed)
     return _Prefix(x1, e0, np.sort(pack_cells(coords)), packed[order], occ0.numpy()[order], coords,
-                   site_mask(d0, x).numpy(), logits, sdf)
+                   site_mask(d0, x).numpy(), d0.features.numpy(), logits, sdf)
 
 
 _N27 = np.array([(x, y, z) for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1)], np.int32)
@@ -245,12 +249,25 @@ def _targets(p: _Prefix, corr: Corrections, cfg: AdaptConfig, rng: np.random.Gen
     anchor_cls = arg.numpy()
     pool = np.flatnonzero(p.observed & ~corrected & (conf.numpy() >= cfg.pseudo_min_conf) & (anchor_cls != EMPTY))
     pseudo = rng.choice(pool, min(cfg.pseudo_cells, len(pool)), replace=False) if len(pool) else pool
-    away = np.setdiff1d(anchor_cls[rows][anchor_cls[rows] != classes], classes)  # corrected away from, never to
-    pw = np.where(np.isin(anchor_cls[pseudo], away), cfg.away_weight, 1.0)
+    pw = np.where(_look_alike(p, rows, classes, anchor_cls, pseudo, pool), cfg.away_weight, 1.0)
     pw = cfg.pseudo_weight * pw / max(pw.sum(), 1e-6)
     all_rows = np.concatenate([rows, pseudo]).astype(np.int64)
     return _Targets(all_rows, torch.from_numpy(np.concatenate([classes, anchor_cls[pseudo]]).astype(np.int64)),
                     torch.from_numpy(np.concatenate([weights, pw]).astype(np.float32)), len(rows))
+
+
+def _look_alike(p: _Prefix, rows, classes, anchor_cls, pseudo, pool) -> np.ndarray:
+    """(len(pseudo),) bool: the pseudo-labeled cell has a class some corrected cells were corrected away
+    from, and its features are closer to those corrected cells' mean than to its class's mean."""
+    out = np.zeros(len(pseudo), bool)
+    moved = anchor_cls[rows] != classes
+    for a in np.unique(anchor_cls[rows][moved]):
+        mu_c = p.features[rows[moved & (anchor_cls[rows] == a)]].mean(0)
+        mu_p = p.features[pool[anchor_cls[pool] == a]].mean(0) if np.any(anchor_cls[pool] == a) else mu_c
+        sel = np.flatnonzero(anchor_cls[pseudo] == a)
+        f = p.features[pseudo[sel]]
+        out[sel] = np.linalg.norm(f - mu_c, axis=1) < np.linalg.norm(f - mu_p, axis=1)
+    return out
 
 
 # --- training --------------------------------------------------------------------------------

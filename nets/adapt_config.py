@@ -16,8 +16,8 @@ class AdaptConfig:
     lr: float = 1e-2                #: Adam learning rate
     anchor_weight: float = 1e-3     #: L2 pull of the trained parameters toward the anchor's (sum of squares)
     pseudo_min_conf: float = 0.7    #: the anchor's predictions at least this confident are pseudo-labels
-    pseudo_weight: float = 0.5      #: weight of the pseudo-label loss against the corrections'
-    away_weight: float = 0.0        #: pseudo-labels of a class corrected away from (and never to) weigh this much
+    pseudo_weight: float = 2.0      #: weight of the pseudo-label loss against the corrections'
+    away_weight: float = 0.0        #: weight of pseudo-labels that look like a correction's cells (see nets.adapt)
     pseudo_cells: int = 2048        #: pseudo-labeled sites trained on in a round (drawn once)
     max_corrected_cells: int = 2048  #: corrected sites trained on at most (drawn once)
     distill_weight: float = 0.5     #: weight of the signed-distance and occupancy distillation to the anchor
