@@ -41,8 +41,9 @@ class PipelineConfig:
     incremental_mesh: bool = True   #: re-mesh touched blocks after every frame
     min_valid_depth_share: float = 0.01  #: frames with a smaller share of pixels with depth in range are skipped
     snapshot_regions_per_frame: int = 1  #: region snapshots completed at the end of one process() at most
-    snapshot_budget_ms: float = 8.0      #: fusion-thread time per process() for snapshot work (a big region
-    #:     is finished over several frames)
+    snapshot_budget_ms: float = 8.0      #: fusion-thread time per process() for snapshot work at least (a big
+    #:     region is finished over several frames)...
+    snapshot_budget_share: float = 0.2   #: ... or this share of the frame's own fusion time, when more
     snapshot_halo_lag_frames: int = 10   #: budgeted snapshots reuse halo chunks summarised this many frames back
     stamp_history: int = 1024            #: integration stamps kept for readers on other threads
     still_voxels: float = 0.0            #: a tracked frame closer than this many voxels to the last integrated
@@ -101,11 +102,14 @@ class FusionPipeline:
         """Fuse one frame, then serve snapshot requests within the per-frame budget.
 
         T_start: pose of the first fused frame when tracking (identity if None)."""
+        t0 = time.perf_counter()
         result = self._fuse(frame, T_start)
         if self._snapshots.pending():
-            t0 = time.perf_counter()
-            self.serve_requests(self.config.snapshot_regions_per_frame, self.config.snapshot_budget_ms)
-            result.timings_ms["snapshot"] = (time.perf_counter() - t0) * 1e3
+            cfg = self.config
+            t1 = time.perf_counter()
+            budget_ms = max(cfg.snapshot_budget_ms, cfg.snapshot_budget_share * (t1 - t0) * 1e3)
+            self.serve_requests(cfg.snapshot_regions_per_frame, budget_ms)
+            result.timings_ms["snapshot"] = (time.perf_counter() - t1) * 1e3
         return result
 
     def _fuse(self, frame: Frame, T_start: np.ndarray | None) -> FrameResult:

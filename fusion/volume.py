@@ -251,7 +251,7 @@ class TsdfVolume:
         T = np.asarray(T_world_cam, np.float64)
         guide = np.zeros((0, 0), np.float32)
         if intrinsics.width >= RAY_GUIDE_MIN_WIDTH_PX:
-            guide = self._raycast(T, intrinsics.scaled(0.5), weight_min, guide)
+            guide = self.render_depth(T, intrinsics.scaled(0.5), weight_min)
         return self._raycast(T, intrinsics, weight_min, guide)
 
     def _raycast(self, T: np.ndarray, i, weight_min: float, guide: np.ndarray) -> np.ndarray:
