@@ -5,11 +5,11 @@ label store) and the anchor net (the shipped or session base weights), and train
 - the encoder and the coarse decoder stay frozen (the anchor): their activations are computed once;
   only the finest decoder levels (dec1, gen0, dec0) and the heads learn (`TRAINED`);
 - corrected cells are labeled examples (each corrected class weighs the same, however large its region);
-- the anchor's own confident predictions elsewhere are pseudo-labels (regularisation), except where they
-  look like a correction's cells: a cell of a class the user corrected away from whose anchor features
-  are closer to the corrected cells' mean than to its class's mean is left free to change (that is the
-  mistake the user showed); the other cells of that class keep it (a picture corrected out of a wall
-  must not turn the whole wall into picture);
+- the anchor's own confident predictions elsewhere are pseudo-labels (regularisation); optionally
+  (`away_weight` < 1) those that look like a correction's cells weigh less: a cell of a class the user
+  corrected away from whose anchor features are closer to the corrected cells' mean than to its class's
+  mean (the mistake the user showed); dropping all pseudo-labels of such a class instead turned a whole
+  wall into "picture" after one picture was corrected out of it;
 - the anchor's signed distance and finest occupancy are distilled (the completion stays as it was) and an
   L2 pull keeps the trained parameters near the anchor's.
 A round trains on a fixed sample of corrected and pseudo-labeled sites, recomputing only the part of the
