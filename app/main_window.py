@@ -21,6 +21,7 @@ from app.kernel_warmup import KernelWarmup, KernelWarmupConfig
 from app.menus import build_menus
 from app.nets_hookup import NetsConfig, NetsHookup
 from app.recovery import offer_recovery
+from app.ruler import RulerTool
 from app.shortcuts import ShortcutGuard
 from app.side_panel import DEMO_SOURCE, PanelConfig, SidePanel
 from app.snapshots import DisplaySnapshot, FusionStatus
@@ -122,7 +123,11 @@ class MainWindow(QMainWindow):
         self.learning.message.connect(self.show_event)
         self.status_bar.addPermanentWidget(self.learning.widget)
         self.correction.message.connect(lambda text: self.show_event("info", text))
-        self.viewport.surface_picked.connect(self.correction.on_pick)
+        self.ruler = RulerTool(lambda: self.viewport.camera.up, parent=self)
+        self.ruler.message.connect(lambda text: self.show_event("info", text))
+        self.ruler.segment_changed.connect(self.viewport.set_ruler)
+        self.viewport.surface_picked.connect(
+            lambda point, phase: (self.ruler if self.ruler.active else self.correction).on_pick(point, phase))
         p = self.panel
         p.start.connect(self.start_scan)
         p.pause.connect(lambda on: self.worker.command("pause" if on else "resume"))
@@ -277,8 +282,19 @@ class MainWindow(QMainWindow):
         name = time.strftime("scan-%Y%m%d-%H%M%S.db3")
         self.worker.command("record", f"{self.files.last_dir}/{name}")
 
+    def set_ruler(self, on: bool) -> None:
+        """Measure distances on the surface (turns label correction off, and back)."""
+        if on and self.panel.correct_btn.isChecked():
+            self.panel.correct_btn.setChecked(False)
+        self.ruler.set_active(on)
+        self._set_picking(self.panel.correct_btn.isChecked())
+
     def _set_picking(self, on: bool) -> None:
-        self.viewport.picking = bool(on)
+        if on and self.ruler.active:  # correcting ends measuring
+            self.actions_by_name["ruler"].setChecked(False)
+            self.ruler.set_active(False)
+        on = bool(on) or self.ruler.active
+        self.viewport.picking = on
         if on:
             self.viewport.setCursor(Qt.CursorShape.CrossCursor)
         else:

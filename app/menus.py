@@ -62,6 +62,7 @@ def _edit_menu(w, acts: dict) -> None:
     acts["undo"], acts["redo"] = undo, redo
     acts["pick"] = _action(w, m, "&Correct labels (pick on surface)", lambda on: p.correct_btn.setChecked(on), "C", True)
     p.correct_btn.toggled.connect(acts["pick"].setChecked)
+    acts["ruler"] = _action(w, m, "&Measure distance (ruler)", lambda on: w.set_ruler(on), "M", True)
 
 
 def _view_menu(w, acts: dict) -> None:

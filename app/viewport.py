@@ -37,6 +37,7 @@ class ViewportConfig:
     frustum_depth_m: float = 0.3            #: drawn depth of the live camera's frustum
     frustum_rgba: tuple = (1.0, 1.0, 1.0, 1.0)      #: colour of the live camera's frustum
     trajectory_rgba: tuple = (1.0, 0.85, 0.2, 1.0)  #: colour of the camera path
+    ruler_rgba: tuple = (1.0, 0.2, 0.9, 1.0)        #: colour of the ruler's segment (drawn over the surface)
     completion_alpha: float = 0.45          #: opacity of completed geometry
     pick_window_px: int = 7                 #: picking reads a square this wide and takes the nearest hit
     brush_window_px: int = 161              #: a brush reads the surface from a square this wide at most
@@ -68,7 +69,7 @@ class Viewport(QOpenGLWidget):
         self._completion: MeshDisplay | None = None
         self._completion_buf: MeshBuffer | None = None
         self._clear_gl = False
-        self._lines: dict[str, np.ndarray] = {"frustum": np.zeros((0, 3)), "trajectory": np.zeros((0, 3))}
+        self._lines: dict[str, np.ndarray] = {name: np.zeros((0, 3)) for name in ("frustum", "trajectory", "ruler")}
         self._line_dirty = True
         self._auto_fit, self._oriented = True, False
         self._pose: np.ndarray | None = None
@@ -176,6 +177,7 @@ class Viewport(QOpenGLWidget):
             self._line_prog = Program(LINE_VS, LINE_FS)
             self._traj = LineBuffer(GL.GL_LINE_STRIP)
             self._frustum = LineBuffer(GL.GL_LINES)
+            self._ruler = LineBuffer(GL.GL_LINE_STRIP)
             self._gl_ready = True
         except Exception as exc:  # no usable OpenGL 3.3: say so instead of crashing
             self.gl_error = f"OpenGL 3.3 is not available: {exc}"
@@ -247,6 +249,7 @@ class Viewport(QOpenGLWidget):
         if self._line_dirty:
             self._traj.upload(self._lines["trajectory"])
             self._frustum.upload(self._lines["frustum"])
+            self._ruler.upload(self._lines["ruler"])
             self._line_dirty = False
 
     def _use_mesh_prog(self, mvp, view, mode: int, alpha: float) -> None:
@@ -301,8 +304,18 @@ class Viewport(QOpenGLWidget):
         for buf, color in ((self._traj, self.config.trajectory_rgba), (self._frustum, self.config.frustum_rgba)):
             GL.glUniform4f(p.loc("u_color"), *color)
             buf.draw()
+        GL.glDisable(GL.GL_DEPTH_TEST)  # the ruler's segment lies on the surface: drawn over it
+        GL.glUniform4f(p.loc("u_color"), *self.config.ruler_rgba)
+        self._ruler.draw()
+        GL.glEnable(GL.GL_DEPTH_TEST)
         GL.glDepthMask(GL.GL_TRUE)
         GL.glBindVertexArray(0)
+
+    def set_ruler(self, points_m: np.ndarray) -> None:
+        """The ruler's segment ((0..2, 3) world points; fewer than two draw nothing)."""
+        self._lines["ruler"] = np.asarray(points_m, float).reshape(-1, 3)
+        self._line_dirty = True
+        self.update()
 
     # --- picking ------------------------------------------------------------------------------
     def _pixels(self) -> tuple[int, int, float]:

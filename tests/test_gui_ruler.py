@@ -1,0 +1,54 @@
+"""The ruler in a real window: two clicks on the surface measure the distance between them (split along
+the scan's up), the viewport draws the segment over the surface, a click off the surface says so, and
+turning label correction on ends measuring."""
+from __future__ import annotations
+
+import numpy as np
+from PyQt6.QtCore import QPoint, Qt
+
+from tests.gui_support import full_detail, make_window, pixels, require_display, scan, shown, surface_mask  # noqa: F401
+
+require_display()
+MS = 60_000  # bound on waits for work on a loaded machine (a failure, never a pace)
+
+
+def _two_surface_pixels(w) -> tuple[QPoint, QPoint]:
+    """Two viewport pixels well inside the drawn surface, far apart on one row (widget coordinates)."""
+    mask = surface_mask(w, pixels(w))
+    inner = mask.copy()
+    for axis in (0, 1):
+        for shift in (-10, 10):
+            inner &= np.roll(mask, shift, axis)
+    row = int(np.argmax(inner.sum(1)))
+    xs = np.nonzero(inner[row])[0]
+    dpr = w.viewport.devicePixelRatioF()
+    return QPoint(int(xs[5] / dpr), int(row / dpr)), QPoint(int(xs[-5] / dpr), int(row / dpr))
+
+
+def _messages(w) -> str:
+    return w.status_bar.currentMessage()
+
+
+def test_two_clicks_measure_and_draw_a_segment_and_a_miss_says_so(make_window, qtbot):
+    w = make_window(viewport=full_detail())
+    scan(qtbot, w, "synthetic:3", frames=8, timeout_s=MS / 1000)
+    shown(qtbot, w, timeout_s=MS / 1000)
+    a_px, b_px = _two_surface_pixels(w)
+    w.actions_by_name["ruler"].trigger()
+    assert w.ruler.active and w.viewport.picking and not w.panel.correct_btn.isChecked()
+    qtbot.mouseClick(w.viewport, Qt.MouseButton.LeftButton, pos=a_px)
+    assert _messages(w) == "ruler: click the second point"
+    qtbot.mouseClick(w.viewport, Qt.MouseButton.LeftButton, pos=b_px)
+    m = w.ruler.last
+    assert m is not None and m.length_m > 0.1
+    a, b = (w.viewport.pick(p.x(), p.y()) for p in (a_px, b_px))
+    assert m.length_m == np.linalg.norm(np.asarray(b) - np.asarray(a))  # the points under the clicks
+    assert abs(m.horizontal_m ** 2 + m.vertical_m ** 2 - m.length_m ** 2) < 1e-9
+    assert _messages(w).startswith(f"distance {m.length_m:.3f} m (horizontal")
+    ruler_rgb = np.round(np.array(w.viewport.config.ruler_rgba[:3]) * 255)
+    qtbot.waitUntil(lambda: np.any(np.all(np.abs(pixels(w).astype(int) - ruler_rgb) <= 3, axis=2)), timeout=MS)
+    qtbot.mouseClick(w.viewport, Qt.MouseButton.LeftButton, pos=QPoint(2, 2))  # the background
+    assert _messages(w) == "ruler: nothing there to measure; click on the scanned surface"
+    qtbot.mouseClick(w.panel.correct_btn, Qt.MouseButton.LeftButton)  # correcting ends measuring
+    assert not w.ruler.active and not w.actions_by_name["ruler"].isChecked() and w.ruler.last is None
+    assert w.viewport.picking
