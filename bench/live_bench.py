@@ -58,6 +58,7 @@ class LiveBenchConfig:
     passes: int = 1                   #: play the sequence forward, backward, forward... this many times
     poll_timeout_s: float = 0.05      #: capture thread's wait for a frame
     open3d: bool = True               #: also run Open3D's loop
+    repeats: int = 2                  #: each loop runs this many times (order A B C, C B A, ...): the runs are pooled
 
 
 class _Held:
@@ -234,7 +235,8 @@ def _latency(labeler, end_s: float) -> dict:
     pct = ({f"p{p}": round(float(np.percentile(lat, p)), 3) for p in (50, 95)} if len(lat)
            else {"p50": None, "p95": None})
     stats = labeler.stats()
-    return {"label_latency_s": pct, "label_changes": len(lat), "label_changes_unlabelled_at_end": len(waiting),
+    return {"label_latency_s": pct, "latency_samples_s": [round(float(v), 4) for v in lat],
+            "label_changes": len(lat), "label_changes_unlabelled_at_end": len(waiting),
             "label_latency_landed_s": ({f"p{p}": round(float(np.percentile(landed, p)), 3) for p in (50, 95)}
                                        if landed else None),
             "chunks_inferred": stats["chunks_inferred"], "infer_ms_p50": stats["infer_ms_p50"]}
@@ -302,9 +304,36 @@ def load_frames(spec: str, max_frames: int | None, gt_path: Path | None) -> list
 
 
 # --- report ------------------------------------------------------------------------------------
+def _pct(values) -> dict:
+    v = np.asarray(values, float)
+    return {f"p{p}": round(float(np.percentile(v, p)), 3) for p in (50, 95)} if len(v) else {"p50": None, "p95": None}
+
+
+def pool(runs: list) -> dict | None:
+    """The repeats of one loop as one: frame counts summed, rates averaged over runs, the worst ATE,
+    latency percentiles over every change of every run; `repeats` keeps each run."""
+    if not runs or runs[0] is None:
+        return None
+    out = dict(runs[-1])
+    for k in ("frames", "frames_fused", "frames_integrated", "frames_skipped", "slot_dropped", "tracking_losses",
+              "tracking_failures", "label_changes", "label_changes_unlabelled_at_end", "chunks_inferred"):
+        if k in out:
+            out[k] = int(sum(r[k] for r in runs))
+    out["fused_fps"] = round(float(np.mean([r["fused_fps"] for r in runs])), 3)
+    for k in ("ate_rmse_m", "ate_fused_rmse_m"):
+        vals = [r[k] for r in runs if r[k] is not None]
+        out[k] = max(vals) if vals else None
+    if "latency_samples_s" in out:
+        out["label_latency_s"] = _pct([v for r in runs for v in r["latency_samples_s"]])
+    out["repeats"] = [{k: v for k, v in r.items() if k != "latency_samples_s"} for r in runs]
+    out.pop("latency_samples_s", None)
+    return out
+
+
 def result(spec: str, config: LiveBenchConfig, source_frames: int, ours: dict, bare: dict, o3d: dict | None) -> dict:
     lat = ours.get("label_latency_s", {"p50": None, "p95": None})
-    out = {"source": spec, "source_frames": source_frames, "passes": config.passes, "fps": config.fps,
+    out = {"source": spec, "source_frames": source_frames, "passes": config.passes, "repeats": config.repeats,
+           "fps": config.fps,
            "voxel_size_m": config.voxel_size_m, "labels": config.labels,
            "fused_fps": ours["fused_fps"], "frames_skipped": ours["frames_skipped"],
            "tracking_losses": ours["tracking_losses"], "ate_rmse_m": ours["ate_rmse_m"],
@@ -327,7 +356,8 @@ def print_table(r: dict) -> None:
             ("open3d slam.Model", r["runs"]["open3d"])]
     fmt = lambda v, f: "-" if v is None else f.format(v)  # noqa: E731
     print(f"{r['source']}: {r['source_frames']} frames x {r['passes']} pass(es) at {r['fps']:g} frames/s, "
-          f"voxel {r['voxel_size_m'] * 100:g} cm, labels {r['labels']}")
+          f"voxel {r['voxel_size_m'] * 100:g} cm, labels {r['labels']}; {r['repeats']} run(s) of each loop, "
+          "frame counts summed, frames/s averaged, the worst ATE")
     print(f"{'loop':<18} | fused/s | fused | skipped | losses | ATE all (mm) | ATE fused (mm)")
     for name, run in rows:
         if run is None:
@@ -349,13 +379,18 @@ def run(spec: str, config: LiveBenchConfig, max_frames: int | None = None, gt_pa
     frames = play_list(source_frames, config.passes, config.fps)
     model = _load_model() if config.labels == "incremental" else None
     warm_up(frames, config, model)
-    log.info("open3d loop ...")
-    o3d = run_open3d(frames, config) if config.open3d else None
-    log.info("ours without nets ...")
-    bare = run_ours(frames, config, None)
-    log.info("ours, labels %s ...", config.labels)
-    ours = run_ours(frames, config, model) if model is not None else bare
-    return result(spec, config, len(source_frames), ours, bare, o3d)
+    loops = {"open3d": (lambda: run_open3d(frames, config)) if config.open3d else None,
+             "bare": lambda: run_ours(frames, config, None),
+             "ours": (lambda: run_ours(frames, config, model)) if model is not None else None}
+    runs: dict = {k: [] for k in loops}
+    for rep in range(config.repeats):
+        for name in (list(loops) if rep % 2 == 0 else list(loops)[::-1]):
+            if loops[name] is not None:
+                log.info("run %d/%d: %s ...", rep + 1, config.repeats, name)
+                runs[name].append(loops[name]())
+    bare = pool(runs["bare"])
+    ours = pool(runs["ours"]) if model is not None else bare
+    return result(spec, config, len(source_frames), ours, bare, pool(runs["open3d"]))
 
 
 def _parse(argv):
@@ -365,6 +400,7 @@ def _parse(argv):
     p.add_argument("--voxel-size", type=float, default=0.01, help="metres (default 0.01, the app's)")
     p.add_argument("--labels", default="incremental", help="incremental (default) | none")
     p.add_argument("--passes", type=int, default=1, help="play forward/backward this many times (default 1)")
+    p.add_argument("--repeats", type=int, default=2, help="runs of each loop, pooled (default 2)")
     p.add_argument("--max-frames", type=int, default=None)
     p.add_argument("--gt", type=Path, default=None, help="TUM ground truth for a source without poses")
     p.add_argument("--no-open3d", action="store_true", help="skip Open3D's loop")
@@ -379,9 +415,10 @@ def _check(args) -> LiveBenchConfig:
         raise UserError(f"--voxel-size {args.voxel_size}: expected metres between 0.002 and 0.2")
     if args.labels not in LABEL_MODES:
         raise UserError(f"--labels {args.labels}: expected one of {', '.join(LABEL_MODES)}")
-    if args.passes < 1 or (args.max_frames is not None and args.max_frames < 1):
-        raise UserError("--passes and --max-frames must be at least 1")
-    return LiveBenchConfig(args.fps, args.voxel_size, args.labels, args.passes, open3d=not args.no_open3d)
+    if args.passes < 1 or args.repeats < 1 or (args.max_frames is not None and args.max_frames < 1):
+        raise UserError("--passes, --repeats and --max-frames must be at least 1")
+    return LiveBenchConfig(args.fps, args.voxel_size, args.labels, args.passes, open3d=not args.no_open3d,
+                           repeats=args.repeats)
 
 
 def main(argv=None) -> int:

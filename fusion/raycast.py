@@ -50,7 +50,7 @@ class BlockIndex:
         self.origin, self.table = lo, table
 
 
-@nb.njit(cache=True, fastmath=True)
+@nb.njit(cache=True, fastmath=True, nogil=True)
 def depth_ranges(keys, block_m, margin_m, T_cam_world, fx, fy, cx, cy, width, height, tile, dmin, dmax):
     """Per image tile (tile x tile pixels) the camera depth range [lo, hi] in which any allocated block
     lies (lo > hi: none): each block's corners, widened by `margin_m`, projected into the image.
@@ -181,7 +181,7 @@ def _hint(guide, u, v, margin_m):
     return best - margin_m
 
 
-@nb.njit(cache=True, parallel=True, fastmath=True)
+@nb.njit(cache=True, parallel=True, fastmath=True, nogil=True)
 def raycast_depth(tsdf, weight, table, origin, shift, vsize, trunc_m, wmin, T_world_cam,
                   fx, fy, cx, cy, width, height, dmin, dmax, range_lo, range_hi, tile, guide):
     """Depth (H,W) float32 metres of the first TSDF zero crossing along each pixel ray (0 = none).

@@ -71,7 +71,9 @@ def test_cli_on_a_realsense_recording_writes_every_key(tmp_path, frames, labels)
         assert r[key] is not None, key
     assert set(r["label_latency_s"]) == {"p50", "p95"}
     ours = r["runs"]["ours"]
-    assert ours["frames_fused"] + ours["frames_skipped"] == len(frames)
+    assert ours["frames_fused"] + ours["frames_skipped"] == ours["frames"] == 2 * r["source_frames"]  # two runs
+    assert 0 < r["source_frames"] <= len(frames)
+    assert len(ours["repeats"]) == 2 and r["repeats"] == 2
     if labels == "incremental":
         assert ours["label_changes"] > 0 and r["label_latency_s"]["p95"] is not None
 
