@@ -26,8 +26,11 @@ layout(location = 3) in vec4 a_lab;
 uniform mat4 u_mvp;
 uniform mat4 u_view;
 uniform int u_mode;
+uniform int u_n_hidden;       // classes hidden in the legend: their label colours
+uniform vec3 u_hidden[20];
 out vec3 v_color;
 out vec3 v_nrm;
+out float v_hidden;
 vec3 conf_color(float c) {
     vec3 lo = vec3(0.85, 0.10, 0.10), mid = vec3(0.95, 0.85, 0.10), hi = vec3(0.10, 0.75, 0.20);
     return c < 0.5 ? mix(lo, mid, c * 2.0) : mix(mid, hi, c * 2.0 - 1.0);
@@ -40,15 +43,20 @@ void main() {
     if (u_mode == 0) v_color = a_rgb.rgb;
     else if (u_mode == 2) v_color = labeled ? conf_color(a_lab.a) : grey;
     else v_color = labeled ? a_lab.rgb : grey;
+    v_hidden = 0.0;
+    for (int i = 0; i < u_n_hidden; ++i)
+        if (labeled && all(lessThan(abs(a_lab.rgb - u_hidden[i]), vec3(0.002)))) v_hidden = 1.0;
 }
 """
 MESH_FS = """#version 330 core
 in vec3 v_color;
 in vec3 v_nrm;
+in float v_hidden;
 uniform int u_lighting;
 uniform float u_alpha;
 out vec4 frag;
 void main() {
+    if (v_hidden > 0.5) discard;  // a hidden class: neither drawn nor picked
     vec3 c = v_color;
     if (u_lighting == 1) {
         vec3 n = normalize(v_nrm);

@@ -69,6 +69,7 @@ class Viewport(QOpenGLWidget):
         self._completion: MeshDisplay | None = None
         self._completion_buf: MeshBuffer | None = None
         self._clear_gl = False
+        self.hidden_rgb = np.zeros((0, 3), np.float32)  #: label colours (0-1) of the classes hidden in the legend
         self._lines: dict[str, np.ndarray] = {name: np.zeros((0, 3)) for name in ("frustum", "trajectory", "ruler")}
         self._line_dirty = True
         self._auto_fit, self._oriented = True, False
@@ -260,6 +261,9 @@ class Viewport(QOpenGLWidget):
         GL.glUniform1i(p.loc("u_mode"), mode)
         GL.glUniform1i(p.loc("u_lighting"), int(self.lighting))
         GL.glUniform1f(p.loc("u_alpha"), alpha)
+        GL.glUniform1i(p.loc("u_n_hidden"), len(self.hidden_rgb))
+        if len(self.hidden_rgb):
+            GL.glUniform3fv(p.loc("u_hidden"), len(self.hidden_rgb), self.hidden_rgb)
 
     def _chunk_table(self) -> tuple:
         if self._table is None:
@@ -310,6 +314,11 @@ class Viewport(QOpenGLWidget):
         GL.glEnable(GL.GL_DEPTH_TEST)
         GL.glDepthMask(GL.GL_TRUE)
         GL.glBindVertexArray(0)
+
+    def set_hidden_classes(self, rgb: np.ndarray) -> None:
+        """Hide the surface of the classes with these label colours ((k,3) 0-255, at most 20)."""
+        self.hidden_rgb = np.ascontiguousarray(np.asarray(rgb, np.float32).reshape(-1, 3)[:20] / 255.0)
+        self.update()
 
     def set_ruler(self, points_m: np.ndarray) -> None:
         """The ruler's segment ((0..2, 3) world points; fewer than two draw nothing)."""

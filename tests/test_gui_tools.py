@@ -1,6 +1,7 @@
-"""The ruler in a real window: two clicks on the surface measure the distance between them (split along
-the scan's up), the viewport draws the segment over the surface, a click off the surface says so, and
-turning label correction on ends measuring."""
+"""Viewing tools in a real window. The ruler: two clicks on the surface measure the distance between them
+(split along the scan's up), the viewport draws the segment over the surface, a click off the surface
+says so, and turning label correction on ends measuring. The legend: a class can be hidden, shown alone
+or all shown again, and the viewport follows."""
 from __future__ import annotations
 
 import numpy as np
@@ -52,3 +53,43 @@ def test_two_clicks_measure_and_draw_a_segment_and_a_miss_says_so(make_window, q
     qtbot.mouseClick(w.panel.correct_btn, Qt.MouseButton.LeftButton)  # correcting ends measuring
     assert not w.ruler.active and not w.actions_by_name["ruler"].isChecked() and w.ruler.last is None
     assert w.viewport.picking
+
+
+def _class_pixels(w, nyu40: int) -> int:
+    from fusion.classes import SCANNET20
+
+    rgb = np.array(SCANNET20[nyu40][1])
+    return int(np.all(np.abs(pixels(w).astype(int) - rgb) <= 2, axis=2).sum())
+
+
+def test_the_legend_hides_isolates_and_shows_classes(make_window, qtbot):
+    chair, table = 5, 7
+    w = make_window(viewport=full_detail())
+    scan(qtbot, w, "synthetic:3", frames=8, timeout_s=MS / 1000)
+    shown(qtbot, w, timeout_s=MS / 1000)
+    p, legend = w.panel, w.panel.legend
+    p.lighting_check.setChecked(False)  # flat label colours
+    p.mode_box.setCurrentIndex(p.mode_box.findData("labels"))
+    a_px, _ = _two_surface_pixels(w)
+    qtbot.mouseClick(p.correct_btn, Qt.MouseButton.LeftButton)
+    p.tool_box.setCurrentIndex(p.tool_box.findData("brush"))
+    p.brush_spin.setValue(30.0)
+    legend.select_class(chair)
+    w.correction.nyu40 = chair
+    qtbot.mouseClick(w.viewport, Qt.MouseButton.LeftButton, pos=a_px)
+    qtbot.waitUntil(lambda: _class_pixels(w, chair) > 50, timeout=MS)
+    legend.item(legend.ids.index(chair), 0).setCheckState(Qt.CheckState.Unchecked)  # the user unticks it
+    assert legend.hidden == {chair}
+    qtbot.waitUntil(lambda: _class_pixels(w, chair) == 0, timeout=MS)
+    legend.set_hidden(set())
+    qtbot.waitUntil(lambda: _class_pixels(w, chair) > 50, timeout=MS)
+    legend.isolate(table)  # only tables: the chair-labelled surface goes
+    assert legend.hidden == set(legend.ids) - {table}
+    qtbot.waitUntil(lambda: _class_pixels(w, chair) == 0, timeout=MS)
+    legend._context_menu(legend.visualItemRect(legend.item(0, 0)).center())
+    show_all = next(a for a in legend.context_menu.actions() if a.text() == "Show all classes")
+    assert any(a.text() == "Show only wall" for a in legend.context_menu.actions())
+    show_all.trigger()
+    legend.context_menu.close()
+    assert legend.hidden == set()
+    qtbot.waitUntil(lambda: _class_pixels(w, chair) > 50, timeout=MS)
