@@ -85,7 +85,9 @@ class Viewport(QOpenGLWidget):
 
     # --- data in ------------------------------------------------------------------------------
     def apply_snapshot(self, snap: DisplaySnapshot) -> None:
-        """Queue a snapshot's chunk changes for upload and update the camera overlays."""
+        """Queue a snapshot's chunk changes for upload and update the camera overlays; repaint only
+        when something shown changed (status-only snapshots arrive while idle: no repaint, no CPU)."""
+        changed = bool(snap.reset or snap.chunks or snap.completion is not None)
         if snap.reset:
             self._pending.clear()
             self._bounds.clear()
@@ -99,21 +101,25 @@ class Viewport(QOpenGLWidget):
                 self._bounds[key] = (mesh.lo_m, mesh.hi_m)
         if snap.completion is not None:
             self._completion = snap.completion
-        if snap.up is not None:
+        if snap.up is not None and not np.allclose(np.asarray(snap.up, float) / max(np.linalg.norm(snap.up), 1e-12),
+                                                   self.camera.up):
             self.camera.set_up(snap.up)
-        if snap.trajectory_m is not None:
+            changed = True
+        if snap.trajectory_m is not None and not _same_array(self._lines["trajectory"], snap.trajectory_m):
             self._lines["trajectory"] = snap.trajectory_m
-            self._line_dirty = True
-        if snap.T_world_cam is not None:
+            self._line_dirty = changed = True
+        moved = snap.T_world_cam is not None and not _same_array(self._pose, snap.T_world_cam)
+        if moved:
             self._pose = snap.T_world_cam
-        if snap.T_world_cam is not None and snap.intrinsics is not None:
+        if moved and snap.intrinsics is not None:
             self._lines["frustum"] = frustum_lines(snap.T_world_cam, snap.intrinsics, self.config.frustum_depth_m)
-            self._line_dirty = True
+            self._line_dirty = changed = True
             if self.follow:
                 self.camera.follow(snap.T_world_cam)
         if self._auto_fit and not self.follow and snap.chunks:
             self._fit_bounds()
-        self._data_changed()
+        if changed:
+            self._data_changed()
 
     def _data_changed(self) -> None:
         """Repaint for new data, but at most data_fps times a second (the CPU is shared with fusion)."""
@@ -166,10 +172,10 @@ class Viewport(QOpenGLWidget):
     def _fit_bounds(self) -> None:
         b = self.scene_bounds()
         if b is not None:
-            self.camera.fit(*b)
             if not self._oriented and self._pose is not None:  # first view of a scan: the camera's side
                 self.camera.face_like(self._pose)
                 self._oriented = True
+            self.camera.fit(*b, aspect=self.width() / max(self.height(), 1))
 
     # --- GL -----------------------------------------------------------------------------------
     def initializeGL(self) -> None:
@@ -405,3 +411,8 @@ class Viewport(QOpenGLWidget):
         v = np.array(self.paint_ms)
         return {"n": len(v), "p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95)),
                 "max": float(v.max())}
+
+
+def _same_array(a, b) -> bool:
+    """True when a and b hold the same values (either may be None)."""
+    return a is b or (a is not None and b is not None and a.shape == b.shape and np.array_equal(a, b))
