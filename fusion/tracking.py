@@ -1,8 +1,8 @@
 """Owns camera tracking: frame-to-model ICP against the fused volume, failure checks, relocalisation.
 
-Each frame is registered (point-to-plane, multi-scale, Open3D's solver) against the model's depth
-rendered at reduced resolution by the trilinear raycaster, first from the constant-velocity
-prediction. When that fails a check (too few inliers, a large residual, an implausible jump), the
+Each frame is registered (`fusion.icp`: point-to-plane, multi-scale, weighted by the sensor's depth
+noise, normals gated) against the model's depth rendered at reduced resolution by the trilinear
+raycaster, first from the constant-velocity prediction. When that fails a check (too few inliers, a large residual, an implausible jump), the
 frame's ORB features give pose guesses against stored keyframes (`fusion.relocalise`): the recent
 ones for fast motion, the most similar ones after a loss. Each guess is refined and checked by the
 same ICP and must agree with the model seen from it (`_inconsistency`): a young model overlaps a fast
@@ -19,16 +19,14 @@ from dataclasses import dataclass, field
 
 import numba as nb
 import numpy as np
-import open3d as o3d
-import open3d.core as o3c
 from scipy.spatial.transform import Rotation
 
 from fusion.frame import Frame
+from fusion.icp import IcpConfig, register
 from fusion.relocalise import Features, Relocaliser, RelocaliserConfig
 from fusion.volume import TsdfVolume
 
 log = logging.getLogger(__name__)
-odom = o3d.t.pipelines.odometry
 
 
 class TrackState(str, enum.Enum):
@@ -45,6 +43,9 @@ class TrackerConfig:
     iterations: tuple = (6, 8, 12)              #: ICP iterations per pyramid level, fine to coarse
     outlier_m: float = 0.07                     #: correspondences farther apart are ignored
     huber_m: float = 0.05                       #: Huber threshold of the point-to-plane residual
+    normal_gate_deg: float = 20.0               #: fine level: pairs whose normals differ more are ignored
+    depth_noise_weights: bool = True            #: weight residuals by the sensor's depth noise (grows with z^2)
+    model_noise_voxels: float = 0.1             #: the model surface's own noise, in voxels (adds to the sensor's)
     min_fitness: float = 0.25                   #: least share of pixels with a correspondence
     max_rmse_m: float = 0.025                   #: largest inlier RMSE accepted
     max_jump_m: float = 0.12                    #: largest translation of ICP away from its initial guess
@@ -68,6 +69,12 @@ class TrackerConfig:
     def __post_init__(self):
         if self.scale not in (0.5, 1.0):
             raise ValueError("tracking scale must be 0.5 or 1.0")
+
+    def icp(self, voxel_size_m: float) -> IcpConfig:
+        """The solver's settings for a model of `voxel_size_m` voxels."""
+        return IcpConfig(tuple(self.iterations), self.outlier_m, self.huber_m, self.normal_gate_deg,
+                         model_sigma_m=self.model_noise_voxels * voxel_size_m,
+                         depth_weighting=self.depth_noise_weights)
 
 
 @dataclass
@@ -141,8 +148,7 @@ class Tracker:
         self.relocalisations = 0   #: times it was found again
         self.fast_recoveries = 0   #: frames posed by a feature guess where the motion model failed or slid
         self.last_timings_ms: dict[str, float] = {}  #: render and ICP time of the latest track()
-        self._criteria = [odom.OdometryConvergenceCriteria(n) for n in config.iterations]
-        self._params = odom.OdometryLossParams(config.outlier_m, config.huber_m)
+        self._icp_config = config.icp(volume.config.voxel_size_m)
 
     def reset(self, T_world_cam: np.ndarray) -> None:
         """Start (or restart) at a known pose."""
@@ -238,20 +244,21 @@ class Tracker:
         self._add_time("track_render", t1 - t0)
         if np.count_nonzero(model_depth) < cfg.min_valid_share * model_depth.size:
             return _Registration(None, reason="the model is out of view")
-        src, dst = (self._rgbd(d) for d in (src_depth, model_depth))
-        K = o3c.Tensor(intr.matrix(), o3c.float64)
         try:
-            res = odom.rgbd_odometry_multi_scale(
-                src, dst, K, o3c.Tensor(np.eye(4)), 1.0, cfg.depth_max_m, self._criteria,
-                odom.Method.PointToPlane, self._params)
-        except RuntimeError:  # Open3D raises when the system is degenerate (no overlap)
+            res = self._icp(src_depth, model_depth, intr)
+        except RuntimeError:  # the system is degenerate (no overlap)
             return _Registration(None, reason="registration failed (no overlap)")
         self._add_time("track_icp", time.perf_counter() - t1)
-        T = T_init @ res.transformation.cpu().numpy()
+        T = T_init @ res.transformation
         reason = self._check(res.fitness, res.inlier_rmse, *relative_motion(T_init, T), verify)
         if verify and not reason:
             reason = self._inconsistency(src_depth, self.volume.render_depth(T, intr))
         return _Registration(None if reason else T, res.fitness, res.inlier_rmse, reason)
+
+    def _icp(self, src_depth: np.ndarray, model_depth: np.ndarray, intr):
+        src_depth = np.where(src_depth <= self.config.depth_max_m, src_depth, 0).astype(np.float32)
+        return register(src_depth, model_depth, (intr.fx, intr.fy, intr.cx, intr.cy), self._icp_config,
+                        downsample_depth)
 
     def _inconsistency(self, src_depth: np.ndarray, model_depth: np.ndarray) -> str:
         """Why a relocalised pose disagrees with the model ("" when it agrees): too little overlap,
@@ -285,10 +292,6 @@ class Tracker:
 
     def _add_time(self, key: str, seconds: float) -> None:
         self.last_timings_ms[key] = self.last_timings_ms.get(key, 0.0) + seconds * 1e3
-
-    def _rgbd(self, depth_m: np.ndarray):
-        image = o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(depth_m), device=self.volume.device))
-        return o3d.t.geometry.RGBDImage(image, image)
 
     def _accept(self, frame: Frame, reg: _Registration, feats: Features | None = None,
                 relocalised: bool = False) -> TrackResult:
