@@ -221,7 +221,8 @@ def run_ours(frames, config: LiveBenchConfig, model=None) -> dict:
         "relocalisations": pipe.tracker.relocalisations,
         "volume_memory_mb": round(pipe.volume.memory_bytes() / 2**20, 1), "blocks": pipe.volume.n_blocks,
         "rss_mb": _rss_mb(), "gravity": pipe.gravity.report().to_dict().get("method"),
-        "timing_ms_p50": {k: round(float(np.median(v)), 1) for k, v in stages.items()}}
+        "timing_ms_p50": {k: round(float(np.median(v)), 1) for k, v in stages.items()},
+        "frames_with_feature_check": len(stages.get("relocalise", []))}
     if labeler is not None:
         out |= _latency(labeler, rep.end_s)
     pipe.close()
@@ -316,6 +317,7 @@ def pool(runs: list) -> dict | None:
         return None
     out = dict(runs[-1])
     for k in ("frames", "frames_fused", "frames_integrated", "frames_skipped", "slot_dropped", "tracking_losses",
+              "frames_with_feature_check",
               "tracking_failures", "label_changes", "label_changes_unlabelled_at_end", "chunks_inferred"):
         if k in out:
             out[k] = int(sum(r[k] for r in runs))
