@@ -183,22 +183,28 @@ def wrong_regions(scene: Scene, pred: np.ndarray, most: int) -> list[tuple[np.nd
 USERS = ("precise", "careful", "literal")
 
 
-def click(scene: Scene, store: LabelStore, pred: np.ndarray, user: str) -> tuple[np.ndarray, int, np.ndarray] | None:
+def click(scene: Scene, store: LabelStore, pred: np.ndarray, user: str,
+          corrected: np.ndarray) -> tuple[np.ndarray, int, np.ndarray] | None:
     """The next region click on the largest wrong region: (point, class, cells it relabels).
     "literal": the app's region tool at that point, whatever it floods (every connected cell of the
     clicked label). "careful": the same, but a click whose flood relabels more correctly labeled surface
     than wrong (a picture labeled wall, clicked, turns the whole wall into picture) is undone and the next
     largest wrong region tried. "precise" (default): a region tool that stops at the object's true
-    boundary, i.e. exactly the cells of the wrong region's vertices."""
+    boundary, i.e. exactly the cells of the wrong region's vertices. A wrong region whose cells are all
+    corrected already is passed over (vertices of two classes sharing a 5 cm cell: a click cannot fix it,
+    it would flip the cell back and forth)."""
     from nets.cells import pack_cells
 
     vertex_cells = pack_cells(store.cells_at(scene.vertices_m))
-    for point, label, members in wrong_regions(scene, pred, 1 if user != "careful" else 30):
+    for point, label, members in wrong_regions(scene, pred, 30):
         if user == "precise":
-            return point, label, np.unique(store.cells_at(scene.vertices_m[members]), axis=0)
-        cells = store.connected_region(point)
-        if not len(cells):
+            cells = np.unique(store.cells_at(scene.vertices_m[members]), axis=0)
+        else:
+            cells = store.connected_region(point)
+        if not len(cells) or np.isin(pack_cells(cells), corrected).all():
             continue
+        if user == "precise":
+            return point, label, cells
         inside = np.isin(vertex_cells, pack_cells(cells)) & (scene.gt > 0)
         if user == "literal" or np.mean(scene.gt[inside] == label) >= 0.5:
             return point, label, cells
@@ -228,7 +234,7 @@ def play(scene: Scene, model, k: int, cfg: AdaptConfig, user: str = "precise") -
     before = store.labels_at(scene.vertices_m)[0]
     pred, clicks, corrected = before.copy(), [], np.zeros(0, np.int64)
     for _ in range(k):
-        found = click(scene, store, pred, user)
+        found = click(scene, store, pred, user, corrected)
         if found is None:
             break
         point, label, cells = found
