@@ -21,7 +21,7 @@ class CameraConfig:
     orbit_deg_per_px: float = 0.4      #: rotation per pixel dragged
     zoom_per_step: float = 1.15        #: distance factor per wheel step (120 units)
     min_distance_m: float = 0.05       #: closest the eye gets to the target
-    fit_margin: float = 1.2            #: fit-to-scene leaves this much room around the bounds
+    fit_margin: float = 1.1            #: fit-to-scene: the bounds span 1/fit_margin of the view
     follow_back_m: float = 1.2         #: follow mode: eye this far behind the live camera
     follow_up_m: float = 0.5           #: follow mode: and this far above it
     follow_ahead_m: float = 1.5        #: follow mode: looks at this point ahead of the live camera
@@ -108,13 +108,23 @@ class OrbitCamera:
         d = self.distance_m * self.config.zoom_per_step ** (-wheel_steps)
         self.distance_m = max(self.config.min_distance_m, d)
 
-    def fit(self, lo_m: np.ndarray, hi_m: np.ndarray) -> None:
-        """Frame the axis-aligned box lo..hi."""
+    def fit(self, lo_m: np.ndarray, hi_m: np.ndarray, aspect: float = 1.0) -> None:
+        """Frame the axis-aligned box lo..hi from the current direction: the eye moves along its line
+        of sight until every corner of the box lies inside the view (`aspect` = width / height), with
+        `fit_margin` to spare. A bounding sphere would leave a room at about a third of the view."""
         lo, hi = np.asarray(lo_m, float), np.asarray(hi_m, float)
         self.target = (lo + hi) / 2
-        radius = max(float(np.linalg.norm(hi - lo)) / 2, 0.1)
-        half_fov = math.radians(self.config.fov_y_deg) / 2
-        self.distance_m = radius * self.config.fit_margin / math.sin(half_fov)
+        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+        view = look_at(self.eye(), self.target, self.up).astype(np.float64)
+        right, up, forward = view[0, :3], view[1, :3], -view[2, :3]
+        offset = corners - self.target
+        tan_v = math.tan(math.radians(self.config.fov_y_deg) / 2)
+        tan_h = tan_v * max(aspect, 1e-6)
+        depth = offset @ forward  # beyond the target (+) or before it (-)
+        m = self.config.fit_margin
+        needed = np.maximum(np.abs(offset @ right) * m / tan_h, np.abs(offset @ up) * m / tan_v) - depth
+        nearest = float(np.max(-depth)) + self.config.near_m  # every corner in front of the eye
+        self.distance_m = max(float(np.max(needed)), nearest, self.config.min_distance_m)
 
     def face_like(self, T_world_cam: np.ndarray) -> None:
         """Turn (keeping target, distance and pitch) so the view looks the way the camera T_world_cam looks."""

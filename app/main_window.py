@@ -112,7 +112,7 @@ class MainWindow(QMainWindow):
         split.addWidget(self.panel)
         split.addWidget(self.viewport)
         split.setStretchFactor(1, 1)
-        split.setSizes([c.panel.panel_width_px, c.window_size_px[0]])  # the viewport gets the rest
+        split.setSizes([self.panel.minimumWidth(), c.window_size_px[0]])  # the viewport gets the rest
         self.setCentralWidget(split)
         self.camera_dock, self.legend_dock = (self._dock(t, w) for t, w in (("Camera", self.panel.camera_view),
                                                                            ("Classes", self.panel.legend)))

@@ -100,7 +100,10 @@ class SidePanel(QScrollArea):
             widget = getattr(self, name)
             range_text = getattr(widget, "range_text", "")
             widget.setToolTip(f"{tip} ({range_text})" if range_text else tip)
-        self.setMinimumWidth(config.panel_width_px)
+        # wide enough for its controls: no horizontal scrolling
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setMinimumWidth(max(config.panel_width_px,
+                                 body.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width() + 4))
 
     # --- groups -------------------------------------------------------------------------------
     def _source_group(self) -> QGroupBox:
@@ -136,9 +139,11 @@ class SidePanel(QScrollArea):
         self.stop_btn.clicked.connect(self.stop)
         self.reset_btn.clicked.connect(self.reset)
         self.record_btn.toggled.connect(self.record)
-        for b in (self.start_btn, self.pause_btn, self.stop_btn, self.reset_btn, self.record_btn):
-            row.addWidget(b)
-        lay.addLayout(row)
+        row2 = QHBoxLayout()  # two rows keep the panel narrow (the viewport gets the room)
+        for r, buttons in ((row, (self.start_btn, self.pause_btn, self.stop_btn)), (row2, (self.reset_btn, self.record_btn))):
+            for b in buttons:
+                r.addWidget(b)
+            lay.addLayout(r)
         form = QFormLayout()
         c = self.config
         self.voxel_spin = _spin(*c.voxel_cm, 1.0, 0.1, " cm", 1)

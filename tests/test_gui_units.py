@@ -109,3 +109,17 @@ def test_simplified_surfaces_keep_their_seams():
         e = np.sort(np.concatenate([c[:, [0, 1]], c[:, [1, 2]], c[:, [2, 0]]]), axis=1)
         seam_edges.append({tuple(x) for x in e if np.all(np.abs(pos[x, 0] - 0.2) < 1e-6)})
     assert seam_edges[0] == seam_edges[1] and len(seam_edges[0]) == 40  # both sides keep the whole seam
+
+
+def test_fit_frames_a_room_box_tightly_from_any_direction():
+    lo, hi = np.array([-2.5, -2.0, 0.0]), np.array([2.5, 2.0, 2.5])
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    for yaw, pitch, aspect in ((-60.0, 35.0, 1.5), (0.0, 80.0, 1.0), (130.0, 10.0, 16 / 9)):
+        cam = OrbitCamera()
+        cam.yaw_deg, cam.pitch_deg = yaw, pitch
+        cam.fit(lo, hi, aspect=aspect)
+        clip = (cam.projection(aspect) @ cam.view() @ np.c_[corners, np.ones(8)].T).T
+        ndc = clip[:, :2] / clip[:, 3:4]
+        assert np.all(clip[:, 3] > 0) and np.all(np.abs(ndc) <= 1.0)  # every corner in view
+        extent = np.max(np.abs(ndc), axis=0)
+        assert max(extent) == pytest.approx(1 / cam.config.fit_margin, rel=1e-6)  # and it fills the view
