@@ -30,6 +30,8 @@ class FileOpsConfig:
     session_suffix: str = ".session"     #: added to a session name without a suffix
     export_suffix: str = ".ply"          #: added to an export name without a known suffix
     jobs: JobConfig = field(default_factory=JobConfig)  #: how the jobs wait and end
+    view_image_scale: int = 3            #: a view image has this many times the viewport's pixels per side
+    view_image_max_px: int = 8192        #: ... but no side longer than this (OpenGL's renderbuffer limit)
 
 
 def _final_mesh(worker):
@@ -184,6 +186,24 @@ class FileOps:
             self.window.show_event("error", f"cannot write screenshot {path}")
             return None
         self.window.show_event("info", f"screenshot saved to {path}")
+        return path
+
+    def save_view_image(self, path: str | None = None) -> Path | None:
+        """The 3D view alone (no panels), at `view_image_scale` times its size, in full detail."""
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self.window, "Save view image", self.last_dir, "PNG (*.png)")
+            if not path:
+                return None
+        path, v, c = Path(path), self.window.viewport, self.config
+        dpr = v.devicePixelRatioF()
+        scale = min(c.view_image_scale, c.view_image_max_px / max(v.width() * dpr, v.height() * dpr, 1))
+        w, h = int(v.width() * dpr * scale), int(v.height() * dpr * scale)
+        v.flush_uploads()
+        image = v.render_offscreen(w, h)
+        if image is None or image.isNull() or not image.save(str(path)):
+            self.window.show_event("error", f"cannot write the view image {path}")
+            return None
+        self.window.show_event("info", f"view image ({w}x{h}) saved to {path}")
         return path
 
     def shutdown(self) -> None:

@@ -36,6 +36,8 @@ def _file_menu(w, acts: dict) -> None:
         acts[f"export_{key}"] = act = _action(w, extras, text, lambda on, k=key: f.set_export_extra(k, on), None, True)
         act.setChecked(key in ticked)
     acts["screenshot"] = _action(w, m, "Save screens&hot…", lambda: f.screenshot(), "Ctrl+P")
+    acts["view_image"] = _action(w, m, "Save &view image (high resolution)…", lambda: f.save_view_image(),
+                                 "Ctrl+Shift+P")
     m.addSeparator()
     acts["quit"] = _action(w, m, "&Quit", w.close, StdKey.Quit)
 

@@ -198,7 +198,14 @@ class Viewport(QOpenGLWidget):
         if not self._gl_ready:
             return
         dpr = self.devicePixelRatioF()
-        w, h = int(round(self.width() * dpr)), int(round(self.height() * dpr))
+        self._draw_scene(int(round(self.width() * dpr)), int(round(self.height() * dpr)))
+        if self.config.finish_paint:
+            GL.glFinish()
+        self.paint_ms.append((time.perf_counter() - t0) * 1e3)
+        self._adapt_budget(self.paint_ms[-1])
+
+    def _draw_scene(self, w: int, h: int) -> None:
+        """Draw everything into the bound framebuffer of w x h pixels (context current)."""
         GL.glViewport(0, 0, w, h)
         GL.glEnable(GL.GL_DEPTH_TEST)
         self._sync_buffers()
@@ -207,10 +214,32 @@ class Viewport(QOpenGLWidget):
         self._draw_meshes(mvp, view)
         self._draw_lines(mvp)
         self._draw_completion(mvp, view)
-        if self.config.finish_paint:
+
+    def render_offscreen(self, w: int, h: int):
+        """The view alone as a w x h QImage, every chunk in full detail (for high-resolution images);
+        None without OpenGL."""
+        from PyQt6.QtOpenGL import QOpenGLFramebufferObject, QOpenGLFramebufferObjectFormat
+
+        if not self._gl_ready:
+            return None
+        self.makeCurrent()
+        budget, self.full_budget = self.full_budget, 10**12
+        try:
+            fmt = QOpenGLFramebufferObjectFormat()
+            fmt.setAttachment(QOpenGLFramebufferObject.Attachment.CombinedDepthStencil)
+            fbo = QOpenGLFramebufferObject(w, h, fmt)
+            fbo.bind()
+            c = self.config.background
+            GL.glClearColor(c[0], c[1], c[2], 1.0)
+            GL.glClear(GL.GL_COLOR_BUFFER_BIT | GL.GL_DEPTH_BUFFER_BIT)
+            self._draw_scene(w, h)
             GL.glFinish()
-        self.paint_ms.append((time.perf_counter() - t0) * 1e3)
-        self._adapt_budget(self.paint_ms[-1])
+            image = fbo.toImage()
+            fbo.release()
+            return image
+        finally:
+            self.full_budget = budget
+            self.doneCurrent()
 
     def _adapt_budget(self, ms: float) -> None:
         """Scale the full-detail budget toward the target paint time (more detail when there is room)."""

@@ -93,3 +93,22 @@ def test_the_legend_hides_isolates_and_shows_classes(make_window, qtbot):
     legend.context_menu.close()
     assert legend.hidden == set()
     qtbot.waitUntil(lambda: _class_pixels(w, chair) > 50, timeout=MS)
+
+
+def test_a_view_image_has_three_times_the_pixels_and_the_same_picture(make_window, qtbot, tmp_path):
+    from PyQt6.QtGui import QImage
+
+    w = make_window(viewport=full_detail())
+    scan(qtbot, w, "synthetic:3", frames=6, timeout_s=MS / 1000)
+    shown(qtbot, w, timeout_s=MS / 1000)
+    w.panel.lighting_check.setChecked(False)
+    path = w.files.save_view_image(str(tmp_path / "view.png"))
+    assert path is not None and _messages(w).startswith("view image (")
+    img = QImage(str(path)).convertToFormat(QImage.Format.Format_RGB888)
+    screen = pixels(w)
+    assert (img.width(), img.height()) == (3 * screen.shape[1], 3 * screen.shape[0])
+    a = np.frombuffer(img.constBits().asstring(img.sizeInBytes()), np.uint8)
+    big = a.reshape(img.height(), img.bytesPerLine())[:, : 3 * img.width()].reshape(img.height(), img.width(), 3)
+    small = big[1::3, 1::3]  # the same view: the surface covers the same pixels
+    agree = np.mean(surface_mask(w, small) == surface_mask(w, screen))
+    assert agree > 0.97 and surface_mask(w, screen).mean() > 0.05
