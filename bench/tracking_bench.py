@@ -3,7 +3,8 @@ tracker against Open3D's slam.Model loop on the same frames in the same run, on 
 sequences and a synthetic room, at full rate and at every k-th frame (fast motion).
 
 ATE counts every frame: a frame our tracker rejects holds the last accepted pose, as in the written
-trajectory. Prints a table and writes bench/results/tracking.json.
+trajectory. `*_length` is the size of each path relative to the ground truth's (scale-fitted; below 1:
+motion shrunk). Prints a table and writes bench/results/tracking.json.
 Run: `.venv/bin/python -m bench.tracking_bench [--strides 1 3 6 10] [--voxel-size 0.01] [--extra SRC ...]`.
 """
 from __future__ import annotations
@@ -28,6 +29,17 @@ from fusion.volume import VolumeConfig  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 REAL = {"7scenes-150-199": SHARED / "7scenes-redkitchen-50", "7scenes-8-57": SHARED / "7scenes-redkitchen-8-57"}
+
+
+def length_ratio(est_poses: np.ndarray, gt_poses: np.ndarray) -> float:
+    """Size of the estimated path relative to the ground truth's: the inverse of the scale that best fits
+    it onto the ground truth (Umeyama); below 1 the estimate is too short (motion shrunk)."""
+    a, b = est_poses[:, :3, 3], gt_poses[:, :3, 3]
+    A, B = a - a.mean(0), b - b.mean(0)
+    U, S, Vt = np.linalg.svd(A.T @ B)
+    d = np.sign(np.linalg.det(Vt.T @ U.T))
+    scale = (S[0] + S[1] + d * S[2]) / max(float((A ** 2).sum()), 1e-12)
+    return float(1.0 / scale) if scale > 0 else float("nan")
 
 
 def run_ours(frames, voxel_m: float) -> dict:
@@ -57,6 +69,8 @@ def row(name: str, frames, stride: int, voxel_m: float) -> dict:
            "step_median_cm": round(100 * float(np.median(steps)), 1), "step_max_cm": round(100 * float(np.max(steps)), 1),
            "ours_ate_mm": round(1000 * ate_rmse_m(ours["poses"], gt), 2),
            "open3d_ate_mm": round(1000 * ate_rmse_m(ref["poses"], gt), 2),
+           "ours_length": round(length_ratio(ours["poses"], gt), 3),
+           "open3d_length": round(length_ratio(ref["poses"], gt), 3),
            "integrated": ours["integrated"], "losses": ours["losses"], "relocalisations": ours["relocalisations"],
            "ours_ms": round(1000 * ours["s_per_frame"], 1), "open3d_ms": round(1000 * float(np.mean(ref["seconds_per_frame"])), 1)}
     out["ate_ratio"] = round(out["ours_ate_mm"] / out["open3d_ate_mm"], 3)
@@ -64,7 +78,7 @@ def row(name: str, frames, stride: int, voxel_m: float) -> dict:
 
 
 COLUMNS = ("sequence", "stride", "frames", "step_median_cm", "step_max_cm", "ours_ate_mm", "open3d_ate_mm",
-           "ate_ratio", "integrated", "losses", "relocalisations", "ours_ms", "open3d_ms")
+           "ate_ratio", "ours_length", "open3d_length", "integrated", "losses", "relocalisations", "ours_ms", "open3d_ms")
 
 
 def main(argv=None) -> int:

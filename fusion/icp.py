@@ -25,7 +25,7 @@ class IcpConfig:
     noise_quad_per_m: float = 0.0019  #: ... (Nguyen et al. 2012, Kinect-class sensors)
     noise_offset_m: float = 0.4       #: ...
     model_sigma_m: float = 0.003      #: noise of the model's surface, added in quadrature to sigma(z)
-    depth_weighting: bool = True      #: weight residuals by 1 / sigma^2 (False: all alike)
+    depth_weighting: bool = True      #: at the finest level, weight residuals by 1 / sigma^2 (False: all alike)
     min_step: float = 1e-6            #: an update smaller than this (rad / m) ends a level
 
 
@@ -182,11 +182,13 @@ def register(src_depth: np.ndarray, tgt_depth: np.ndarray, K: tuple, config: Icp
         (sd, k), (td, _) = src_pyr[level], tgt_pyr[level]
         svmap, tvmap = _vertex_map(sd, *k), _vertex_map(td, *k)
         snmap, tnmap = _normal_map(svmap, 0.05), _normal_map(tvmap, 0.05)
-        # coarse levels start far from the answer: normals of right pairs may still differ a lot there
-        cos_gate = float(np.cos(np.radians(cfg.normal_gate_deg))) if level == 0 else -1.0
+        # coarse levels widen the basin: every pair alike and no gate (normals of right pairs may still
+        # differ a lot there); the finest level weighs by noise and gates
+        fine = level == 0
+        cos_gate = float(np.cos(np.radians(cfg.normal_gate_deg))) if fine else -1.0
         for _ in range(cfg.iterations[level]):
             rows = _normal_equations(svmap, snmap, tvmap, tnmap, T, *k, cfg.outlier_m, cfg.huber_m, cos_gate,
-                                     noise, cfg.depth_weighting)
+                                     noise, cfg.depth_weighting and fine)
             xi, n, r2 = _solve(rows)
             if xi is None:
                 raise RuntimeError("ICP: too few correspondences")
