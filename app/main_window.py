@@ -350,6 +350,7 @@ class MainWindow(QMainWindow):
         self.actions_by_name["start"].setEnabled(self.panel.start_btn.isEnabled())
         self.status_bar.show_status(s, self.viewport.paint_stats())
         self.status_bar.set_busy("autosave", "autosaving…" if s.autosaving else None)
+        self.status_bar.set_busy("nets", "loading the labeling nets…" if s.nets.get("loading") else None)
         for ev in snap.events:
             self.show_event(ev.level, ev.text, ev.hint)
         self.setWindowTitle(f"RGB-D reconstruction — {s.source}" if s.source else "RGB-D reconstruction")

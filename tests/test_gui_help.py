@@ -177,3 +177,16 @@ def test_an_autosave_being_written_shows_a_busy_bar(make_window, qtbot, tmp_path
     qtbot.waitUntil(lambda: not bar.busy_label.isVisible(), timeout=MS)
     qtbot.mouseClick(w.panel.stop_btn, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: w.status.state == "idle", timeout=MS)
+
+
+def test_background_work_shows_in_one_busy_bar_until_all_of_it_ends(make_window):
+    from app.snapshots import DisplaySnapshot, FusionStatus
+
+    w = make_window()
+    bar = w.status_bar
+    w.apply_snapshot(DisplaySnapshot(seq=1, status=FusionStatus(nets={"loading": True}, autosaving=True)))
+    assert bar.busy_bar.isVisible() and bar.busy_label.text() in ("autosaving…", "loading the labeling nets…")
+    w.apply_snapshot(DisplaySnapshot(seq=2, status=FusionStatus(nets={"loading": True})))
+    assert bar.busy_bar.isVisible() and bar.busy_label.text() == "loading the labeling nets…"
+    w.apply_snapshot(DisplaySnapshot(seq=3, status=FusionStatus(nets={"enabled": True})))
+    assert not bar.busy_bar.isVisible() and not bar.busy_label.isVisible()
