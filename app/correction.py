@@ -57,12 +57,17 @@ class CorrectionTool(QObject):
         self.radius_m = 0.15
         self.nyu40 = 1
         self._stroke: np.ndarray | None = None  # packed cells painted in the current brush stroke
+        self._hit = False  # the current press landed on the surface
         self._macro = False                     # the stroke's undo macro is open
 
     def set_radius(self, radius_m: float) -> None:
         self.radius_m = float(np.clip(radius_m, self.config.min_brush_m, self.config.max_brush_m))
 
     def on_pick(self, point, phase: str) -> None:
+        """A viewport pick: 'press' comes only on the surface, 'release' always (None off it)."""
+        if phase == "release" and point is None and not self._hit:
+            self.message.emit("nothing to correct there: click on the scanned surface")
+        self._hit = phase == "press" or (self._hit and phase != "release")
         if self.tool == "region":
             if phase == "press" and point is not None:
                 self._region(np.asarray(point, float))

@@ -112,3 +112,16 @@ def test_a_view_image_has_three_times_the_pixels_and_the_same_picture(make_windo
     small = big[1::3, 1::3]  # the same view: the surface covers the same pixels
     agree = np.mean(surface_mask(w, small) == surface_mask(w, screen))
     assert agree > 0.97 and surface_mask(w, screen).mean() > 0.05
+
+
+def test_a_correction_click_off_the_surface_says_so(make_window, qtbot):
+    w = make_window(viewport=full_detail())
+    scan(qtbot, w, "synthetic:3", frames=4, timeout_s=MS / 1000)
+    shown(qtbot, w, timeout_s=MS / 1000)
+    qtbot.mouseClick(w.panel.correct_btn, Qt.MouseButton.LeftButton)
+    for tool in ("region", "brush"):
+        w.panel.tool_box.setCurrentIndex(w.panel.tool_box.findData(tool))
+        w.status_bar.clearMessage()
+        qtbot.mouseClick(w.viewport, Qt.MouseButton.LeftButton, pos=QPoint(2, 2))  # the background
+        assert _messages(w) == "nothing to correct there: click on the scanned surface", tool
+    assert w.undo.count() == 0  # nothing was corrected
