@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numba as nb
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,8 @@ class IcpConfig:
     noise_offset_m: float = 0.4       #: ...
     model_sigma_m: float = 0.003      #: noise of the model's surface, added in quadrature to sigma(z)
     depth_weighting: bool = True      #: at the finest level, weight residuals by 1 / sigma^2 (False: all alike)
-    min_step: float = 1e-6            #: an update smaller than this (rad / m) ends a level
+    normal_edge_ratio: float = 0.05   #: no normal where neighbours differ by more than this share of the depth
+    min_step: float = 1e-5            #: an update smaller than this (rad / m) ends a level
 
 
 @dataclass
@@ -53,7 +55,7 @@ def _vertex_map(depth, fx, fy, cx, cy):
 
 
 @nb.njit(cache=True)
-def _normal_map(vmap, max_jump_m):
+def _normal_map(vmap, max_jump_ratio):
     """Unit normals from central differences (zero where a neighbour is missing or across a depth edge)."""
     h, w = vmap.shape[:2]
     out = np.zeros((h, w, 3), np.float32)
@@ -63,7 +65,7 @@ def _normal_map(vmap, max_jump_m):
             zl, zr, zu, zd = vmap[v, u - 1, 2], vmap[v, u + 1, 2], vmap[v - 1, u, 2], vmap[v + 1, u, 2]
             if z <= 0 or zl <= 0 or zr <= 0 or zu <= 0 or zd <= 0:
                 continue
-            if abs(zr - zl) > max_jump_m * z or abs(zd - zu) > max_jump_m * z:
+            if abs(zr - zl) > max_jump_ratio * z or abs(zd - zu) > max_jump_ratio * z:
                 continue
             ax, ay, az = vmap[v, u + 1, 0] - vmap[v, u - 1, 0], vmap[v, u + 1, 1] - vmap[v, u - 1, 1], zr - zl
             bx, by, bz = vmap[v + 1, u, 0] - vmap[v - 1, u, 0], vmap[v + 1, u, 1] - vmap[v - 1, u, 1], zd - zu
@@ -133,8 +135,6 @@ def _normal_equations(svmap, snmap, tvmap, tnmap, T, fx, fy, cx, cy, outlier_m, 
 
 def _twist_matrix(xi: np.ndarray) -> np.ndarray:
     """4x4 rigid transform of a small twist (rotation vector, translation)."""
-    from scipy.spatial.transform import Rotation
-
     T = np.eye(4)
     T[:3, :3] = Rotation.from_rotvec(xi[:3]).as_matrix()
     T[:3, 3] = xi[3:]
@@ -163,6 +163,13 @@ def _pyramid(depth: np.ndarray, K: tuple, levels: int, downsample) -> list:
     return out
 
 
+def _noise_vector(cfg: IcpConfig) -> np.ndarray:
+    """(base, quad, offset, variance at 1 m, model variance): weights are 1 at 1 m."""
+    sigma_1m = cfg.noise_base_m + cfg.noise_quad_per_m * (1.0 - cfg.noise_offset_m) ** 2
+    model_var = cfg.model_sigma_m ** 2
+    return np.array([cfg.noise_base_m, cfg.noise_quad_per_m, cfg.noise_offset_m, sigma_1m ** 2 + model_var, model_var])
+
+
 def register(src_depth: np.ndarray, tgt_depth: np.ndarray, K: tuple, config: IcpConfig, downsample,
              T_init: np.ndarray | None = None) -> IcpResult:
     """Register depth `src_depth` to `tgt_depth` (same camera K = (fx, fy, cx, cy), same size).
@@ -171,9 +178,7 @@ def register(src_depth: np.ndarray, tgt_depth: np.ndarray, K: tuple, config: Icp
     has too few correspondences to solve."""
     cfg = config
     T = np.eye(4) if T_init is None else np.array(T_init, float)
-    sigma_1m = cfg.noise_base_m + cfg.noise_quad_per_m * (1.0 - cfg.noise_offset_m) ** 2
-    model_var = cfg.model_sigma_m ** 2
-    noise = np.array([cfg.noise_base_m, cfg.noise_quad_per_m, cfg.noise_offset_m, sigma_1m ** 2 + model_var, model_var])
+    noise = _noise_vector(cfg)
     levels = len(cfg.iterations)
     src_pyr = _pyramid(src_depth, K, levels, downsample)
     tgt_pyr = _pyramid(tgt_depth, K, levels, downsample)
@@ -181,7 +186,7 @@ def register(src_depth: np.ndarray, tgt_depth: np.ndarray, K: tuple, config: Icp
     for level in reversed(range(levels)):
         (sd, k), (td, _) = src_pyr[level], tgt_pyr[level]
         svmap, tvmap = _vertex_map(sd, *k), _vertex_map(td, *k)
-        snmap, tnmap = _normal_map(svmap, 0.05), _normal_map(tvmap, 0.05)
+        snmap, tnmap = _normal_map(svmap, cfg.normal_edge_ratio), _normal_map(tvmap, cfg.normal_edge_ratio)
         # coarse levels widen the basin: every pair alike and no gate (normals of right pairs may still
         # differ a lot there); the finest level weighs by noise and gates
         fine = level == 0
