@@ -19,14 +19,15 @@ from scipy.spatial.transform import Rotation
 @dataclass(frozen=True)
 class IcpConfig:
     iterations: tuple = (6, 8, 12)    #: Gauss-Newton iterations per pyramid level, fine to coarse
+    refine_iterations: int = 6        #: then at the finest level with noise weights and the normal gate
     outlier_m: float = 0.07           #: correspondences farther apart (point to point) are ignored
     huber_m: float = 0.05             #: Huber threshold of the point-to-plane residual
-    normal_gate_deg: float = 20.0     #: at the finest level, correspondences whose normals differ more are ignored
+    normal_gate_deg: float = 20.0     #: refining, correspondences whose normals differ more are ignored
     noise_base_m: float = 0.0012      #: depth noise: sigma(z) = base + quad * (z - offset)^2 ...
     noise_quad_per_m: float = 0.0019  #: ... (Nguyen et al. 2012, Kinect-class sensors)
     noise_offset_m: float = 0.4       #: ...
     model_sigma_m: float = 0.003      #: noise of the model's surface, added in quadrature to sigma(z)
-    depth_weighting: bool = True      #: at the finest level, weight residuals by 1 / sigma^2 (False: all alike)
+    depth_weighting: bool = True      #: refining, weight residuals by 1 / sigma^2 (False: all alike)
     normal_edge_ratio: float = 0.05   #: no normal where neighbours differ by more than this share of the depth
     min_step: float = 1e-5            #: an update smaller than this (rad / m) ends a level
 
@@ -163,6 +164,12 @@ def _pyramid(depth: np.ndarray, K: tuple, levels: int, downsample) -> list:
     return out
 
 
+def _maps(src_depth, tgt_depth, K, edge_ratio):
+    """(source vertices, source normals, target vertices, target normals) of one pyramid level."""
+    sv, tv = _vertex_map(src_depth, *K), _vertex_map(tgt_depth, *K)
+    return sv, _normal_map(sv, edge_ratio), tv, _normal_map(tv, edge_ratio)
+
+
 def _noise_vector(cfg: IcpConfig) -> np.ndarray:
     """(base, quad, offset, variance at 1 m, model variance): weights are 1 at 1 m."""
     sigma_1m = cfg.noise_base_m + cfg.noise_quad_per_m * (1.0 - cfg.noise_offset_m) ** 2
@@ -182,18 +189,18 @@ def register(src_depth: np.ndarray, tgt_depth: np.ndarray, K: tuple, config: Icp
     levels = len(cfg.iterations)
     src_pyr = _pyramid(src_depth, K, levels, downsample)
     tgt_pyr = _pyramid(tgt_depth, K, levels, downsample)
+    # the pyramid finds the basin with every pair alike and no gate (right pairs' normals may still
+    # differ a lot while the pose is far off); then the finest level refines with noise weights and the gate
+    stages = [(level, n, False) for level, n in reversed(list(enumerate(cfg.iterations)))]
+    stages.append((0, cfg.refine_iterations, True))
     fitness = rmse = 0.0
-    for level in reversed(range(levels)):
+    for level, iterations, refine in stages:
         (sd, k), (td, _) = src_pyr[level], tgt_pyr[level]
-        svmap, tvmap = _vertex_map(sd, *k), _vertex_map(td, *k)
-        snmap, tnmap = _normal_map(svmap, cfg.normal_edge_ratio), _normal_map(tvmap, cfg.normal_edge_ratio)
-        # coarse levels widen the basin: every pair alike and no gate (normals of right pairs may still
-        # differ a lot there); the finest level weighs by noise and gates
-        fine = level == 0
-        cos_gate = float(np.cos(np.radians(cfg.normal_gate_deg))) if fine else -1.0
-        for _ in range(cfg.iterations[level]):
-            rows = _normal_equations(svmap, snmap, tvmap, tnmap, T, *k, cfg.outlier_m, cfg.huber_m, cos_gate,
-                                     noise, cfg.depth_weighting and fine)
+        maps = _maps(sd, td, k, cfg.normal_edge_ratio)
+        cos_gate = float(np.cos(np.radians(cfg.normal_gate_deg))) if refine else -1.0
+        for _ in range(iterations):
+            rows = _normal_equations(*maps, T, *k, cfg.outlier_m, cfg.huber_m, cos_gate, noise,
+                                     cfg.depth_weighting and refine)
             xi, n, r2 = _solve(rows)
             if xi is None:
                 raise RuntimeError("ICP: too few correspondences")

@@ -72,8 +72,8 @@ class TrackerConfig:
 
     def icp(self, voxel_size_m: float) -> IcpConfig:
         """The solver's settings for a model of `voxel_size_m` voxels."""
-        return IcpConfig(tuple(self.iterations), self.outlier_m, self.huber_m, self.normal_gate_deg,
-                         model_sigma_m=self.model_noise_voxels * voxel_size_m,
+        return IcpConfig(iterations=tuple(self.iterations), outlier_m=self.outlier_m, huber_m=self.huber_m,
+                         normal_gate_deg=self.normal_gate_deg, model_sigma_m=self.model_noise_voxels * voxel_size_m,
                          depth_weighting=self.depth_noise_weights)
 
 
