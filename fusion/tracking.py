@@ -1,12 +1,13 @@
 """Owns camera tracking: frame-to-model ICP against the fused volume, failure checks, relocalisation.
 
-Each frame is registered (`fusion.icp`: point-to-plane, multi-scale, weighted by the sensor's depth
-noise, normals gated) against the model's depth rendered at reduced resolution by the trilinear
-raycaster, first from the constant-velocity prediction. When that fails a check (too few inliers, a large residual, an implausible jump), the
-frame's ORB features give pose guesses against stored keyframes (`fusion.relocalise`): the recent
-ones for fast motion, the most similar ones after a loss. Each guess is refined and checked by the
-same ICP and must agree with the model seen from it (`_inconsistency`): a young model overlaps a fast
-moving frame too little for the plain inlier share to tell. A frame without an accepted pose is not
+Each frame is registered (`fusion.icp`: point-to-plane, multi-scale, refined with the sensor's depth
+noise as weights and a normal gate) against the model's depth rendered at reduced resolution by the
+trilinear raycaster, first from the constant-velocity prediction. When that fails a check (too few
+inliers, a large residual, an implausible jump), the frame's ORB features give pose guesses against
+stored keyframes (`fusion.relocalise`): the recent ones for fast motion, the most similar ones after a
+loss. Each guess is refined and checked by the same ICP and must agree with the model seen from it
+(`_inconsistency`): a young model overlaps a fast moving frame too little for the plain inlier share
+to tell. A frame without an accepted pose is not
 integrated; while lost, or beyond fast hand-held motion, an accepted pose (close to a keyframe) is a
 relocalisation and integration resumes.
 """
@@ -43,9 +44,9 @@ class TrackerConfig:
     iterations: tuple = (6, 8, 12)              #: ICP iterations per pyramid level, fine to coarse
     outlier_m: float = 0.07                     #: correspondences farther apart are ignored
     huber_m: float = 0.05                       #: Huber threshold of the point-to-plane residual
-    normal_gate_deg: float = 20.0               #: fine level: pairs whose normals differ more are ignored
-    depth_noise_weights: bool = True            #: weight residuals by the sensor's depth noise (grows with z^2)
-    model_noise_voxels: float = 0.1             #: the model surface's own noise, in voxels (adds to the sensor's)
+    normal_gate_deg: float = 20.0               #: refining: pairs whose normals differ more are ignored
+    depth_noise_weights: bool = True            #: refining: weight residuals by the depth noise (grows with z^2)
+    model_noise_voxels: float = 0.1             #: the model surface's own noise in voxels (adds to the sensor's)
     min_fitness: float = 0.25                   #: least share of pixels with a correspondence
     max_rmse_m: float = 0.025                   #: largest inlier RMSE accepted
     max_jump_m: float = 0.12                    #: largest translation of ICP away from its initial guess
@@ -73,8 +74,8 @@ class TrackerConfig:
     def icp(self, voxel_size_m: float) -> IcpConfig:
         """The solver's settings for a model of `voxel_size_m` voxels."""
         return IcpConfig(iterations=tuple(self.iterations), outlier_m=self.outlier_m, huber_m=self.huber_m,
-                         normal_gate_deg=self.normal_gate_deg, model_sigma_m=self.model_noise_voxels * voxel_size_m,
-                         depth_weighting=self.depth_noise_weights)
+                         normal_gate_deg=self.normal_gate_deg, depth_weighting=self.depth_noise_weights,
+                         model_sigma_m=self.model_noise_voxels * voxel_size_m)
 
 
 @dataclass
