@@ -59,6 +59,7 @@ class LiveBenchConfig:
     poll_timeout_s: float = 0.05      #: capture thread's wait for a frame
     open3d: bool = True               #: also run Open3D's loop
     repeats: int = 2                  #: each loop runs this many times (order A B C, C B A, ...): the runs are pooled
+    max_preload_mb: float = 4096.0    #: frames are held in memory before the replay: a larger source is refused
 
 
 class _Held:
@@ -283,13 +284,25 @@ def play_list(frames, passes: int, fps: float) -> list:
     return [dataclasses.replace(f, index=i, timestamp_s=i / fps) for i, f in enumerate(order)]
 
 
-def load_frames(spec: str, max_frames: int | None, gt_path: Path | None) -> list:
+def _preload(source, spec: str, max_mb: float) -> list:
+    """Every frame of `source` in memory, refusing (one line) a source larger than `max_mb`."""
+    frames, total = [], 0
+    for frame in source:
+        total += frame.color.nbytes + frame.depth_m.nbytes
+        if total > max_mb * 2**20:
+            raise UserError(f"{spec}: more than {max_mb:g} MB of frames to hold in memory after {len(frames)} "
+                            "frames; use --max-frames (or --max-preload-mb)")
+        frames.append(frame)
+    return frames
+
+
+def load_frames(spec: str, max_frames: int | None, gt_path: Path | None, max_mb: float = 4096.0) -> list:
     from fusion.sources import open_source
     from fusion.trajectory import read_tum
 
     source = open_source(spec, max_frames=max_frames)
     try:
-        frames = list(source)
+        frames = _preload(source, spec, max_mb)
     finally:
         source.close()
     if not frames:
@@ -377,7 +390,7 @@ def print_table(r: dict) -> None:
 
 
 def run(spec: str, config: LiveBenchConfig, max_frames: int | None = None, gt_path: Path | None = None) -> dict:
-    source_frames = load_frames(spec, max_frames, gt_path)
+    source_frames = load_frames(spec, max_frames, gt_path, config.max_preload_mb)
     frames = play_list(source_frames, config.passes, config.fps)
     model = _load_model() if config.labels == "incremental" else None
     warm_up(frames, config, model)
@@ -404,6 +417,7 @@ def _parse(argv):
     p.add_argument("--passes", type=int, default=1, help="play forward/backward this many times (default 1)")
     p.add_argument("--repeats", type=int, default=2, help="runs of each loop, pooled (default 2)")
     p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--max-preload-mb", type=float, default=4096.0, help="frames held in memory at most (MB)")
     p.add_argument("--gt", type=Path, default=None, help="TUM ground truth for a source without poses")
     p.add_argument("--no-open3d", action="store_true", help="skip Open3D's loop")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "live.json")
@@ -419,8 +433,10 @@ def _check(args) -> LiveBenchConfig:
         raise UserError(f"--labels {args.labels}: expected one of {', '.join(LABEL_MODES)}")
     if args.passes < 1 or args.repeats < 1 or (args.max_frames is not None and args.max_frames < 1):
         raise UserError("--passes, --repeats and --max-frames must be at least 1")
+    if args.max_preload_mb <= 0:
+        raise UserError("--max-preload-mb must be positive")
     return LiveBenchConfig(args.fps, args.voxel_size, args.labels, args.passes, open3d=not args.no_open3d,
-                           repeats=args.repeats)
+                           repeats=args.repeats, max_preload_mb=args.max_preload_mb)
 
 
 def main(argv=None) -> int:

@@ -82,6 +82,9 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(tmp_path, capsys):
     assert live_bench.main([str(tmp_path / "missing"), "--out", str(tmp_path / "x.json")]) == 2
     assert live_bench.main(["synthetic:1", "--fps", "0", "--out", str(tmp_path / "x.json")]) == 2
     assert live_bench.main(["synthetic:1", "--labels", "final", "--out", str(tmp_path / "x.json")]) == 2
+    assert live_bench.main(["synthetic:1", "--max-frames", "5", "--max-preload-mb", "1",  # a 640x480 frame: 2 MB
+                            "--out", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(line.startswith("error: ") for line in err)
+    assert len(err) == 4 and all(line.startswith("error: ") for line in err)
+    assert "--max-frames" in err[-1]
     assert not (tmp_path / "x.json").exists()
