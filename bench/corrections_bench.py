@@ -1,7 +1,8 @@
 """Benchmark that plays the user correcting labels: K region clicks, one learning round, mIoU on untouched vertices.
 
     python -m bench.corrections_bench [--cache /tmp/corr] [--seeds 1000,1001,1002] [--ks 1,3,5,10]
-                                      [--budget-s 30] [--threads 2] [--user careful|literal]
+                                      [--budget-s 30] [--threads 2] [--method head|finetune]
+                                      [--user careful|literal]
                                       [--no-real-room] [--json FILE]
 
 Scenes: the shared real ScanNet room (rendered and reconstructed with ground-truth poses and the shipped
@@ -274,6 +275,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=150, help="frames of each synthetic room")
     p.add_argument("--budget-s", type=float, default=AdaptConfig.budget_s, help="learning time of a round")
     p.add_argument("--threads", type=int, default=2, help="torch threads while learning")
+    p.add_argument("--method", choices=("head", "finetune"), default=AdaptConfig.method,
+                   help="how a round learns (AdaptConfig.method; see nets.adapt)")
     p.add_argument("--no-real-room", action="store_true")
     p.add_argument("--user", choices=USERS, default="precise",
                    help="how a click relabels: precise (the wrong region's cells), careful or literal (the app's "
@@ -295,7 +298,7 @@ def main(argv=None) -> int:
         return 1
     torch.set_num_threads(args.threads)
     model = ChunkModel.load()
-    cfg = dataclasses.replace(AdaptConfig(), budget_s=args.budget_s, threads=args.threads)
+    cfg = dataclasses.replace(AdaptConfig(), budget_s=args.budget_s, threads=args.threads, method=args.method)
     scenes = [] if args.no_real_room else [lambda: real_room(cache, model)]
     scenes += [lambda s=int(s): synthetic_room(s, cache, model, args.frames) for s in args.seeds.split(",") if s]
     rows = []

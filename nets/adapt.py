@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from fusion.coarse import CoarseGridConfig, CoarseRegion, all_chunk_keys, chunk_keys_of_cells, coarse_region
 from nets.adapt_config import AdaptConfig
+from nets.adapt_head import head_targets, train_head
 from nets.cells import CLASS_IDS, NO_CORRECTION, pack_cells
 from nets.infer import ChunkModel, RegionPrediction
 from nets.labels import PREFIX, LabelStore
@@ -230,13 +231,18 @@ class _Targets:
     n_corrected: int
 
 
-def _targets(p: _Prefix, corr: Corrections, cfg: AdaptConfig, rng: np.random.Generator) -> _Targets:
+def _corrected_rows(p: _Prefix, corr: Corrections) -> tuple[np.ndarray, np.ndarray]:
+    """(rows of the scene's observed output sites that are corrected, their NYU40 labels)."""
     rows = _among(corr.cells, p.kept0)
     order = np.argsort(pack_cells(p.coords))
     ok = rows >= 0
     rows, labels = order[rows[ok]], corr.labels[ok]
     keep = p.observed[rows]
-    rows, labels = rows[keep], labels[keep]
+    return rows[keep], labels[keep]
+
+
+def _targets(p: _Prefix, corr: Corrections, cfg: AdaptConfig, rng: np.random.Generator) -> _Targets:
+    rows, labels = _corrected_rows(p, corr)
     corrected = np.zeros(len(p.coords), bool)
     corrected[rows] = True
     if len(rows) > cfg.max_corrected_cells:
@@ -290,6 +296,8 @@ def adapt_net(anchor: SemanticCompletionNet, region: CoarseRegion, corr: Correct
             q.requires_grad_(False)
         rng = np.random.default_rng(cfg.seed)
         p = _prefix(net, region)
+        if cfg.method == "head":
+            return net, _adapt_head(net, p, corr, cfg, rng, t0, cancel, progress)
         t = _targets(p, corr, cfg, rng)
         info = {"steps": 0, "trained_cells": t.n_corrected, "loss": float("nan"), "cancelled": False}
         if not t.n_corrected:
@@ -321,6 +329,20 @@ def adapt_net(anchor: SemanticCompletionNet, region: CoarseRegion, corr: Correct
         return net, info | {"learn_s": time.perf_counter() - t0}
     finally:
         torch.set_num_threads(old_threads)
+
+
+def _adapt_head(net: SemanticCompletionNet, p: _Prefix, corr: Corrections, cfg: AdaptConfig,
+                rng: np.random.Generator, t0: float, cancel, progress) -> dict:
+    """The "head" method (`nets.adapt_head`): trains `net.sem` in place on the fixed features."""
+    rows, labels = _corrected_rows(p, corr)
+    info = {"steps": 0, "trained_cells": len(rows), "loss": float("nan"), "cancelled": False}
+    if len(rows):
+        classes = np.array([_COLUMN[int(v)] for v in labels], np.int64)
+        t = head_targets(p.features, p.logits, p.observed, rows, classes, cfg, rng)
+        info |= train_head(net.sem, p.features, t, cfg, t0, cancel, progress)
+        log.info("head round: %d corrected sites, %d pseudo-labeled (%d took a correction's class), %d steps",
+                 len(rows), len(t.rows) - len(rows), t.propagated, info["steps"])
+    return info | {"learn_s": time.perf_counter() - t0}
 
 
 # --- the learner -----------------------------------------------------------------------------

@@ -11,6 +11,10 @@ ADAPTED_WEIGHTS = "adapted_weights"   #: a session's extras key holding the adap
 class AdaptConfig:
     """One learning round."""
 
+    #: "head": only the semantic head learns, on the frozen net's features of the whole scene
+    #: (`nets.adapt_head`, seconds); "finetune": the finest decoder levels and the heads learn on sampled
+    #: sites (`nets.adapt`, the whole budget). See bench.corrections_bench for what each gains.
+    method: str = "head"
     budget_s: float = 30.0          #: wall-time bound of the training steps of one round
     max_steps: int = 300            #: steps at most (a round usually ends on the budget first)
     lr: float = 1e-2                #: Adam learning rate
@@ -25,4 +29,16 @@ class AdaptConfig:
     max_corrected_cells: int = 2048  #: corrected sites trained on at most (drawn once)
     distill_weight: float = 0.5     #: weight of the signed-distance and occupancy distillation to the anchor
     threads: int = 0                #: torch threads while learning (0: leave the process' setting)
+    correction_weight: float = 1.0  #: "head": weight of the corrected cells in all (each corrected class the same)
+    head_pseudo_cells: int = 65536  #: "head": pseudo-labeled sites trained on at most (drawn once)
+    #: "head": weight of the pseudo-labels in all. Measured (site mIoU on untouched sites, K=1/5): 2 / 10 / 30 gave
+    #: synthetic room 1000 -0.052/-0.079, -0.034/-0.020, -0.023/-0.000; real room about +0.01 with each
+    head_pseudo_weight: float = 30.0
+    #: "head": look-alikes of a correction's cells take its class (nets.adapt_head). Measured worse: synthetic
+    #: room 1001 after 5 corrections -0.185 with it, -0.006 without; the real room's gain the same or lower
+    head_propagate: bool = False
+    head_margin: float = 1.0        #: "head": a look-alike is nearer the corrected cells than margin x its class
+    head_steps: int = 300           #: "head": full-batch optimiser steps
+    head_lr: float = 1e-2           #: "head": Adam learning rate
+    head_anchor_weight: float = 1e-2  #: "head": L2 pull of the head toward the anchor's
     seed: int = 0                   #: sampling seed (a round is repeatable on one thread)
