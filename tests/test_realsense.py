@@ -392,8 +392,8 @@ def test_sdk_post_filters_fill_holes_on_real_depth():
 def test_a_replay_that_lost_its_first_framesets_is_started_again(scene_db3, scene_frames, monkeypatch, caplog):
     calls = []
 
-    def late_once(self):
-        calls.append(self._playback.get_position())
+    def late_once(self, fs):
+        calls.append(fs.as_frameset().get_depth_frame().get_timestamp())
         return len(calls) == 1  # the first attempt reports a late start, as when the SDK dropped frames
 
     monkeypatch.setattr(RecordingSource, "_started_late", late_once)
@@ -402,3 +402,18 @@ def test_a_replay_that_lost_its_first_framesets_is_started_again(scene_db3, scen
     assert len(calls) == 2 and any("lost its first frames" in m for m in caplog.messages)
     assert len(got) == len(scene_frames) and [g.index for g in got] == list(range(len(scene_frames)))
     np.testing.assert_array_equal(got[0].depth_m, expected_depth_m(raw_depth(scene_frames[0])))
+
+
+def test_the_start_of_a_recording_is_read_from_its_sensors_and_a_late_first_frameset_is_seen(scene_db3):
+    from fusion.sources.recording_start import RecordingStart, read_start
+
+    start = read_start(scene_db3, fps=30)
+    assert (start.depth_ms, start.color_ms) == (0.0, 0.0) and start.period_ms == pytest.approx(1000 / 30)
+    assert not start.missed(0.0, 0.0)
+    assert start.missed(4 * 1000 / 30, 4 * 1000 / 30)  # the first 4 framesets lost, as the SDK did under load
+    assert start.missed(2 * 1000 / 30, None)
+    # the syncer pairing the first colour frame with the second depth frame is not a loss (the real D435 bag)
+    assert not RecordingStart(360815.089, 360713.523, 1000 / 6).missed(360981.765, 360713.523)
+    src = RecordingSource(scene_db3)
+    frames = list(src)
+    assert src._file_start == start and len(frames) == 12 and frames[0].timestamp_s == 0.0

@@ -19,6 +19,7 @@ import pyrealsense2 as rs
 from fusion.errors import SourceError
 from fusion.frame import Frame
 from fusion.sources.base import FrameSource
+from fusion.sources.recording_start import RecordingStart, read_start
 from fusion.sources.rs_common import (FramesetConverter, PostFilterConfig, StreamInfo, depth_scale_of,
                                       device_info, stream_info)
 
@@ -37,8 +38,7 @@ class RecordingConfig:
     stall_timeout_s: float = 5.0  # no frame for this long while the file is still playing: an error
     end_grace_s: float = 0.3  # after playback stops, wait this long for framesets still in the SDK
     first_frame_grace_s: float = 3.0  # before the first frame, "stopped" may mean "not started yet"
-    empty_replay_retries: int = 2  # a replay that delivered nothing (or started late) is tried again this many times
-    late_start_s: float = 0.3  # a first frameset this far into the file means the SDK dropped the first ones
+    replay_retries: int = 6  # a replay that delivered nothing or lost its first frames is tried again this many times
     filters: PostFilterConfig = field(default_factory=PostFilterConfig)
 
 
@@ -93,6 +93,7 @@ class RecordingSource(FrameSource):
         self._started = self._replayed = False
         self.frames_read = 0
         self._converter: Optional[FramesetConverter] = None
+        self._file_start: Optional[RecordingStart] = None
 
     def _open(self):
         """A fresh pipeline and playback device for the file; real time set before start (no frame
@@ -122,7 +123,8 @@ class RecordingSource(FrameSource):
             raise SourceError(f"{self.path}: a recording can be replayed once per source; open it again")
         self._replayed = True
         self._converter = FramesetConverter(self.info, self.cfg.filters)
-        retries = self.cfg.empty_replay_retries
+        self._file_start = self._read_start()
+        retries = self.cfg.replay_retries
         for attempt in range(retries + 1):
             if attempt:  # the SDK sometimes loses a file's first frames: replay it afresh
                 log.info("%s: the replay lost its first frames; replaying it again", self.path)
@@ -171,15 +173,29 @@ class RecordingSource(FrameSource):
             last_frame_t, stopped_since = now, None
             frame = self._converter.convert(fs, self.frames_read)
             if frame is not None:
-                if not self.frames_read and may_restart and self._started_late():
+                if not self.frames_read and may_restart and self._started_late(fs):
                     raise _LateStart
                 self.frames_read += 1
                 yield frame
 
-    def _started_late(self) -> bool:
-        """True when the first frameset came from well into the file: the SDK's pipeline sometimes drops
-        the first framesets of a replay (seen on a loaded machine, even with real time off)."""
-        return self._playback.get_position() / 1e9 > self.cfg.late_start_s
+    def _read_start(self) -> Optional[RecordingStart]:
+        """Where the file starts (None when its sensors cannot tell: then a late start goes unnoticed)."""
+        try:
+            return read_start(self.path, self.info.fps)
+        except RuntimeError as exc:
+            log.warning("%s: cannot read where the recording starts (%s)", self.path, _sdk_message(exc))
+            return None
+
+    def _started_late(self, fs) -> bool:
+        """True when the first frameset comes after the file's first frames: the SDK's pipeline
+        sometimes drops the first framesets of a replay (seen on a loaded machine, even with real time
+        off)."""
+        if self._file_start is None:
+            return False
+        fs = fs.as_frameset()
+        color = fs.get_color_frame()
+        return self._file_start.missed(float(fs.get_depth_frame().get_timestamp()),
+                                       float(color.get_timestamp()) if color else None)
 
     def _at_end(self, now: float, stopped_since: float | None) -> bool:
         """End of file: playback has stayed stopped with nothing delivered for a grace period.
