@@ -202,6 +202,8 @@ def register(src_depth: np.ndarray, tgt_depth: np.ndarray, K: tuple, config: Icp
             rows = _normal_equations(*maps, T, *k, cfg.outlier_m, cfg.huber_m, cos_gate, noise,
                                      cfg.depth_weighting and refine)
             xi, n, r2 = _solve(rows)
+            if xi is None and level > 0:
+                break  # a coarse level too sparse to solve: the finer levels go on from here
             if xi is None:
                 raise RuntimeError("ICP: too few correspondences")
             T = _twist_matrix(xi) @ T
