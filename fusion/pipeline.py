@@ -158,7 +158,7 @@ class FusionPipeline:
                 raise SourceError(f"frame {frame.index} has no ground-truth pose (use --poses track)")
             return np.asarray(frame.T_world_cam_gt, float), ""
         if not self.tracker.started:
-            self.tracker.reset(np.eye(4) if T_start is None else T_start)
+            self.tracker.reset(np.eye(4) if T_start is None else T_start, frame.timestamp_s)
             self.tracker.keyframe(frame, self.tracker.predict())
             return self.tracker.predict(), ""
         t0 = time.perf_counter()

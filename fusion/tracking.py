@@ -64,6 +64,8 @@ class TrackerConfig:
     reloc_max_refine_m: float = 0.30            #: largest ICP translation away from a relocalisation guess
     reloc_max_refine_deg: float = 20.0          #: ... in rotation
     depth_max_m: float = 4.0                    #: depth beyond is not used for tracking
+    motion_in_time: bool = True                 #: the motion model extrapolates over the time since the last good frame
+    max_motion_extrapolation: float = 4.0       #: ... by at most this many times the last motion
     min_valid_share: float = 0.02               #: least share of valid pixels in frame and model render
     relocaliser: RelocaliserConfig = field(default_factory=RelocaliserConfig)
 
@@ -123,6 +125,17 @@ def downsample_depth(depth_m: np.ndarray) -> np.ndarray:
     return out
 
 
+def scale_motion(T: np.ndarray, factor: float) -> np.ndarray:
+    """The rigid motion `factor` times T (rotation angle and translation scaled; exact for a screw
+    motion along the rotation axis, close enough for the small motions between frames)."""
+    if factor == 1.0:
+        return np.array(T, float)
+    out = np.eye(4)
+    out[:3, :3] = Rotation.from_rotvec(Rotation.from_matrix(T[:3, :3]).as_rotvec() * factor).as_matrix()
+    out[:3, 3] = T[:3, 3] * factor
+    return out
+
+
 def relative_motion(T_a: np.ndarray, T_b: np.ndarray) -> tuple[float, float]:
     """(translation m, rotation deg) between two poses."""
     D = np.linalg.inv(T_a) @ T_b
@@ -132,7 +145,9 @@ def relative_motion(T_a: np.ndarray, T_b: np.ndarray) -> tuple[float, float]:
 @dataclass
 class _Motion:
     last_good: np.ndarray
-    velocity: np.ndarray = field(default_factory=lambda: np.eye(4))
+    velocity: np.ndarray = field(default_factory=lambda: np.eye(4))  #: motion between the last two good frames
+    velocity_dt_s: float = 0.0           #: ... and the time between them (0: unknown)
+    last_time_s: float | None = None     #: timestamp of the last good frame
 
 
 class Tracker:
@@ -151,9 +166,9 @@ class Tracker:
         self.last_timings_ms: dict[str, float] = {}  #: render and ICP time of the latest track()
         self._icp_config = config.icp(volume.config.voxel_size_m)
 
-    def reset(self, T_world_cam: np.ndarray) -> None:
-        """Start (or restart) at a known pose."""
-        self._motion = _Motion(np.array(T_world_cam, float))
+    def reset(self, T_world_cam: np.ndarray, timestamp_s: float | None = None) -> None:
+        """Start (or restart) at a known pose (of the frame at `timestamp_s`, when known)."""
+        self._motion = _Motion(np.array(T_world_cam, float), last_time_s=timestamp_s)
         self.state = TrackState.OK
 
     def lose(self) -> None:
@@ -167,9 +182,18 @@ class Tracker:
     def started(self) -> bool:
         return self._motion is not None
 
-    def predict(self) -> np.ndarray:
+    def predict(self, timestamp_s: float | None = None) -> np.ndarray:
+        """The pose expected at `timestamp_s`: constant velocity in time, so a frame that comes after
+        a gap (a live camera whose frames fusion could not all take) is predicted that much further;
+        without a timestamp, one more step of the last motion."""
         m = self._motion
-        return m.last_good @ (m.velocity if self.state == TrackState.OK else np.eye(4))
+        if self.state != TrackState.OK:
+            return m.last_good
+        factor = 1.0
+        if timestamp_s is not None and m.last_time_s is not None and m.velocity_dt_s > 0:
+            factor = float(np.clip((timestamp_s - m.last_time_s) / m.velocity_dt_s, 0.0,
+                                   self.config.max_motion_extrapolation))
+        return m.last_good @ scale_motion(m.velocity, factor)
 
     def keyframe(self, frame: Frame, T_world_cam: np.ndarray, feats: Features | None = None) -> None:
         """Offer an integrated frame as a keyframe (kept when far enough from the others)."""
@@ -191,7 +215,7 @@ class Tracker:
         src_depth = downsample_depth(frame.depth_m) if cfg.scale == 0.5 else frame.depth_m
         if np.count_nonzero(src_depth) < cfg.min_valid_share * src_depth.size:
             return self._reject("too little valid depth")
-        T_pred = self.predict()
+        T_pred = self.predict(frame.timestamp_s if cfg.motion_in_time else None)
         first = self._register(src_depth, frame, T_pred, self.state != TrackState.OK)
         if first.T is not None and not self._needs_crosscheck(T_pred, first.T):
             return self._accept(frame, first)
@@ -306,7 +330,8 @@ class Tracker:
         else:
             self.fast_recoveries += feats is not None
             m.velocity = np.linalg.inv(m.last_good) @ reg.T
-        m.last_good = reg.T
+            m.velocity_dt_s = frame.timestamp_s - m.last_time_s if m.last_time_s is not None else 0.0
+        m.last_good, m.last_time_s = reg.T, frame.timestamp_s
         self.keyframe(frame, reg.T, feats)
         return TrackResult(reg.T, self.state, reg.fitness, reg.rmse_m, "relocalised" if relocalised else "")
 
