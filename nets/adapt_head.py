@@ -6,8 +6,9 @@ trained, full batch, on:
 - the corrected cells (labeled examples; `correction_weight` in all, each corrected class weighs the same);
 - the anchor's confident predictions elsewhere, as pseudo-labels (`head_pseudo_weight` in all, at most
   `head_pseudo_cells` of them): the regularisation that keeps the rest of the scene as it was;
-- optionally (`head_propagate`, off by default: measured worse) cells that look like a correction's
-  (`look_alike`) take the class the user set instead of their pseudo-label;
+- cells that are near copies of a correction's (`look_alike`, `head_propagate`, `head_margin`) take the
+  class the user set instead of their pseudo-label (otherwise a look-alike's pseudo-labels, which outweigh
+  the corrections, would keep the mistake on it; a loose margin relabels too much: see the config);
 - an L2 pull of the head toward the anchor's (`head_anchor_weight`).
 A step is one small matrix product over the sampled sites, so a round takes seconds. The head stays an
 `nn.Linear` of the same shape: the adapted net is a full weights file. Used by the learning thread.

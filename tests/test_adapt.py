@@ -19,6 +19,7 @@ from nets.infer import DEFAULT_WEIGHTS, ChunkModel
 from nets.labels import LabelStore
 
 FAST = AdaptConfig(budget_s=60.0, max_steps=40, threads=1, lr=1e-2, anchor_weight=1e-3)
+METHODS = {"head": FAST, "finetune": dataclasses.replace(FAST, method="finetune")}
 BOX_A, BOX_B = (8, 8), (40, 8)   # look-alike boxes: same shape and colour, 32 cells apart (a stride multiple)
 
 
@@ -63,14 +64,15 @@ def _labelled_store(model, region) -> LabelStore:
     return store
 
 
-def test_correction_propagates_to_a_look_alike_and_undo_restores(model):
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_correction_propagates_to_a_look_alike_and_undo_restores(model, method):
     region, parts = _scene()
     store = _labelled_store(model, region)
     base = store.labels_of_cells(region.coords)[0]
     target = 5 if _majority(base[parts["b"]]) != 5 else 7       # chair, unless the net already says chair
     assert _majority(base[parts["b"]]) != target
     correction = store.correct(region.coords[parts["a"]], target)
-    learner = CorrectionLearner(model, FAST)
+    learner = CorrectionLearner(model, METHODS[method])
     result = learner.learn(region, store)
     after = store.labels_of_cells(region.coords)[0]
     assert result.adapted and result.steps > 0 and not result.cancelled
@@ -81,6 +83,46 @@ def test_correction_propagates_to_a_look_alike_and_undo_restores(model):
     undone = learner.learn(region, store)
     assert not undone.adapted and learner.model is model
     assert np.array_equal(store.labels_of_cells(region.coords)[0], base)
+
+
+def test_head_round_moves_only_the_head_and_its_weights_load(model, tmp_path):
+    """The "head" method: the adapted net differs from the base only in the semantic head, and its weights
+    file gives the same predictions (what `reconstruct --weights` loads)."""
+    import torch
+
+    from nets.infer import save_weights
+
+    region, parts = _scene()
+    store = _labelled_store(model, region)
+    store.correct(region.coords[parts["a"]], 5)
+    learner = CorrectionLearner(model, FAST)
+    result = learner.learn(region, store)
+    assert result.adapted and result.steps == FAST.head_steps
+    base, adapted = model.net.state_dict(), learner.model.net.state_dict()
+    moved = {k for k in base if not torch.equal(base[k], adapted[k])}
+    assert moved and all(k.startswith("sem.") for k in moved), moved
+    save_weights(tmp_path / "w.pt", learner.model.net, learner.model.grid)
+    back = ChunkModel.load(tmp_path / "w.pt")
+    assert np.allclose(predict_scene(back, region).probs, predict_scene(learner.model, region).probs, atol=1e-6)
+
+
+def test_look_alike_takes_only_near_copies_of_the_corrected_cells():
+    """A cell the anchor calls the class corrected away from takes the correction's class when its features
+    are near the corrected cells' (within the margin), not when they are nearer its own class's."""
+    from nets.adapt_head import look_alike
+
+    rng = np.random.default_rng(0)
+    shown = rng.normal([5.0, 0.0], 0.05, (20, 2))        # corrected cells: anchor class 3, set to 7
+    copies = rng.normal([5.0, 0.0], 0.05, (10, 2))       # uncorrected near copies, anchor class 3
+    plain = rng.normal([0.0, 0.0], 0.5, (200, 2))        # the rest of class 3
+    other = rng.normal([5.0, 0.0], 0.05, (10, 2))        # near the corrected cells but anchor class 4
+    features = np.concatenate([shown, copies, plain, other]).astype(np.float32)
+    anchor = np.array([3] * 230 + [4] * 10)
+    rows, classes = np.arange(20), np.full(20, 7)
+    candidates = np.arange(20, 240)
+    out = look_alike(features, anchor, rows, classes, candidates, margin=0.2)
+    assert np.all(out[:10] == 7) and np.all(out[10:] == -1)
+    assert np.all(look_alike(features, anchor, rows, np.full(20, 3), candidates, 0.2) == -1)  # nothing moved
 
 
 def test_cancelled_round_changes_nothing(model):
