@@ -1,5 +1,7 @@
-"""Owns learning from corrections: a bounded fine-tuning round of the labeling net on the current scene.
+"""Owns learning from corrections: a bounded learning round of the labeling net on the current scene.
 
+Two methods (`AdaptConfig.method`). "head" (default): the whole scene goes once through the frozen net and
+only the semantic head learns, on those fixed features (`nets.adapt_head`; seconds). "finetune", below:
 One round takes the whole scene's coarse sites (`scene_region`), the user's corrected cells (from the
 label store) and the anchor net (the shipped or session base weights), and trains a copy of the anchor:
 - the encoder and the coarse decoder stay frozen (the anchor): their activations are computed once;
