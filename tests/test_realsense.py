@@ -334,10 +334,14 @@ def test_camera_unplugged_mid_scan_keeps_what_was_fused(tmp_path, monkeypatch, s
     rig = LiveRig(frame_timeout_s=0.5)
     consumed = rig.source.slot
 
+    ended = threading.Event()  # the scan ended (on a loaded machine it may end before all 8 are taken)
+
     def feed():  # delivers 8 frames, one after the other is taken, then stops (the "unplug")
         for i, f in enumerate(scene_frames[:8]):
+            if ended.is_set():
+                return
             rig.cam.push(i + 1, raw_depth(f), f.color)
-            wait_for(lambda: consumed.delivered >= i + 3)
+            wait_for(lambda: consumed.delivered >= i + 3 or ended.is_set())
             time.sleep(0.05)
 
     feeder = threading.Thread(target=feed, name="test-feeder")
@@ -349,6 +353,7 @@ def test_camera_unplugged_mid_scan_keeps_what_was_fused(tmp_path, monkeypatch, s
         with pytest.raises(UserError, match="no frame for 0.5 s"):
             rec_mod.reconstruct(req)
     finally:
+        ended.set()
         feeder.join(10)
         rig.close()
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
