@@ -52,6 +52,9 @@ def _build_parser() -> argparse.ArgumentParser:
     rl.add_argument("--out", required=True, type=Path, help="output folder: mesh.ply, labels.json, session, weights.pt")
     rl.add_argument("--weights", type=Path, default=None, help="base weights to learn from (default: the shipped ones)")
     rl.add_argument("--budget-s", type=float, default=None, help="learning time in seconds (default 30)")
+    rl.add_argument("--method", choices=("head", "finetune"), default=None,
+                    help="head: the semantic head learns on the frozen net's features, 1-3 s (default); "
+                         "finetune: the finest decoder levels learn too, for the whole budget")
     rl.add_argument("--threads", type=int, default=2, help="torch threads while learning and relabeling")
     rl.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -176,6 +179,8 @@ def _cmd_relabel(args) -> int:
 
     torch.set_num_threads(args.threads)
     cfg = dataclasses.replace(AdaptConfig(), budget_s=budget, threads=args.threads)
+    if args.method is not None:
+        cfg = dataclasses.replace(cfg, method=args.method)
     done = run_relabel(RelabelRequest(args.session, args.corrections, args.out, args.weights, cfg,
                                       progress=not args.no_progress))
     log.info("%d corrections (%d cells): %d learning steps in %.1f s, relabel %.1f s, %d vertices -> %s",

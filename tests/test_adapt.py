@@ -208,7 +208,8 @@ def _relabel(args, capsys):
     return rc, capsys.readouterr().err.strip()
 
 
-def test_relabel_writes_outputs_usable_by_reconstruct(session_file, tmp_path, capsys, model):
+@pytest.mark.parametrize("method", ["head", "finetune"])
+def test_relabel_writes_outputs_usable_by_reconstruct(session_file, tmp_path, capsys, model, method):
     from nets.session_weights import adapted_model
     from storage.plyio import read_labeled_ply
     from storage.session import load_session
@@ -220,7 +221,7 @@ def test_relabel_writes_outputs_usable_by_reconstruct(session_file, tmp_path, ca
     corr.write_text(json.dumps([{"point_m": on.tolist(), "label": 5, "mode": "brush", "radius_m": 0.2},
                                 {"point_m": on.tolist(), "label": 33, "mode": "brush", "radius_m": 0.1}]))
     out = tmp_path / "out"
-    rc, err = _relabel([path, "--corrections", corr, "--out", out, "--budget-s", "5"], capsys)
+    rc, err = _relabel([path, "--corrections", corr, "--out", out, "--budget-s", "5", "--method", method], capsys)
     assert rc == 0, err
     for name in ("mesh.ply", "labels.json", "session", "weights.pt"):
         assert (out / name).is_file(), name
