@@ -10,7 +10,6 @@ Pure functions; call them on the thread that owns the volume's buffers.
 from __future__ import annotations
 
 import numba as nb
-import numpy as np
 
 
 @nb.njit(cache=True, parallel=True, nogil=True, fastmath=True)
