@@ -1,6 +1,7 @@
 """Training: samples from fused synthetic scans, determinism, resume, a falling loss, DDP under torchrun."""
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -76,7 +77,10 @@ def test_torchrun_ddp_trains_on_two_processes(samples, tmp_path):
     data.mkdir()
     for i, s in enumerate(samples):
         s.save(data / f"{i}_0.npz")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    with socket.socket() as sock:  # a free port: another suite on this machine may be running the same test
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
            "-m", "nets.train", "--data", str(data), "--out", str(tmp_path / "run"), "--steps", "2", "--threads", "1"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-2000:]
