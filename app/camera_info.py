@@ -56,11 +56,6 @@ def camera_rows(desc: dict, intrinsics: tuple | None) -> list[tuple[str, str]]:
     return rows
 
 
-def _describe(worker) -> dict:
-    """On the fusion thread: what the source says of itself."""
-    return worker.source.describe() if worker.source is not None else {"spec": worker.source_spec}
-
-
 class CameraInfoDialog(QDialog):
     """Shows `camera_rows` once the fusion thread has answered. Thread: GUI thread."""
 
@@ -75,7 +70,7 @@ class CameraInfoDialog(QDialog):
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         buttons.rejected.connect(self.reject)
         lay.addWidget(buttons)
-        self._future = window.worker.call(_describe)
+        self._future = window.worker.call(lambda worker: worker.source_description())
         self._waited_ms = 0
         self._timer = QTimer(self)
         self._timer.timeout.connect(self._poll)

@@ -223,10 +223,7 @@ def _pipeline(worker):
 
 def _save(worker, path: Path, settings: dict, extras: dict) -> int:
     """Write the session (fusion thread) and mark the model saved; returns the bytes written."""
-    size = save_session(path, _pipeline(worker), *worker.trajectory(), _describe(worker), settings, extras)
+    size = save_session(path, _pipeline(worker), *worker.trajectory(), worker.source_description(), settings, extras)
     worker.mark_saved()
     return size
 
-
-def _describe(worker) -> dict:
-    return worker.source.describe() if worker.source is not None else {"spec": worker.source_spec}

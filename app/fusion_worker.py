@@ -366,8 +366,7 @@ class FusionWorker:
             self.source = None
 
     def _capture_autosave(self):  # fusion thread, between frames: copy now, write on the autosaver's thread
-        describe = self.source.describe() if self.source is not None else {"spec": self.source_spec}
-        capture = capture_session(self.pipeline, *self.trajectory(), describe,
+        capture = capture_session(self.pipeline, *self.trajectory(), self.source_description(),
                                   {"command": "gui", "source": self.source_spec, "autosave": True},
                                   self.nets.session_extras())
         return functools.partial(write_session, capture=capture)
@@ -381,6 +380,10 @@ class FusionWorker:
         (log.warning if level != "info" else log.info)("%s%s", text, f" ({hint})" if hint else "")
         self.events.append(Event(level, text, hint))
         self._changed = True
+
+    def source_description(self) -> dict:
+        """What the source says of itself (its spec when none is open). Fusion thread."""
+        return self.source.describe() if self.source is not None else {"spec": self.source_spec}
 
     def trajectory(self) -> tuple[np.ndarray, np.ndarray]:
         """(T,) timestamps in seconds and (T,4,4) T_world_cam of this scan (fusion thread)."""

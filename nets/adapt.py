@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from fusion.coarse import CoarseGridConfig, CoarseRegion, all_chunk_keys, chunk_keys_of_cells, coarse_region
 from nets.adapt_config import AdaptConfig
+from nets.anchored_steps import anchored_steps
 from nets.adapt_head import head_targets, train_head
 from nets.cells import CLASS_IDS, NO_CORRECTION, pack_cells
 from nets.infer import ChunkModel, RegionPrediction
@@ -306,28 +307,14 @@ def adapt_net(anchor: SemanticCompletionNet, region: CoarseRegion, corr: Correct
             return net, info | {"learn_s": time.perf_counter() - t0}
         b = _batch(p, t.rows)
         anchor_sdf = p.sdf[torch.from_numpy(t.rows)]
-        params = _trained_params(net)
-        for q in params:
-            q.requires_grad_(True)
-        start = [q.detach().clone() for q in params]
-        opt = torch.optim.Adam(params, lr=cfg.lr)
-        while info["steps"] < cfg.max_steps and time.perf_counter() - t0 < cfg.budget_s:
-            if cancel is not None and cancel.is_set():
-                info["cancelled"] = True
-                break
+
+        def loss_of():
             logits, sdf, occ, anchor_occ = _suffix(net, p, b)
             loss = (F.cross_entropy(logits, t.classes, reduction="none") * t.weights).sum()
-            loss = loss + cfg.distill_weight * (F.l1_loss(sdf, anchor_sdf) + F.l1_loss(occ, anchor_occ))
-            loss = loss + cfg.anchor_weight * sum(((q - a) ** 2).sum() for q, a in zip(params, start))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            info["steps"] += 1
-            info["loss"] = float(loss.detach())
-            if progress is not None:
-                progress(info["steps"], time.perf_counter() - t0)
-        for q in params:
-            q.requires_grad_(False)
+            return loss + cfg.distill_weight * (F.l1_loss(sdf, anchor_sdf) + F.l1_loss(occ, anchor_occ))
+
+        anchored_steps(_trained_params(net), loss_of, cfg.lr, cfg.anchor_weight, cfg.max_steps, cfg.budget_s, t0,
+                       info, cancel, progress)
         return net, info | {"learn_s": time.perf_counter() - t0}
     finally:
         torch.set_num_threads(old_threads)

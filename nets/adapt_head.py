@@ -16,7 +16,6 @@ A step is one small matrix product over the sampled sites, so a round takes seco
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from nets.adapt_config import AdaptConfig
+from nets.anchored_steps import anchored_steps
 from nets.model import EMPTY
 
 
@@ -86,27 +86,11 @@ def train_head(head: torch.nn.Linear, features: np.ndarray, t: HeadTargets, cfg:
     """Train `head` in place (full batch, Adam) until `head_steps` or the budget; info as `adapt_net`'s."""
     x = torch.from_numpy(np.ascontiguousarray(features[t.rows], np.float32))
     y, w = torch.from_numpy(t.classes), torch.from_numpy(t.weights)
-    start = [q.detach().clone() for q in head.parameters()]
-    params = list(head.parameters())
-    for q in params:
-        q.requires_grad_(True)
-    opt = torch.optim.Adam(params, lr=cfg.head_lr)
     info = {"steps": 0, "loss": float("nan"), "cancelled": False, "propagated": t.propagated}
-    try:
-        while info["steps"] < cfg.head_steps and time.perf_counter() - t0 < cfg.budget_s:
-            if cancel is not None and cancel.is_set():
-                info["cancelled"] = True
-                break
-            loss = (F.cross_entropy(head(x), y, reduction="none") * w).sum()
-            loss = loss + cfg.head_anchor_weight * sum(((q - a) ** 2).sum() for q, a in zip(params, start))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            info["steps"] += 1
-            info["loss"] = float(loss.detach())
-            if progress is not None and info["steps"] % 25 == 0:
-                progress(info["steps"], time.perf_counter() - t0)
-    finally:
-        for q in params:
-            q.requires_grad_(False)
+
+    def loss_of():
+        return (F.cross_entropy(head(x), y, reduction="none") * w).sum()
+
+    anchored_steps(list(head.parameters()), loss_of, cfg.head_lr, cfg.head_anchor_weight, cfg.head_steps,
+                   cfg.budget_s, t0, info, cancel, progress, progress_every=25)
     return info
