@@ -56,7 +56,3 @@ class KernelWarmup(QObject):
     def _done(self, seconds: float) -> None:
         self.seconds = seconds
         self.status_bar.set_busy("kernels", None)
-
-    def join(self, timeout_s: float) -> bool:
-        self._thread.join(timeout_s)
-        return not self._thread.is_alive()
