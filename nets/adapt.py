@@ -131,7 +131,7 @@ class _Prefix:
 def _prefix(net: SemanticCompletionNet, region: CoarseRegion) -> _Prefix:
     x = SparseTensor.from_coords(torch.from_numpy(region.coords), torch.from_numpy(region.features))
     with torch.no_grad():
-        e0 = net.enc0(x)
+        e0 = net.stem(x)
         e1 = net.enc1(net.down1(e0))
         e2 = net.enc2(net.down2(e1))
         levels: list = []

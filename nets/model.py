@@ -12,7 +12,7 @@ whole scene in its core. Modules are used by one thread at a time.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -29,6 +29,8 @@ class ModelConfig:
     """Architecture."""
 
     in_features: int = 7              #: features per input site (fusion.coarse.FEATURES)
+    height_input: bool = False        #: the net also reads each site's height (z = 0: floor, gravity-aligned world)
+    height_scale_cells: float = 40.0  #: height feature = (z + 0.5) / this (cells; 2 m at 5 cm)
     channels: tuple = (16, 32, 64)    #: feature channels at L0, L1, L2
     n_classes: int = N_CLASSES        #: semantic classes including "empty"
     grow_kernel: int = 3              #: generative conv at L2: sites grow by kernel//2 coarse cells
@@ -92,7 +94,7 @@ class SemanticCompletionNet(nn.Module):
         self.config = config
         c0, c1, c2 = config.channels
         b = config.occ_bias_init
-        self.enc0 = _subm(config.in_features, c0)
+        self.enc0 = _subm(config.in_features + int(config.height_input), c0)
         self.down1, self.enc1 = _down(c0, c1), nn.Sequential(_subm(c1, c1), _subm(c1, c1))
         self.down2, self.enc2 = _down(c1, c2), nn.Sequential(_subm(c2, c2), _subm(c2, c2))
         self.grow2 = nn.Sequential(GenerativeConv3d(c2, c2, config.grow_kernel), SparseBatchNorm(c2), SparseReLU())
@@ -105,7 +107,7 @@ class SemanticCompletionNet(nn.Module):
     def forward(self, x: SparseTensor, keep_targets=None) -> ModelOutput:
         """keep_targets: optional callable(level, sites) -> bool mask of sites to keep regardless of
         the prediction (ground-truth occupancy during training)."""
-        e0 = self.enc0(x)
+        e0 = self.stem(x)
         e1 = self.enc1(self.down1(e0))
         e2 = self.enc2(self.down2(e1))
         levels = []
@@ -115,6 +117,13 @@ class SemanticCompletionNet(nn.Module):
         _, occ0, keep0 = levels[-1]
         return ModelOutput(d0, self.sem(d0.features), self.sdf(d0.features).squeeze(1), occ0[keep0],
                            site_mask(d0, x), levels)
+
+    def stem(self, x: SparseTensor) -> SparseTensor:
+        """The first layer on the input sites (with their height appended when the net reads it)."""
+        if self.config.height_input:
+            z = x.coordinates[:, 3:4].to(x.features.dtype)
+            x = x.replace(torch.cat([x.features, (z + 0.5) / self.config.height_scale_cells], 1))
+        return self.enc0(x)
 
     @staticmethod
     def _grow(g: SparseTensor, skip: SparseTensor, head: nn.Linear, level: int, keep_targets,
@@ -127,6 +136,19 @@ class SemanticCompletionNet(nn.Module):
             keep |= keep_targets(level, g)
         levels.append((g, occ, keep))
         return prune(g, keep)
+
+
+def with_height_input(net: SemanticCompletionNet) -> SemanticCompletionNet:
+    """A copy of `net` that also reads height, computing exactly what `net` does until trained (the
+    height channel's first-layer weights start at zero)."""
+    if net.config.height_input:
+        return net
+    state = dict(net.state_dict())
+    w = state["enc0.0.weight"]
+    state["enc0.0.weight"] = torch.cat([w, torch.zeros_like(w[:, :1])], 1)
+    wider = SemanticCompletionNet(replace(net.config, height_input=True))
+    wider.load_state_dict(state)
+    return wider
 
 
 def receptive_field_cells(config: ModelConfig = ModelConfig()) -> int:

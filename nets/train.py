@@ -32,7 +32,7 @@ from nets.batch import Augment, BatchTargets, make_batch
 from nets.data import Sample, build_dataset
 from nets.infer import save_weights
 from nets.metrics import evaluate_samples
-from nets.model import EMPTY, ModelConfig, SemanticCompletionNet
+from nets.model import EMPTY, ModelConfig, SemanticCompletionNet, with_height_input
 
 log = logging.getLogger(__name__)
 tqdm.monitor_interval = 0  # no monitor thread: the bar is refreshed by the loop itself
@@ -56,10 +56,15 @@ class TrainConfig:
     val_every: int = 500            #: steps between validation passes
     seed: int = 0                   #: makes sampling, augmentation and init reproducible
     threads: int = 2                #: torch intra-op threads per process
-    model: ModelConfig = field(default_factory=ModelConfig)
-    #: real scans' colour differs from the synthetic rooms' (wider jitter, dropout so geometry decides);
-    #: whole-cell shifts below the coarsest stride (4) put floors and walls at every pooling phase
-    augment: Augment = field(default_factory=lambda: Augment(colour_jitter=0.25, colour_dropout=0.2, max_shift_cells=4))
+    #: the net reads height above the floor (the world is gravity-aligned, floor at z = 0)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(height_input=True))
+    #: what real scans look like: their colour differs from the synthetic rooms' (wider jitter, dropout so
+    #: geometry decides); whole-cell shifts below the coarsest stride (4) put floors and walls at every
+    #: pooling phase, the floor up to a cell below or two above z = 0; gravity off by up to 5 degrees;
+    #: walls scanned only 1.3-2 m up, holes, noisier surfaces
+    augment: Augment = field(default_factory=lambda: Augment(
+        colour_jitter=0.25, colour_dropout=0.2, max_shift_cells=4, z_shift_offset_cells=1, max_tilt_deg=5.0,
+        partial_wall_chance=0.4, hole_chance=0.4, max_sdf_noise_cells=0.15))
 
 
 def class_weights(samples: list[Sample], cfg: TrainConfig) -> torch.Tensor:
@@ -114,6 +119,8 @@ def _init_net(path: Path, cfg: TrainConfig) -> SemanticCompletionNet:
     from nets.infer import ChunkModel
 
     net = ChunkModel.load(path).net
+    if cfg.model.height_input:
+        net = with_height_input(net)  # weights trained without height go on from where they were
     if net.config != cfg.model:
         raise UserError(f"{path}: the weights are of another model configuration than this training's")
     log.info("starting from the weights in %s", path)

@@ -113,3 +113,39 @@ def test_gpu_style_coarse_extraction_equals_cpu(fused):
     assert len(cpu.coords) > 100
     assert np.array_equal(gpu.coords, cpu.coords) and np.array_equal(gpu.core, cpu.core)
     np.testing.assert_array_equal(gpu.features, cpu.features)
+
+
+def test_a_net_that_reads_height_starts_as_the_net_it_came_from_and_tells_heights_apart(fused):
+    """Weights trained without height go on unchanged when the height input is added; once its
+    weights are non-zero, the same geometry at another height is labeled differently."""
+    from nets.model import with_height_input
+    from nets.sparse import SparseTensor
+
+    torch.manual_seed(0)
+    net = SemanticCompletionNet().eval()
+    region = coarse_region(fused.volume, sorted(all_chunk_keys(fused.volume, CoarseGridConfig()))[:2], CoarseGridConfig())
+    tall = with_height_input(net).eval()
+    assert tall.config.height_input and tall.enc0[0].weight.shape[1] == net.enc0[0].weight.shape[1] + 1
+
+    def logits(model, lift_cells: int = 0):
+        coords = region.coords + np.array([0, 0, lift_cells], np.int32)
+        x = SparseTensor.from_coords(torch.from_numpy(coords), torch.from_numpy(region.features))
+        with torch.no_grad():
+            return model(x).logits
+
+    torch.testing.assert_close(logits(tall), logits(net))
+    with torch.no_grad():
+        tall.enc0[0].weight[:, -1].normal_()
+    torch.testing.assert_close(logits(net, 40), logits(net))  # 40 cells: a multiple of every stride
+    assert not torch.allclose(logits(tall, 40), logits(tall), atol=1e-3)
+
+
+def test_tilted_symmetries_invert_and_keep_the_floor_near_the_pivot():
+    rng = np.random.default_rng(3)
+    sym = Symmetry.random(rng, 4, 1, max_tilt_deg=5.0, pivot=(10, 10, 0))
+    assert any(abs(a) > 0 for a in sym.tilt_rad) and max(abs(np.degrees(a)) for a in sym.tilt_rad) <= 5.0
+    c = rng.integers(-20, 40, (500, 3))
+    back = sym.invert(sym.apply(c))
+    assert np.abs(back - c).max() <= 1 and np.mean(np.all(back == c, axis=1)) > 0.7  # re-gridding rounds
+    floor = np.array([[10, 10, 0], [12, 9, 0]])
+    assert np.abs(sym.apply(floor)[:, 2] - sym.shift[2]).max() <= 1

@@ -128,3 +128,26 @@ def test_colour_dropout_leaves_geometry_and_blanks_colour(samples):
     x, _ = make_batch(samples[:1], np.random.default_rng(0), Augment(colour_jitter=0.0, colour_dropout=1.0))
     f = x.features.numpy()
     assert np.all(f[:, 4:7] == 0) and np.any(f[:, :4] != 0)
+
+
+def test_real_scan_augmentation_cuts_walls_punches_holes_and_targets_follow_a_tilt(samples):
+    """Walls scanned part of the way up, holes and a tilted gravity; a tilted site keeps (nearly always)
+    the target of the cell it came from."""
+    from nets.batch import Augment
+
+    s = samples[0]
+    cut = Augment(colour_jitter=0.0, partial_wall_chance=1.0, partial_wall_cells=(10, 10), min_sites=1)
+    x, t = make_batch(samples[:1], np.random.default_rng(0), cut)
+    z = t.symmetries[0].invert(x.coordinates.numpy()[:, 1:])[:, 2]
+    assert z.max() < 10 <= s.coords[:, 2].max()
+    holes = Augment(colour_jitter=0.0, hole_chance=1.0, hole_radius_cells=(6, 6), min_sites=1)
+    assert len(make_batch(samples[:1], np.random.default_rng(0), holes)[0].coordinates) < len(s.coords)
+    plain_x, plain_t = make_batch(samples[:1], None)
+    plain = dict(zip(map(tuple, plain_x.coordinates.numpy()[:, 1:]),
+                     plain_t.semantic(plain_x.coordinates.numpy(), np.ones(len(plain_x.coordinates), bool))))
+    x, t = make_batch(samples[:1], np.random.default_rng(1), Augment(colour_jitter=0.0, max_tilt_deg=5.0))
+    c4 = x.coordinates.numpy()
+    assert any(t.symmetries[0].tilt_rad)
+    sem, back = t.semantic(c4, np.ones(len(c4), bool)), t.symmetries[0].invert(c4[:, 1:])
+    same = [sem[r] == plain[tuple(back[r])] for r in range(len(c4)) if tuple(back[r]) in plain]
+    assert len(same) > 0.7 * len(c4) and np.mean(same) > 0.95
