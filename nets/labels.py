@@ -28,6 +28,7 @@ from fusion.classes import SCANNET20
 from fusion.coarse import CoarseGridConfig
 from nets.cells import (CLASS_IDS, NO_CORRECTION, ChunkCells, build_chunk, empty_chunk, group_by_chunk,
                         labels_differ, overlapping_chunks, pack_cells, rows_of, unpack_cells)
+from nets.vertex_labels import interpolated_labels
 
 PREFIX = "labels_"                                #: prefix of the arrays `to_arrays` returns
 _OFFSETS6 = np.array([(1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)], np.int32)
@@ -44,6 +45,7 @@ class LabelStoreConfig:
     connectivity: int = 6         #: 6 or 26: neighbours that connect cells in `connected_region`
     history: int = 4096           #: change records kept for `changed_since` (older asks get every chunk)
     max_brush_cells: int = 200_000  #: a brush larger than this many cells is refused
+    min_point_conf: float = 0.3   #: a mesh point whose interpolated confidence is lower stays unlabelled (0)
 
 
 @dataclass(frozen=True)
@@ -234,24 +236,52 @@ class LabelStore:
             label[sel[ok]], conf[sel[ok]] = chunk.label[rows[ok]], chunk.conf[rows[ok]]
         return label, conf
 
+    def _cell_probs(self, cells: np.ndarray, chunks: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(probs (N,20), present (N,) bool, corrected (N,) uint16) of each cell: a corrected cell's
+        probabilities are one-hot in its class, the class shown gets the switch margin (so a cell's own
+        centre keeps the label it shows)."""
+        probs = np.zeros((len(cells), len(CLASS_IDS)), np.float32)
+        present = np.zeros(len(cells), bool)
+        corrected = np.full(len(cells), NO_CORRECTION, np.uint16)
+        n = self.grid.chunk_voxels
+        for key, sel in group_by_chunk(cells, n):
+            chunk = chunks.get(key)
+            if chunk is None:
+                continue
+            rows = rows_of(chunk, key, n, cells[sel])
+            ok, sel = rows >= 0, sel[rows >= 0]
+            rows = rows[ok]
+            probs[sel] = chunk.probs[rows]
+            shown = np.searchsorted(CLASS_IDS, chunk.label[rows])
+            known = np.isin(chunk.label[rows], CLASS_IDS)
+            fixed = chunk.corrected[rows] != NO_CORRECTION
+            probs[sel[fixed]] = 0.0
+            probs[sel[known], shown[known]] += np.where(fixed[known], 1.0, self.config.switch_margin)
+            present[sel] = True
+            corrected[sel] = chunk.corrected[rows]
+        return probs, present, corrected
+
     def labels_at(self, points_m) -> tuple[np.ndarray, np.ndarray]:
-        """(NYU40 uint16, confidence float32) per point: its cell's label, else the nearest labelled
-        cell among the 26 neighbours (by distance to the cell centre), else (0, 0)."""
+        """(NYU40 uint16, confidence float32) per point: the cells' probabilities interpolated at the
+        point (`nets.vertex_labels`; a correction wins in its cells; 0 below `min_point_conf`); where no
+        cell around the point holds a label, the nearest labelled cell among the 26 neighbours of its
+        cell (by distance to the cell centre); else (0, 0)."""
         p = np.asarray(points_m, np.float64).reshape(-1, 3)
         chunks = self._snapshot()
-        cells = self.cells_at(p)
-        label, conf = self._labels_of(cells, chunks)
-        miss = np.nonzero(label == 0)[0]
+        label, conf, found = interpolated_labels(p, self.grid.voxel_size_m, lambda c: self._cell_probs(c, chunks),
+                                                 self.config.min_point_conf)
+        miss = np.nonzero(~found)[0]
         if len(miss) and chunks:
-            cand = (cells[miss][:, None, :] + _OFFSETS26[None]).reshape(-1, 3)
+            cells = self.cells_at(p[miss])
+            cand = (cells[:, None, :] + _OFFSETS26[None]).reshape(-1, 3)
             lab, cf = (a.reshape(len(miss), 26) for a in self._labels_of(cand, chunks))
             centres = (cand.reshape(len(miss), 26, 3) + 0.5) * self.grid.voxel_size_m
             dist = np.linalg.norm(centres - p[miss][:, None, :], axis=2)
             dist[lab == 0] = np.inf
             best = dist.argmin(1)
-            found = np.isfinite(dist[np.arange(len(miss)), best])
-            label[miss[found]] = lab[found, best[found]]
-            conf[miss[found]] = cf[found, best[found]]
+            hit = np.isfinite(dist[np.arange(len(miss)), best])
+            label[miss[hit]] = lab[hit, best[hit]]
+            conf[miss[hit]] = cf[hit, best[hit]]
         return label, conf
 
     def brush(self, center_m, radius_m: float) -> np.ndarray:

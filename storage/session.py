@@ -32,13 +32,8 @@ import open3d.core as o3c
 from storage.atomic import atomic_path
 from fusion.dirty import chunk_keys_of_blocks
 from fusion.errors import UserError
-from fusion.gravity import GravityConfig
-from fusion.gravity_settle import SettleConfig
-from fusion.meshing import MeshConfig
 from fusion.pipeline import FusionPipeline, PipelineConfig
-from fusion.relocalise import RelocaliserConfig
-from fusion.tracking import TrackerConfig
-from fusion.volume import VOXEL_ATTRS, VolumeConfig
+from fusion.volume import VOXEL_ATTRS
 
 log = logging.getLogger(__name__)
 
@@ -158,25 +153,27 @@ def save_session(path: Path | str, pipeline: FusionPipeline, timestamps_s, poses
 
 
 # --- loading ---------------------------------------------------------------------------------
-def _fields(cls, d: dict) -> dict:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+def _config(cls, d: dict):
+    """A config dataclass from its saved dict: unknown keys ignored, missing ones default, nested config
+    dataclasses rebuilt the same way, lists back to tuples."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in d:
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        value = d[f.name]
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            value = _config(type(default), value)
+        kwargs[f.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**kwargs)
 
 
 def config_from_dict(d: dict, device: str | None = None) -> PipelineConfig:
     """PipelineConfig from its saved dict (unknown keys ignored); `device` overrides the saved one."""
-    vol = _fields(VolumeConfig, d.get("volume", {}))
+    config = _config(PipelineConfig, d)
     if device is not None:
-        vol["device"] = device
-    top = {k: v for k, v in _fields(PipelineConfig, d).items() if k not in ("volume", "tracker", "mesh", "gravity")}
-    grav = d.get("gravity", {})
-    grav = SettleConfig(**{k: v for k, v in _fields(SettleConfig, grav).items() if k != "estimator"},
-                        estimator=GravityConfig(**_fields(GravityConfig, grav.get("estimator", {}))))
-    tr = d.get("tracker", {})
-    tracker = TrackerConfig(**{k: v for k, v in _fields(TrackerConfig, tr).items() if k != "relocaliser"},
-                            relocaliser=RelocaliserConfig(**_fields(RelocaliserConfig, tr.get("relocaliser", {}))))
-    return PipelineConfig(volume=VolumeConfig(**vol), tracker=tracker,
-                          mesh=MeshConfig(**_fields(MeshConfig, d.get("mesh", {}))), gravity=grav, **top)
+        config = dataclasses.replace(config, volume=dataclasses.replace(config.volume, device=device))
+    return config
 
 
 def _read_manifest(zf: zipfile.ZipFile, path: Path) -> dict:

@@ -247,3 +247,24 @@ def test_stores_round_trip_through_a_session(tmp_path):
     assert np.array_equal(comp.mesh().mesh.positions_m, completion.mesh().mesh.positions_m)
     with pytest.raises(ValueError):
         LabelStore.from_arrays(s.extras, CoarseGridConfig(voxel_size_m=0.1))
+
+
+def test_point_labels_follow_the_surface_between_cells_and_leave_guesses_unlabelled():
+    """Labels are interpolated between cell centres: inside one 5 cm cell the label changes where the
+    neighbours' evidence outweighs it (edges are not 5 cm blocks); a correction wins in its cells; a
+    cell the nets are unsure of leaves its points unlabelled."""
+    store = LabelStore(GRID)
+    cells = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0], [5, 5, 0]], np.int32)
+    p = pred(cells, CHAIR, p=0.9)
+    probs = p.probs.copy()
+    probs[3], probs[4] = one_hot(TABLE, 1, 0.6)[0], one_hot(WALL, 1, 0.12)[0]  # a less sure table corner; a guess
+    store.fuse(Pred(p.keys, cells, probs, p.empty_prob, p.sdf_vox, p.observed))
+    centre = centres([[1, 1, 0]])[0]
+    towards_chairs = centre - [0.45 * V, 0.45 * V, 0]
+    lab, conf = store.labels_at(np.stack([centre, towards_chairs]))
+    assert lab.tolist() == [TABLE, CHAIR]
+    assert conf[0] == pytest.approx(0.6 + store.config.switch_margin, abs=1e-5)
+    store.apply(store.correct([[1, 1, 0]], TABLE))  # corrected: the whole cell is table, whatever is around
+    assert store.labels_at(np.stack([centre, towards_chairs]))[0].tolist() == [TABLE, TABLE]
+    lab, conf = store.labels_at(centres([[5, 5, 0]]))
+    assert lab[0] == 0 and conf[0] < store.config.min_point_conf

@@ -1,0 +1,54 @@
+"""Owns per-point labels read from the label store at mesh resolution: class probabilities of the nets'
+cells interpolated trilinearly between cell centres, so label edges follow the surface between cells
+instead of stepping 5 cm at a time; a user correction wins inside the cells it covers; a point whose
+interpolated confidence is below a floor stays unlabelled (0) rather than painted with a guess.
+
+Pure functions over a lookup callable: any thread may call them (the store takes its own snapshot).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from nets.cells import CLASS_IDS, NO_CORRECTION
+
+_CORNERS = np.array([(x, y, z) for x in (0, 1) for y in (0, 1) for z in (0, 1)], np.int64)
+
+#: lookup(cells (N,3) int32) -> (probs (N,20) float32 with the shown class favoured and corrections
+#: one-hot, present (N,) bool, corrected (N,) uint16 NO_CORRECTION where none)
+CellLookup = Callable[[np.ndarray], tuple]
+
+
+def interpolated_labels(points_m: np.ndarray, cell_m: float, lookup: CellLookup, min_conf: float = 0.0,
+                        batch_points: int = 65536) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(NYU40 uint16, confidence float32, found bool) per point. `found` is False where none of the
+    eight cells around the point holds a label (the caller may look further). Points go in batches
+    (the eight cells' probabilities of a batch are held at once)."""
+    p = np.asarray(points_m, np.float64).reshape(-1, 3)
+    parts = [_interpolate(p[i:i + batch_points], cell_m, lookup, min_conf) for i in range(0, len(p), batch_points)]
+    if not parts:
+        return np.zeros(0, np.uint16), np.zeros(0, np.float32), np.zeros(0, bool)
+    return tuple(np.concatenate(a) for a in zip(*parts))
+
+
+def _interpolate(p: np.ndarray, cell_m: float, lookup: CellLookup, min_conf: float):
+    u = p / cell_m - 0.5                      # in cell-centre units
+    base = np.floor(u).astype(np.int64)
+    frac = u - base
+    n = len(p)
+    probs, present, corrected = lookup((base[None] + _CORNERS[:, None, :]).reshape(-1, 3).astype(np.int32))
+    w = np.prod(np.where(_CORNERS[:, None, :] == 1, frac[None], 1.0 - frac[None]), axis=2)  # (8, n)
+    w = np.where(present.reshape(8, n), w, 0.0)
+    score = np.einsum("kn,knc->nc", w, probs.reshape(8, n, -1))
+    total = w.sum(0)
+    found = total > 1e-9
+    best = score.argmax(1) if n else np.zeros(0, np.int64)
+    conf = np.where(found, score[np.arange(n), best] / np.maximum(total, 1e-12), 0.0)
+    label = np.where(found, CLASS_IDS[best], 0).astype(np.uint16)
+    own_corner = (frac >= 0.5) @ np.array([4, 2, 1])  # the corner that is the point's own cell
+    own = corrected.reshape(8, n)[own_corner, np.arange(n)]
+    fixed = own != NO_CORRECTION
+    label[fixed], conf[fixed] = own[fixed], 1.0
+    label[found & ~fixed & (conf < min_conf)] = 0
+    return label, np.minimum(conf, 1.0).astype(np.float32), found | fixed
