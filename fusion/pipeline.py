@@ -22,6 +22,8 @@ from fusion.dirty import DirtyChunks, chunk_keys_of_blocks
 from fusion.errors import SourceError, UserError
 from fusion.frame import Frame
 from fusion.gravity_settle import GravitySettler, SettleConfig, SettleStep, restate_stamp
+from fusion.loop_closure import LoopClosureConfig, LoopCloser, MapCorrection
+from fusion.map_rebuild import adopt_meshes, adopt_volume
 from fusion.meshing import ChunkMesher, MeshConfig
 from fusion.snapshots import RegionSnapshot, SnapshotRequest, SnapshotServer  # noqa: F401 (SnapshotRequest re-exported)
 from fusion.tracking import Tracker, TrackerConfig, TrackState, relative_motion
@@ -50,6 +52,7 @@ class PipelineConfig:
     #:     one (and within still_deg) adds nothing new: it is not integrated (0: integrate every frame)
     still_deg: float = 1.0               #: ... rotation for the above
     still_max_frames: int = 6            #: a standing camera is integrated at least every this many frames
+    loop: LoopClosureConfig = field(default_factory=LoopClosureConfig)  #: loop closure (off by default)
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class FrameResult:
     timings_ms: dict
     n_blocks: int
     still: bool = False              #: tracked, and not integrated because the camera stood still
+    map_correction: MapCorrection | None = None  #: a loop closed and the map was corrected at this frame
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,8 @@ class FusionPipeline:
         self._last_stamp: IntegrationStamp | None = None
         self._last_integrated_T: np.ndarray | None = None
         self._still_run = 0   # frames in a row not integrated because the camera stood still
+        self.loops = LoopCloser(config.loop, config.volume, config.mesh) if config.loop.enabled else None
+        self._gt_offset = np.eye(4)  # ground-truth poses (odometry given by the source) follow loop corrections
 
     def process(self, frame: Frame, T_start: np.ndarray | None = None) -> FrameResult:
         """Fuse one frame, then serve snapshot requests within the per-frame budget.
@@ -142,7 +148,13 @@ class FusionPipeline:
         T = self._follow_gravity(self.gravity.after_integrate(frame, T), T)
         self._last_integrated_T = T
         timings["gravity"] = (time.perf_counter() - t0) * 1e3
-        return self._result(frame, T, True, reason, timings)
+        correction = None
+        if self.loops is not None:
+            t0 = time.perf_counter()
+            self.loops.on_integrated(frame, T, settled=not self.gravity.holds_labels)
+            T, correction = self._follow_loop(self.loops.apply_ready(frame.index), T, frame.timestamp_s)
+            timings["loops"] = (time.perf_counter() - t0) * 1e3
+        return self._result(frame, T, True, reason, timings, correction=correction)
 
     def _still(self, T: np.ndarray) -> bool:
         """True when T is within still_voxels / still_deg of the last integrated pose (not too many times running)."""
@@ -156,7 +168,7 @@ class FusionPipeline:
         if self.config.poses == "gt":
             if frame.T_world_cam_gt is None:
                 raise SourceError(f"frame {frame.index} has no ground-truth pose (use --poses track)")
-            return np.asarray(frame.T_world_cam_gt, float), ""
+            return self._gt_offset @ np.asarray(frame.T_world_cam_gt, float), ""
         if not self.tracker.started:
             self.tracker.reset(np.eye(4) if T_start is None else T_start, frame.timestamp_s)
             self.tracker.keyframe(frame, self.tracker.predict())
@@ -191,6 +203,8 @@ class FusionPipeline:
                 self._last_integrated_T = step.correction @ self._last_integrated_T
             self.tracker.reset(T)
             self.tracker.relocaliser.move_world(step.correction)
+            if self.loops is not None:
+                self.loops.move_world(step.correction)
             self._snapshots.reset_cache()
             self.dirty.mark(step.mesh_chunks, ("mesh",))
             with self._snap_cond:
@@ -203,16 +217,59 @@ class FusionPipeline:
                 self.dirty.mark(chunks, ("semantics", "completion"))
         return T
 
+    def _follow_loop(self, ready, T: np.ndarray, timestamp_s: float):
+        """Swap in a corrected map (rebuilt by the loop closer); tracking, keyframes, stamps, snapshots and
+        the ground-truth odometry follow; every chunk is marked for re-meshing and relabelling.
+        Returns (this frame's pose in the new world, the correction or None)."""
+        if ready is None:
+            return T, None
+        built, event = ready
+        C_now = event.corrections[-1]
+        adopt_volume(self.volume, built.volume)
+        mesh_chunks = adopt_meshes(self.mesher, built.mesher)
+        T = C_now @ T
+        self._last_integrated_T = T
+        self._gt_offset = C_now @ self._gt_offset
+        if self.tracker.started:
+            self.tracker.reset(T, timestamp_s)
+        self.tracker.relocaliser.move_each(event.correction_of)
+        self._snapshots.reset_cache()
+        cfg = self.config
+        chunks = chunk_keys_of_blocks(self.volume.active_keys(), cfg.volume.block_size_m, cfg.nets_chunk_m)
+        with self._snap_cond:
+            self._stamps = deque((restate_stamp(s, event.correction_of(s.index)) for s in self._stamps),
+                                 self._stamps.maxlen)
+            self._last_stamp = self._stamps[-1] if self._stamps else None
+            self.dirty.mark(mesh_chunks, ("mesh",))
+            if not self.gravity.holds_labels:
+                self.dirty.mark(chunks, ("semantics", "completion"))
+        return T, event
+
+    def finish_loops(self, timeout_s: float = 120.0) -> bool:
+        """End of a scan: wait for the loop closer to handle every keyframe, applying a correction that
+        comes meanwhile (the last frame's pose is the latest integrated one). True when it finished."""
+        if self.loops is None:
+            return True
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.loops.wait_idle(0.05):
+                return True
+            last = self._last_stamp
+            if last is not None and self._last_integrated_T is not None:
+                self._follow_loop(self.loops.apply_ready(last.index + 1), self._last_integrated_T,
+                                  self.last_timestamp_s or 0.0)
+        return False
+
     def settle_gravity(self) -> None:
         """Settle gravity now (end of a scan): a last estimate from what was fused, then the nets may label."""
         last = self._last_stamp
         if last is not None:
             self._follow_gravity(self.gravity.settle_now(last.index), last.T_world_cam)
 
-    def _result(self, frame, T, integrated, reason, timings, still: bool = False) -> FrameResult:
+    def _result(self, frame, T, integrated, reason, timings, still: bool = False, correction=None) -> FrameResult:
         state = TrackState.OK.value if self.config.poses == "gt" else self.tracker.state.value
         return FrameResult(frame.index, frame.timestamp_s, T, state, integrated, reason,
-                           timings, self.volume.n_blocks, still)
+                           timings, self.volume.n_blocks, still, correction)
 
     # --- snapshot requests (other threads ask, the fusion thread serves) ------------------------
     def take_dirty(self, consumers, since_count: int) -> tuple[set, list[IntegrationStamp]]:
@@ -260,4 +317,6 @@ class FusionPipeline:
         return self.mesher.full_mesh()
 
     def close(self) -> None:
+        if self.loops is not None:
+            self.loops.close()
         self.mesher.close()

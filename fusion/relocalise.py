@@ -115,7 +115,7 @@ class Relocaliser:
 
     def add(self, frame: Frame, T_world_cam: np.ndarray, feats: Features | None = None) -> None:
         feats = feats if feats is not None else self.features(frame)
-        pts, ok = self._world_points(frame, T_world_cam, feats.keypoints_px)
+        pts, ok = self.keypoint_points(frame, T_world_cam, feats.keypoints_px)
         if np.count_nonzero(ok) < self.config.min_inliers:
             return
         self.keyframes.append(Keyframe(frame.index, np.array(T_world_cam, float), feats.descriptors[ok],
@@ -124,7 +124,9 @@ class Relocaliser:
             half = len(self.keyframes) // 2
             self.keyframes = self.keyframes[:half:2] + self.keyframes[half:]
 
-    def _world_points(self, frame: Frame, T: np.ndarray, kp: np.ndarray):
+    def keypoint_points(self, frame: Frame, T: np.ndarray, kp: np.ndarray):
+        """Keypoints `kp` (N,2) px lifted with the frame's depth and moved by T: ((N,3) float32 points,
+        (N,) bool usable: depth in range and not on a depth edge)."""
         h, w = frame.depth_m.shape
         u = np.clip(np.round(kp[:, 0]).astype(int), 0, w - 1)
         v = np.clip(np.round(kp[:, 1]).astype(int), 0, h - 1)
@@ -152,10 +154,16 @@ class Relocaliser:
         out = [p for kf in self._candidates(feats.thumb) if (p := self._solve(frame, feats, kf)) is not None]
         return sorted(out, key=lambda p: -p.inliers)
 
+    def match(self, query: np.ndarray, train: np.ndarray) -> list:
+        """ORB matches (cv2.DMatch) of `query` descriptors in `train` that pass the ratio test."""
+        if len(query) < 2 or len(train) < 2:
+            return []
+        pairs = self._matcher.knnMatch(query, train, k=2)
+        return [m[0] for m in pairs if len(m) == 2 and m[0].distance < self.config.ratio * m[1].distance]
+
     def _solve(self, frame: Frame, feats: Features, kf: Keyframe) -> Proposal | None:
         cfg = self.config
-        pairs = self._matcher.knnMatch(feats.descriptors, kf.descriptors, k=2)
-        good = [m[0] for m in pairs if len(m) == 2 and m[0].distance < cfg.ratio * m[1].distance]
+        good = self.match(feats.descriptors, kf.descriptors)
         if len(good) < cfg.min_inliers:
             return None
         obj = kf.points_world_m[[m.trainIdx for m in good]].astype(np.float64)
@@ -176,6 +184,16 @@ class Relocaliser:
         self.keyframes = [dataclasses.replace(k, T_world_cam=C @ k.T_world_cam,
                                               points_world_m=(k.points_world_m @ R.T + t).astype(np.float32))
                           for k in self.keyframes]
+
+    def move_each(self, correction_of_index) -> None:
+        """Each keyframe follows its own change of world: `correction_of_index(frame index)` -> C (new <- old)
+        (a loop closure moves the parts of a scan differently)."""
+        out = []
+        for k in self.keyframes:
+            C = correction_of_index(k.index)
+            out.append(dataclasses.replace(k, T_world_cam=C @ k.T_world_cam,
+                                           points_world_m=(k.points_world_m @ C[:3, :3].T + C[:3, 3]).astype(np.float32)))
+        self.keyframes = out
 
     def to_arrays(self) -> dict:
         """The keyframes as flat arrays (for sessions)."""

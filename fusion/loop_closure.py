@@ -1,0 +1,309 @@
+"""Owns loop closure while scanning: the keyframe store, the background worker, and corrections of the map.
+
+The fusion thread offers every integrated frame (`on_integrated`); one far enough from the last keyframe
+becomes a `MapKeyframe` (reduced RGB-D, its pose, the odometry from the previous keyframe). The worker
+thread describes each keyframe (`fusion.loops`), and once the world is settled (gravity) looks for a
+loop among old keyframes and verifies it. An accepted loop whose drift is worth correcting is added to
+the pose graph (`fusion.pose_graph`), optimised, and when the result is plausible the map is rebuilt
+from the keyframes at the optimised poses (`fusion.map_rebuild`), all on the worker. The fusion thread
+never waits: at its next integrated frame `apply_ready` hands it the rebuilt map and a `MapCorrection`
+(per-keyframe pose changes) to swap in. A discarded optimisation logs one warning; the map stays.
+Memory: at most `max_keyframes` keyframes (older ones thinned, loop ends kept) of reduced RGB-D.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import numba as nb
+import numpy as np
+
+from fusion.frame import Frame
+from fusion.loops import LoopDetectConfig, LoopDetector, LoopEdge, MapKeyframe
+from fusion.map_rebuild import RebuiltMap, rebuild
+from fusion.meshing import MeshConfig
+from fusion.pose_graph import GraphEdge, PoseGraphConfig, optimise
+from fusion.tracking import downsample_depth, relative_motion
+from fusion.volume import VolumeConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoopClosureConfig:
+    enabled: bool = False                #: look for loops and correct the map (off: nothing runs)
+    keyframe_step_m: float = 0.15        #: an integrated frame this far from the last keyframe becomes one
+    keyframe_step_deg: float = 10.0      #: ... or turned this much
+    max_keyframes: int = 600             #: keyframes kept at most (memory: about 0.38 MB each at 640x480)
+    min_correction_m: float = 0.015      #: a loop whose drift is smaller only joins the graph (no rebuild)
+    min_correction_deg: float = 0.75     #: ... in rotation
+    worker_threads: int = 1              #: kernel threads of the worker (the live loop keeps the others)
+    detect: LoopDetectConfig = field(default_factory=LoopDetectConfig)
+    graph: PoseGraphConfig = field(default_factory=PoseGraphConfig)
+
+
+@dataclass(frozen=True)
+class MapCorrection:
+    """A map correction the fusion thread applied (immutable; for the GUI, labels and sessions)."""
+
+    first_frame: int                     #: frames before this index were fused in the old world
+    keyframe_frames: np.ndarray          #: (N,) frame index of each keyframe (increasing)
+    corrections: np.ndarray              #: (N,4,4) world change per keyframe, new <- old
+    max_shift_m: float                   #: largest keyframe move
+    loops: int                           #: loop edges in the graph
+    optimise_s: float
+    rebuild_s: float
+
+    def correction_of(self, frame_index: int) -> np.ndarray:
+        """The world change of a frame fused before `first_frame` (its keyframe's, or the nearest)."""
+        j = int(np.searchsorted(self.keyframe_frames, frame_index, side="right")) - 1
+        return self.corrections[max(j, 0)]
+
+
+@dataclass
+class LoopStats:
+    keyframes: int = 0
+    candidates: int = 0       #: loop candidates verified
+    accepted: int = 0
+    rejected: int = 0
+    corrections: int = 0      #: corrected maps applied
+    discarded: int = 0        #: optimisations discarded (not converged or implausible)
+    pruned: int = 0           #: optimisations whose line process dropped the new loop (map kept)
+    last_reason: str = ""     #: why the latest candidate was rejected
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
+
+
+@dataclass
+class _Store:
+    """Keyframes and their current poses (fusion thread writes, worker reads a copy under the lock)."""
+
+    kfs: list = field(default_factory=list)      # MapKeyframe
+    poses: list = field(default_factory=list)    # current T_world_cam
+    odom: list = field(default_factory=list)     # T_prev_cur measured when added (identity first)
+    path_m: list = field(default_factory=list)   # distance walked up to each keyframe
+
+
+class LoopCloser:
+    """Loop closure. Thread: the fusion thread calls every public method; `start` runs the worker."""
+
+    def __init__(self, config: LoopClosureConfig, volume: VolumeConfig, mesh: MeshConfig):
+        self.config, self._volume_cfg, self._mesh_cfg = config, volume, mesh
+        self.stats = LoopStats()
+        self.events: list[MapCorrection] = []
+        self.loops: list[LoopEdge] = []
+        self._store = _Store()
+        self._lock = threading.Lock()
+        self._inbox: queue.Queue = queue.Queue()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._idle_lock = threading.Lock()              # idle is set only with an empty inbox
+        self._stop = threading.Event()
+        self._ready: tuple | None = None             # (RebuiltMap, new poses by kid, C_last, graph info)
+        self._applied = threading.Event()
+        self._world_moved = 0                        # gravity changes: a result from before is stale
+        self._next_kid = 0
+        self._thread: threading.Thread | None = None
+        self._detector = LoopDetector(config.detect)
+        self._info_cache: dict = {}
+
+    # --- fusion thread ------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="loop-closure", daemon=True)
+            self._thread.start()
+
+    def on_integrated(self, frame: Frame, T_world_cam: np.ndarray, settled: bool) -> None:
+        """Offer an integrated frame; a keyframe is stored and queued for the worker."""
+        st, cfg = self._store, self.config
+        if st.poses:
+            m, deg = relative_motion(st.poses[-1], T_world_cam)
+            if m < cfg.keyframe_step_m and deg < cfg.keyframe_step_deg:
+                return
+        kf = self._reduce(frame)
+        with self._lock:
+            odom = np.linalg.inv(st.poses[-1]) @ T_world_cam if st.poses else np.eye(4)
+            st.path_m.append((st.path_m[-1] if st.path_m else 0.0) + float(np.linalg.norm(odom[:3, 3])))
+            st.kfs.append(kf)
+            st.poses.append(np.array(T_world_cam, float))
+            st.odom.append(odom)
+            self._thin()
+        self.stats.keyframes = len(st.kfs)
+        with self._idle_lock:
+            self._idle.clear()
+            self._inbox.put((kf.kid, frame, settled))
+        self.start()
+
+    def _reduce(self, frame: Frame) -> MapKeyframe:
+        depth = downsample_depth(np.ascontiguousarray(frame.depth_m, np.float32))
+        h, w = depth.shape
+        color = cv2.resize(np.ascontiguousarray(frame.color), (w, h), interpolation=cv2.INTER_AREA)
+        kid, self._next_kid = self._next_kid, self._next_kid + 1
+        return MapKeyframe(kid, frame.index, frame.timestamp_s, color, np.round(depth * 1000).astype(np.uint16),
+                           frame.intrinsics.scaled(0.5))
+
+    def _thin(self) -> None:
+        """Beyond max_keyframes drop every other keyframe of the older half (loop ends stay); odometry composes."""
+        st = self._store
+        if len(st.kfs) <= self.config.max_keyframes:
+            return
+        ends = {e.old for e in self.loops} | {e.cur for e in self.loops}
+        half = len(st.kfs) // 2
+        drop = {i for i in range(1, half, 2) if st.kfs[i].kid not in ends}
+        for i in sorted(drop, reverse=True):
+            st.odom[i + 1] = st.odom[i] @ st.odom[i + 1]
+            for lst in (st.kfs, st.poses, st.odom, st.path_m):
+                del lst[i]
+
+    def apply_ready(self, frame_index: int) -> tuple[RebuiltMap, MapCorrection] | None:
+        """A corrected map waiting to be swapped in while frame `frame_index` is fused (its pose and the
+        later ones are in the new world), with the correction; None when there is none. Keyframes added
+        since it was built are integrated into it first (a few, at reduced size)."""
+        if self._ready is None:
+            return None
+        built, new_by_kid, C_last, info = self._ready
+        self._ready = None
+        st = self._store
+        with self._lock:
+            corr = []
+            for i, kf in enumerate(st.kfs):
+                C = new_by_kid[kf.kid] @ np.linalg.inv(st.poses[i]) if kf.kid in new_by_kid else C_last
+                st.poses[i] = C @ st.poses[i]
+                corr.append(C)
+                if kf.kid > built.kids[-1]:
+                    built.add(kf, st.poses[i])
+        event = MapCorrection(int(frame_index), np.array([k.index for k in st.kfs]), np.array(corr), **info)
+        self.events.append(event)
+        self.stats.corrections += 1
+        self._applied.set()
+        log.info("loop closed: map corrected (%d keyframes, largest move %.3f m)", len(corr), event.max_shift_m)
+        return built, event
+
+    def move_world(self, C: np.ndarray) -> None:
+        """The whole world changed by C (gravity): keyframe poses follow; a result in the making is stale."""
+        with self._lock:
+            self._store.poses = [C @ T for T in self._store.poses]
+            self._world_moved += 1
+        self._ready = None
+        self._applied.set()
+
+    def restate(self, frame_index: int, T_world_cam: np.ndarray) -> np.ndarray:
+        """A pose returned for frame `frame_index`, moved by every correction applied after it."""
+        for e in self.events:
+            if frame_index < e.first_frame:
+                T_world_cam = e.correction_of(frame_index) @ T_world_cam
+        return T_world_cam
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until the worker has handled every keyframe and any result is applied or discarded."""
+        return self._idle.wait(timeout_s)
+
+    def memory_bytes(self) -> int:
+        with self._lock:
+            return sum(k.nbytes for k in self._store.kfs)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._applied.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    # --- worker thread -------------------------------------------------------------------------
+    def _run(self) -> None:
+        nb.set_num_threads(max(1, min(self.config.worker_threads, nb.config.NUMBA_NUM_THREADS)))
+        while not self._stop.is_set():
+            try:
+                kid, frame, settled = self._inbox.get(timeout=0.05)
+            except queue.Empty:
+                with self._idle_lock:
+                    if self._ready is None and self._inbox.empty():
+                        self._idle.set()
+                continue
+            try:
+                self._detector.describe(kid, frame)
+                if settled:
+                    self._look_for_loop(kid)
+            except Exception:  # a failure here must not take fusion down: the scan goes on without this loop
+                log.exception("loop closure failed on keyframe %d", kid)
+
+    def _snapshot(self):
+        with self._lock:
+            st = self._store
+            return (list(st.kfs), np.array(st.poses), list(st.odom), np.array(st.path_m), self._world_moved)
+
+    def _look_for_loop(self, kid: int) -> None:
+        kfs, poses, odom, path, moved = self._snapshot()
+        kids = np.array([k.kid for k in kfs])
+        alive = set(kids.tolist())
+        for gone in [k for k in self._detector.features if k not in alive]:
+            self._detector.forget(gone)
+        if kid not in alive or kids[-1] != kid:
+            return
+        edge = self._verified_loop(kid, kfs, kids, poses, path)
+        if edge is None:
+            return
+        self.loops.append(edge)
+        if edge.drift_m < self.config.min_correction_m and edge.drift_deg < self.config.min_correction_deg:
+            return
+        self._correct(kfs, poses, odom, moved, edge)
+
+    def _verified_loop(self, kid, kfs, kids, poses, path) -> LoopEdge | None:
+        pos = {int(k): i for i, k in enumerate(kids)}
+        for old in self._detector.candidates(kid, kids, poses, path):
+            i, j = pos[old], pos[kid]
+            self.stats.candidates += 1
+            verdict = self._detector.verify(kfs[i], kfs[j], np.linalg.inv(poses[i]) @ poses[j], path[j] - path[i])
+            if verdict.edge is not None:
+                self.stats.accepted += 1
+                log.info("loop found: keyframe of frame %d with frame %d (drift %.3f m / %.2f deg)",
+                         kfs[j].index, kfs[i].index, verdict.edge.drift_m, verdict.edge.drift_deg)
+                return verdict.edge
+            self.stats.rejected += 1
+            self.stats.last_reason = verdict.reason
+            log.debug("loop candidate frame %d / %d rejected: %s", kfs[j].index, kfs[i].index, verdict.reason)
+        return None
+
+    def _edges(self, kfs, odom) -> list[GraphEdge]:
+        pos = {k.kid: i for i, k in enumerate(kfs)}
+        edges = []
+        for i in range(1, len(kfs)):
+            T_b_a = np.linalg.inv(odom[i])  # keyframe i-1's camera into keyframe i's
+            key = (kfs[i - 1].kid, kfs[i].kid)
+            if key not in self._info_cache:
+                self._info_cache[key] = self._detector.information(kfs[i - 1], kfs[i], T_b_a)
+            edges.append(GraphEdge(i - 1, i, T_b_a, self._info_cache[key], loop=False))
+        for e in self.loops:
+            if e.old in pos and e.cur in pos:
+                edges.append(GraphEdge(pos[e.cur], pos[e.old], e.T_old_cur, e.information, loop=True))
+        return edges
+
+    def _correct(self, kfs, poses, odom, moved, edge: LoopEdge) -> None:
+        t0 = time.perf_counter()
+        res = optimise(poses, self._edges(kfs, odom), self.config.graph)
+        t1 = time.perf_counter()
+        if res.poses is None or res.loops_kept == 0:
+            self.loops.remove(edge)
+            if res.poses is None:
+                self.stats.discarded += 1
+                log.warning("loop closure: optimisation result discarded (%s); the map is kept", res.reason)
+            else:
+                self.stats.pruned += 1
+                log.info("loop closure: the optimisation pruned the loop edge; the map is kept")
+            return
+        built = rebuild(kfs, res.poses, self._volume_cfg, self._mesh_cfg, self._stop.is_set)
+        if built is None or moved != self._world_moved:
+            return
+        new_by_kid = {k.kid: T for k, T in zip(kfs, res.poses)}
+        C_last = res.poses[-1] @ np.linalg.inv(poses[-1])
+        info = dict(max_shift_m=res.max_shift_m, loops=res.loops_kept, optimise_s=t1 - t0,
+                    rebuild_s=time.perf_counter() - t1)
+        self._applied.clear()
+        self._ready = (built, new_by_kid, C_last, info)
+        while not self._applied.wait(0.05) and not self._stop.is_set():
+            pass

@@ -1,0 +1,72 @@
+"""Owns map correction by rebuilding: a fresh volume and mesh integrated from stored keyframes at corrected poses.
+
+Why rebuild rather than submaps or de-integration: the pipeline, tracker, mesher, snapshot server and the
+nets all read one `TsdfVolume`; submaps would change that contract everywhere. De-integration needs the
+exact frames that were fused (every frame at full resolution: unbounded memory) or leaves residue. A
+rebuild from the keyframes' reduced RGB-D (bounded by the keyframe cap) runs on the loop-closure worker
+into a volume nobody else sees; the fusion thread only swaps it in (`adopt_volume`, `adopt_meshes`)
+between two frames. Frames that were not keyframes are not in the rebuilt map; keyframes are dense
+enough (every `keyframe_step_m`) that their views cover the scan.
+
+`rebuild` runs on the worker; `adopt_*` on the fusion thread, which owns the live volume and mesher.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from fusion.loops import MapKeyframe
+from fusion.meshing import ChunkMesher, MeshConfig
+from fusion.volume import TsdfVolume, VolumeConfig
+
+
+@dataclasses.dataclass
+class RebuiltMap:
+    """A volume and its mesh built off the fusion thread (handed over once, then owned by the fusion thread)."""
+
+    volume: TsdfVolume
+    mesher: ChunkMesher
+    kids: list                    #: keyframe ids integrated, in order
+    poses: np.ndarray             #: (N,4,4) the poses they were integrated with
+
+    def add(self, kf: MapKeyframe, T_world_cam: np.ndarray) -> None:
+        """Integrate one more keyframe and mesh what it touched."""
+        touched = self.volume.integrate(kf.frame(), T_world_cam)
+        self.mesher.update(touched)
+        self.kids.append(kf.kid)
+        self.poses = np.concatenate([self.poses, np.asarray(T_world_cam, float)[None]])
+
+
+def rebuild(keyframes: list[MapKeyframe], poses: np.ndarray, volume_config: VolumeConfig,
+            mesh_config: MeshConfig, should_stop=lambda: False) -> RebuiltMap | None:
+    """A fresh volume with every keyframe integrated at its pose, meshed (None when stopped early)."""
+    vol = TsdfVolume(volume_config)
+    mesher = ChunkMesher(vol, dataclasses.replace(mesh_config, threads=1, max_blocks_per_update=0,
+                                                  min_interval_updates=1))
+    out = RebuiltMap(vol, mesher, [], np.zeros((0, 4, 4)))
+    for kf, T in zip(keyframes, poses):
+        if should_stop():
+            mesher.close()
+            return None
+        out.add(kf, T)
+    mesher.flush()
+    return out
+
+
+def adopt_volume(live: TsdfVolume, rebuilt: TsdfVolume) -> None:
+    """The live volume object takes the rebuilt one's blocks (everyone holding `live` sees the new map);
+    its count of frames integrated stays. (Asks for a `TsdfVolume.adopt` in volume.py.)"""
+    for name in ("grid", "index", "_index_capacity", "last_blocks", "capacity_warned"):
+        setattr(live, name, getattr(rebuilt, name))
+
+
+def adopt_meshes(live: ChunkMesher, rebuilt: ChunkMesher) -> set:
+    """The live mesher takes the rebuilt one's block meshes; returns every chunk key whose mesh changed
+    (old and new). (Asks for a `ChunkMesher.adopt` in meshing.py.)"""
+    rebuilt.flush()
+    changed = set(live.chunks) | set(rebuilt.chunks)
+    live.reset()
+    live.chunks.update(rebuilt.chunks)
+    rebuilt.close()
+    return changed
