@@ -16,6 +16,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import cv2
@@ -42,6 +43,7 @@ class LoopClosureConfig:
     min_correction_m: float = 0.015      #: a loop whose drift is smaller only joins the graph (no rebuild)
     min_correction_deg: float = 0.75     #: ... in rotation
     worker_threads: int = 1              #: kernel threads of the worker (the live loop keeps the others)
+    worker_duty: float = 0.5             #: share of wall time the worker computes while busy (it sleeps the rest)
     detect: LoopDetectConfig = field(default_factory=LoopDetectConfig)
     graph: PoseGraphConfig = field(default_factory=PoseGraphConfig)
 
@@ -97,6 +99,7 @@ class LoopCloser:
         self.stats = LoopStats()
         self.events: list[MapCorrection] = []
         self.loops: list[LoopEdge] = []
+        self.verdicts: deque = deque(maxlen=200)       #: (frame, old frame, "" accepted or why rejected), newest last
         self._store = _Store()
         self._lock = threading.Lock()
         self._inbox: queue.Queue = queue.Queue()
@@ -109,6 +112,7 @@ class LoopCloser:
         self._world_moved = 0                        # gravity changes: a result from before is stale
         self._next_kid = 0
         self._thread: threading.Thread | None = None
+        self._paced_at = time.perf_counter()
         self._detector = LoopDetector(config.detect)
         self._info_cache: dict = {}
 
@@ -225,12 +229,23 @@ class LoopCloser:
                     if self._ready is None and self._inbox.empty():
                         self._idle.set()
                 continue
+            self._paced_at = time.perf_counter()
             try:
                 self._detector.describe(kid, frame)
                 if settled:
                     self._look_for_loop(kid)
             except Exception:  # a failure here must not take fusion down: the scan goes on without this loop
                 log.exception("loop closure failed on keyframe %d", kid)
+
+    def _pace(self) -> bool:
+        """Sleep so that the worker computes `worker_duty` of the time since its last pause; True to stop."""
+        now = time.perf_counter()
+        duty = min(max(self.config.worker_duty, 0.05), 1.0)
+        busy = now - self._paced_at
+        if duty < 1.0:
+            self._stop.wait(busy * (1.0 - duty) / duty)
+        self._paced_at = time.perf_counter()
+        return self._stop.is_set()
 
     def _snapshot(self):
         with self._lock:
@@ -256,9 +271,12 @@ class LoopCloser:
     def _verified_loop(self, kid, kfs, kids, poses, path) -> LoopEdge | None:
         pos = {int(k): i for i, k in enumerate(kids)}
         for old in self._detector.candidates(kid, kids, poses, path):
+            if self._pace():
+                return None
             i, j = pos[old], pos[kid]
             self.stats.candidates += 1
             verdict = self._detector.verify(kfs[i], kfs[j], np.linalg.inv(poses[i]) @ poses[j], path[j] - path[i])
+            self.verdicts.append((kfs[j].index, kfs[i].index, verdict.reason))
             if verdict.edge is not None:
                 self.stats.accepted += 1
                 log.info("loop found: keyframe of frame %d with frame %d (drift %.3f m / %.2f deg)",
@@ -276,6 +294,7 @@ class LoopCloser:
             T_b_a = np.linalg.inv(odom[i])  # keyframe i-1's camera into keyframe i's
             key = (kfs[i - 1].kid, kfs[i].kid)
             if key not in self._info_cache:
+                self._pace()
                 self._info_cache[key] = self._detector.information(kfs[i - 1], kfs[i], T_b_a)
             edges.append(GraphEdge(i - 1, i, T_b_a, self._info_cache[key], loop=False))
         for e in self.loops:
@@ -296,7 +315,7 @@ class LoopCloser:
                 self.stats.pruned += 1
                 log.info("loop closure: the optimisation pruned the loop edge; the map is kept")
             return
-        built = rebuild(kfs, res.poses, self._volume_cfg, self._mesh_cfg, self._stop.is_set)
+        built = rebuild(kfs, res.poses, self._volume_cfg, self._mesh_cfg, self._pace)
         if built is None or moved != self._world_moved:
             return
         new_by_kid = {k.kid: T for k, T in zip(kfs, res.poses)}

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LoopDetectConfig:
-    min_age_keyframes: int = 12         #: candidates are at least this many keyframes older
+    min_age_keyframes: int = 12         #: candidates are at least this many keyframes older ...
+    min_walk_m: float = 3.0             #: ... and this far back along the path walked
     search_m: float = 0.6               #: candidates lie this close to the keyframe (plus the drift allowance)
     candidates: int = 3                 #: old keyframes verified per new keyframe at most (most similar first)
     min_matches: int = 40               #: fewest ORB matches (ratio test) to try RANSAC
@@ -39,7 +40,7 @@ class LoopDetectConfig:
     icp_voxel_m: float = 0.02           #: depth clouds are thinned to this spacing for ICP
     icp_max_m: tuple = (0.06, 0.025)    #: ICP correspondence distance per stage
     min_icp_fitness: float = 0.35       #: least share of points with an ICP correspondence
-    max_icp_rmse_m: float = 0.012       #: largest ICP inlier RMSE
+    max_icp_rmse_m: float = 0.015       #: largest ICP inlier RMSE
     max_icp_shift_m: float = 0.06       #: ICP may move the feature pose this much at most ...
     max_icp_shift_deg: float = 4.0      #: ... and turn it this much
     min_overlap: float = 0.3            #: least share of each depth image that the other also sees
@@ -50,7 +51,7 @@ class LoopDetectConfig:
     drift_base_m: float = 0.10          #: implied drift allowed at most: this ...
     drift_share: float = 0.05           #: ... plus this share of the path walked between the two keyframes
     drift_base_deg: float = 3.0         #: implied rotation drift allowed: this ...
-    drift_deg_per_m: float = 1.0        #: ... plus this many degrees per metre walked
+    drift_deg_per_m: float = 2.5        #: ... plus this many degrees per metre walked
     depth_max_m: float = 4.0            #: depth beyond is not used for verification
     features: RelocaliserConfig = field(default_factory=lambda: RelocaliserConfig(n_features=1500))
 
@@ -183,8 +184,8 @@ class LoopDetector:
         """Old keyframe ids worth verifying against keyframe `cur` (most similar first). kids, poses and
         path_m (distance walked up to each keyframe) describe every stored keyframe, cur the last."""
         cfg = self.config
-        old = np.arange(len(kids)) < len(kids) - cfg.min_age_keyframes
         walked = path_m[-1] - path_m
+        old = (np.arange(len(kids)) < len(kids) - cfg.min_age_keyframes) & (walked >= cfg.min_walk_m)
         reach = cfg.search_m + cfg.drift_base_m + cfg.drift_share * walked
         near = old & (np.linalg.norm(poses[:, :3, 3] - poses[-1, :3, 3], axis=1) <= reach)
         thumb = self.features[cur].thumb

@@ -30,26 +30,29 @@ class RebuiltMap:
     kids: list                    #: keyframe ids integrated, in order
     poses: np.ndarray             #: (N,4,4) the poses they were integrated with
 
-    def add(self, kf: MapKeyframe, T_world_cam: np.ndarray) -> None:
-        """Integrate one more keyframe and mesh what it touched."""
+    def add(self, kf: MapKeyframe, T_world_cam: np.ndarray, mesh: bool = True) -> None:
+        """Integrate one more keyframe (and mesh what it touched)."""
         touched = self.volume.integrate(kf.frame(), T_world_cam)
-        self.mesher.update(touched)
+        if mesh:
+            self.mesher.update(touched)
         self.kids.append(kf.kid)
         self.poses = np.concatenate([self.poses, np.asarray(T_world_cam, float)[None]])
 
 
 def rebuild(keyframes: list[MapKeyframe], poses: np.ndarray, volume_config: VolumeConfig,
-            mesh_config: MeshConfig, should_stop=lambda: False) -> RebuiltMap | None:
-    """A fresh volume with every keyframe integrated at its pose, meshed (None when stopped early)."""
+            mesh_config: MeshConfig, pace=lambda: False) -> RebuiltMap | None:
+    """A fresh volume with every keyframe integrated at its pose, meshed. `pace()` is called between
+    keyframes (it may sleep to leave the live loop its share of the CPU); True stops early (None)."""
     vol = TsdfVolume(volume_config)
     mesher = ChunkMesher(vol, dataclasses.replace(mesh_config, threads=1, max_blocks_per_update=0,
                                                   min_interval_updates=1))
     out = RebuiltMap(vol, mesher, [], np.zeros((0, 4, 4)))
     for kf, T in zip(keyframes, poses):
-        if should_stop():
+        if pace():
             mesher.close()
             return None
-        out.add(kf, T)
+        out.add(kf, T, mesh=False)
+    mesher.update(vol.active_keys())  # once at the end: meshing after every keyframe re-meshes blocks many times
     mesher.flush()
     return out
 

@@ -1,0 +1,163 @@
+"""Loop closure: a loop found and the map corrected under injected drift; a look-alike rejected with the
+map unchanged; an implausible or unconverged optimisation discarded with one warning."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import pytest
+
+from bench.drift import drifted_poses
+from fusion.frame import Frame
+from fusion.loop_closure import LoopClosureConfig
+from fusion.loops import LoopDetectConfig, LoopDetector
+from fusion.pipeline import FusionPipeline, PipelineConfig
+from fusion.pose_graph import GraphEdge, PoseGraphConfig, optimise
+from fusion.sources.synthetic import SyntheticSource
+from fusion.tracking import relative_motion
+from fusion.volume import VolumeConfig
+
+STRIDE = 2          # every 2nd frame of room 0's path: it comes back to its start after about 110 frames
+FRAMES = 180
+DRIFT_DEG_PER_M = 3.0
+
+
+def _config(min_walk_m: float = 2.5, **graph) -> PipelineConfig:
+    detect = LoopDetectConfig(min_age_keyframes=6, min_walk_m=min_walk_m)
+    loop = LoopClosureConfig(enabled=True, worker_duty=1.0, detect=detect,
+                             graph=PoseGraphConfig(**graph))
+    return PipelineConfig(poses="gt", volume=VolumeConfig(voxel_size_m=0.02, initial_blocks=1000), loop=loop)
+
+
+def _run(pipeline: FusionPipeline, frames) -> list:
+    results = [pipeline.process(f) for f in frames]
+    assert pipeline.finish_loops(120.0), "the loop closer did not finish its keyframes"
+    return results
+
+
+@pytest.fixture(scope="module")
+def drifting_scan():
+    """Room 0's looping path with odometry that turns 3 deg per metre walked (as frames for --poses gt)."""
+    src = SyntheticSource(0, n_frames=FRAMES)
+    idx = np.arange(0, FRAMES, STRIDE)
+    true = src.poses[idx]
+    odo = drifted_poses(true, DRIFT_DEG_PER_M, 0.0)
+    frames = [dataclasses.replace(src.frame(int(i)), index=k, timestamp_s=k / 15.0, T_world_cam_gt=odo[k])
+              for k, i in enumerate(idx)]
+    return frames, true, odo
+
+
+def test_loop_found_and_map_corrected(drifting_scan):
+    frames, true, odo = drifting_scan
+    p = FusionPipeline(_config())
+    try:
+        results = _run(p, frames)
+        stats = p.loops.stats
+        live = [r.map_correction for r in results if r.map_correction is not None]
+        assert stats.accepted >= 1 and stats.corrections >= 1 and p.loops.events, stats
+        assert all(e in p.loops.events for e in live)   # the frame results tell the corrections applied live
+        assert p.loops.events[0].max_shift_m > 0.01
+        last = len(frames) - 1
+        before = relative_motion(true[last], odo[last])
+        after = relative_motion(true[last], p.loops.restate(last, results[last].T_world_cam))
+        assert before[1] > 8.0                             # the injected drift: degrees by the end
+        assert after[1] < before[1] / 3 and after[0] < max(before[0] / 2, 0.05), (before, after)
+        # the live loop goes on in the corrected world: a frame after the correction lands near the truth
+        assert len(p.volume.active_keys()) > 0 and p.mesher.full_mesh().faces.shape[0] > 0
+    finally:
+        p.close()
+
+
+def _lookalike(frame: Frame, other: Frame, index: int, timestamp_s: float, pose: np.ndarray) -> Frame:
+    """The same foreground furniture (nearer 40% of the depth) in front of another room's background."""
+    d = frame.depth_m
+    fg = (d > 0) & (d < np.percentile(d[d > 0], 40))
+    color = np.where(fg[..., None], frame.color, other.color)
+    depth = np.where(fg, d, other.depth_m).astype(np.float32)
+    return Frame(color, depth, frame.intrinsics, timestamp_s, index, pose)
+
+
+def test_lookalike_rejected_map_unchanged(drifting_scan, caplog):
+    frames, true, odo = drifting_scan
+    part = frames[:40]                                    # about 2 m of path, no loop yet
+    p = FusionPipeline(_config(min_walk_m=1.0))
+    try:
+        _run(p, part)
+        before = dataclasses.replace(p.loops.stats)   # genuine short loops along the way may have closed
+        events, grid = list(p.loops.events), p.volume.grid
+        # the look-alike is seen from (nearly) where frame 0 was: place recognition proposes frame 0
+        pose = part[0].T_world_cam_gt @ np.array([[1, 0, 0, 0.05], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+        fake = _lookalike(part[0], SyntheticSource(3, n_frames=61).frame(60), 40, 40 / 15.0, pose)
+        _run(p, [fake])
+        stats = p.loops.stats
+        assert stats.candidates > before.candidates and stats.accepted == before.accepted, (before, stats)
+        why = [reason for cur, old, reason in p.loops.verdicts if cur == 40 and old == 0]
+        assert why and ("depth disagrees" in why[0] or "ICP" in why[0]), list(p.loops.verdicts)[-5:]
+        assert p.loops.events == events and p.volume.grid is grid     # no correction: the map is the one fused
+    finally:
+        p.close()
+
+
+def test_detector_rejects_lookalike_accepts_true_revisit():
+    src, other = SyntheticSource(0, n_frames=9), SyntheticSource(3, n_frames=61)
+    det = LoopDetector(LoopDetectConfig())
+    from fusion.loop_closure import LoopCloser
+    from fusion.meshing import MeshConfig
+    closer = LoopCloser(LoopClosureConfig(enabled=True), VolumeConfig(), MeshConfig())
+    a, b = src.frame(0), src.frame(8)
+    fake = _lookalike(a, other.frame(60), 99, 9.0, None)
+    kfs = [closer._reduce(f) for f in (a, b, fake)]
+    for kf, f in zip(kfs, (a, b, fake)):
+        det.describe(kf.kid, f)
+    truth = np.linalg.inv(src.poses[0]) @ src.poses[8]
+    good = det.verify(kfs[0], kfs[1], truth, 1.0)
+    assert good.edge is not None, good.reason
+    assert relative_motion(good.edge.T_old_cur, truth)[0] < 0.02
+    bad = det.verify(kfs[0], kfs[2], np.eye(4), 5.0)
+    assert bad.edge is None and "RANSAC" not in bad.reason and "matches" not in bad.reason, bad.reason
+
+
+def _ring(n: int = 24, radius_m: float = 1.5, drift_deg: float = 0.8):
+    """A camera walking a circle; odometry turns drift_deg per step; the loop edge closes it truthfully."""
+    ang = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    true = np.tile(np.eye(4), (n, 1, 1))
+    true[:, 0, 3], true[:, 1, 3] = radius_m * np.cos(ang), radius_m * np.sin(ang)
+    c, s = np.cos(ang), np.sin(ang)
+    true[:, :2, :2] = np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)
+    odo = drifted_poses(true, drift_deg / (2 * np.pi * radius_m / n), 0.0)
+    info = np.eye(6) * 1000.0
+    edges = [GraphEdge(i - 1, i, np.linalg.inv(odo[i]) @ odo[i - 1], info, False) for i in range(1, n)]
+    edges.append(GraphEdge(n - 1, 0, np.linalg.inv(true[0]) @ true[n - 1], info, True))
+    return true, odo, edges
+
+
+def test_pose_graph_closes_ring_and_refuses_implausible():
+    true, odo, edges = _ring()
+    ok = optimise(odo, edges)
+    assert ok.poses is not None and ok.loops_kept == 1, ok.reason
+    err_before = np.linalg.norm(odo[:, :3, 3] - true[:, :3, 3], axis=1).max()
+    err_after = np.linalg.norm(ok.poses[:, :3, 3] - true[:, :3, 3], axis=1).max()
+    assert err_after < err_before / 3
+    far = optimise(odo, edges, PoseGraphConfig(max_shift_m=0.01))
+    assert far.poses is None and "moved a keyframe" in far.reason
+    stuck = optimise(odo, edges, PoseGraphConfig(max_iterations=1, max_loop_residual_m=0.001, max_loop_residual_deg=0.05))
+    assert stuck.poses is None and "not converged" in stuck.reason
+
+
+def test_implausible_optimisation_discarded_with_one_warning(drifting_scan, caplog):
+    frames, _, _ = drifting_scan
+    p = FusionPipeline(_config(max_shift_m=0.001, max_shift_deg=0.01))   # any real correction is "implausible"
+    try:
+        with caplog.at_level(logging.WARNING, logger="fusion.loop_closure"):
+            grid = p.volume.grid
+            results = _run(p, frames)
+        stats = p.loops.stats
+        assert stats.accepted >= 1 and stats.discarded == stats.accepted and stats.corrections == 0, stats
+        warnings = [r for r in caplog.records if "discarded" in r.getMessage()]
+        assert len(warnings) == stats.discarded
+        assert p.volume.grid is grid and not p.loops.events
+        assert all(r.map_correction is None for r in results)
+        assert np.allclose(results[-1].T_world_cam, frames[-1].T_world_cam_gt)   # poses were not moved
+    finally:
+        p.close()
