@@ -1,4 +1,5 @@
-"""Owns the parametric furniture: chairs, tables, beds, sofas, shelves, fixtures, doors, windows, pictures.
+"""Owns the parametric furniture: chairs, tables, beds, sofas, shelves, kitchen and bathroom fixtures, windows,
+pictures (doors, other wall fixtures, more chairs, thin tables and clutter live in their own modules).
 
 Every builder takes a seeded `np.random.Generator` and returns a `Piece` in its local frame (see
 `synth.primitives`: front faces -y, back at +y, floor at z = 0). Pure; any thread may call them.
@@ -254,28 +255,15 @@ def plant(rng) -> Piece:
     return p
 
 
-def door(rng) -> Piece:
-    w, h, dr = u(rng, 0.8, 0.92), u(rng, 2.0, 2.1), L["door"]
-    col, frame = jitter(rng, pick(rng, WOODS + WHITES)), 0.06
-    p = Piece("door").add(box((-w / 2 + frame, -0.04, 0), (w / 2 - frame, 0.0, h - frame), dr, col, WOOD))
-    fc = jitter(rng, WHITES[0], 6)
-    p.add(box((-w / 2, -0.02, 0), (-w / 2 + frame, 0.0, h), dr, fc, PLAIN))
-    p.add(box((w / 2 - frame, -0.02, 0), (w / 2, 0.0, h), dr, fc, PLAIN))
-    p.add(box((-w / 2 + frame, -0.02, h - frame), (w / 2 - frame, 0.0, h), dr, fc, PLAIN))
-    p.add(rod((w / 2 - 0.14, -0.04, 1.0), (w / 2 - 0.14, -0.1, 1.0), 0.012, dr, METAL))
-    p.add(rod((w / 2 - 0.14, -0.1, 1.0), (w / 2 - 0.26, -0.1, 1.0), 0.011, dr, METAL))
-    p.keepout.append(((-w / 2, -w - 0.1, 0.0), (w / 2, 0.0, h)))
-    return p
-
-
 def window(rng, height_m: float, curtains: bool = True) -> Piece:
     w, z0 = u(rng, 0.8, 1.6), u(rng, 0.85, 1.0)
     z1, wn = min(height_m - 0.25, z0 + u(rng, 1.0, 1.3)), L["window"]
     frame, col = 0.06, jitter(rng, WHITES[0], 6)
+    sill_m = u(rng, 0.05, 0.14) if curtains else u(rng, 0.1, 0.3)  # the sill is part of the window
     p = Piece("window").add(box((-w / 2, -0.01, z0), (w / 2, 0.0, z1), wn, (150, 185, 215), GLASS))
     for lo, hi in (((-w / 2, -0.05, z0), (-w / 2 + frame, 0, z1)), ((w / 2 - frame, -0.05, z0), (w / 2, 0, z1)),
                    ((-w / 2, -0.05, z1 - frame), (w / 2, 0, z1)), ((-0.02, -0.04, z0), (0.02, 0, z1)),
-                   ((-w / 2 - 0.04, -0.14, z0 - 0.04), (w / 2 + 0.04, 0, z0 + 0.01))):
+                   ((-w / 2 - 0.04, -sill_m, z0 - 0.04), (w / 2 + 0.04, 0, z0 + 0.01))):
         p.add(box(lo, hi, wn, col, PLAIN))
     if curtains:
         ccol, cw = jitter(rng, pick(rng, FABRICS + WHITES), 15), u(rng, 0.3, 0.5)
@@ -301,12 +289,12 @@ def picture(rng) -> Piece:
     return p
 
 
-def table_with_chairs(rng, w: float, d: float, n_chairs: int) -> Piece:
+def table_with_chairs(rng, w: float, d: float, n_chairs: int, chair_fn=chair, table_fn=table) -> Piece:
     """A table with chairs around it (chairs face the table, pulled out by a few centimetres)."""
-    pieces = [table(rng, w, d)]
+    pieces = [table_fn(rng, w, d)]
     sides = [(0, -d / 2), (180, d / 2), (-90, w / 2), (90, -w / 2)][:n_chairs]
     for yaw, off in sides:
-        c = chair(rng)
+        c = chair_fn(rng)
         lo, hi = c.bounds()
         gap = (hi[1] - lo[1]) / 2 + 0.06
         pos = {0: (0, off - gap), 180: (0, off + gap), -90: (off + gap, 0), 90: (off - gap, 0)}[yaw]
@@ -314,10 +302,10 @@ def table_with_chairs(rng, w: float, d: float, n_chairs: int) -> Piece:
     return merge("table_with_chairs", pieces)
 
 
-def desk_with_chair(rng) -> Piece:
+def desk_with_chair(rng, chair_fn=chair) -> Piece:
     dk = desk(rng)
     lo, hi = dk.bounds()
-    c = chair(rng)
+    c = chair_fn(rng)
     clo, chi = c.bounds()
     y = lo[1] - (chi[1] - clo[1]) / 2 - u(rng, 0.08, 0.2)
     return merge("desk_with_chair", [dk, transform(c, 0, (u(rng, -0.2, 0.0), y, 0.0))])

@@ -37,6 +37,7 @@ class Piece:
     name: str
     parts: list = field(default_factory=list)
     keepout: list = field(default_factory=list)  # extra (lo, hi) boxes with no geometry (door swing)
+    openings: list = field(default_factory=list)  # (lo, hi) boxes the room's wall is cut away in (open door)
 
     def add(self, part: Part) -> "Piece":
         self.parts.append(part)
@@ -152,11 +153,14 @@ def transform(piece: Piece, yaw_deg: float, offset) -> Piece:
         return p @ R.T + off
 
     parts = [Part(move(p.vertices), p.triangles, p.label, p.color, p.material) for p in piece.parts]
-    keep = []
-    for lo, hi in piece.keepout:
-        pts = move(np.array([lo, hi], float))
-        keep.append((pts.min(0), pts.max(0)))
-    return Piece(piece.name, parts, keep)
+    def boxes(pairs):
+        out = []
+        for lo, hi in pairs:
+            pts = move(np.array([lo, hi], float))
+            out.append((pts.min(0), pts.max(0)))
+        return out
+
+    return Piece(piece.name, parts, boxes(piece.keepout), boxes(piece.openings))
 
 
 def merge(name: str, placed) -> Piece:
@@ -165,4 +169,15 @@ def merge(name: str, placed) -> Piece:
     for p in placed:
         out.parts.extend(p.parts)
         out.keepout.extend(p.keepout)
+        out.openings.extend(p.openings)
     return out
+
+
+def turned(part: Part, yaw_deg: float, pivot=(0.0, 0.0, 0.0), tilt_deg: float = 0.0) -> Part:
+    """A copy of `part` tilted about x by `tilt_deg`, then turned about z by any `yaw_deg`, both about `pivot`."""
+    a, b = np.radians(yaw_deg), np.radians(tilt_deg)
+    Rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    Rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    piv = np.asarray(pivot, float)
+    v = (part.vertices - piv) @ (Rz @ Rx).T + piv
+    return Part(v, part.triangles, part.label, part.color, part.material)

@@ -1,4 +1,4 @@
-"""Owns room layouts: room size per type, the shell (walls, floor, ceiling) and furnishing without overlaps.
+"""Owns room layouts: room size per type and furnishing without overlaps (what goes in each type: `synth.plans`).
 
 The room spans [0, W] x [0, D] x [0, H] metres, z up, floor at z = 0. Walls are numbered 0: y = 0,
 1: x = W, 2: y = D, 3: x = 0. Pure functions of a seeded generator; any thread may call them.
@@ -10,12 +10,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fusion.classes import NAME_TO_ID
-from synth import objects as ob
-from synth.primitives import PLANKS, PLASTER, TILE, WHITES, WOODS, Part, Piece, jitter, pick, transform
+from synth.plans import FLUSH, SIZES_M, plan
+from synth.primitives import Piece, transform
 
 log = logging.getLogger(__name__)
-ROOM_TYPES = ("bedroom", "living room", "office", "kitchen", "bathroom")
+# The first five keep the seeds of the original world; a room's type is ROOM_TYPES[seed % len(ROOM_TYPES)].
+ROOM_TYPES = ("bedroom", "living room", "office", "kitchen", "bathroom",
+              "classroom", "conference room", "corridor", "storage room")
 # wall index -> yaw (degrees) turning a piece's back (+y) towards that wall
 WALL_YAW = {0: 180.0, 1: -90.0, 2: 0.0, 3: 90.0}
 
@@ -24,14 +25,12 @@ WALL_YAW = {0: 180.0, 1: -90.0, 2: 0.0, 3: 90.0}
 class RoomConfig:
     """Room size ranges and placement rules."""
 
-    width_m: tuple = (3.0, 6.0)  # x extent range
-    depth_m: tuple = (3.0, 7.0)  # y extent range
-    height_m: tuple = (2.5, 3.0)  # ceiling height range
-    bathroom_scale: float = 0.8  # bathrooms are this much smaller (never below 3 m)
+    sizes_m: tuple = tuple(SIZES_M.items())  # (type, ((x lo, hi), (y lo, hi), (height lo, hi))) pairs
     margin_m: float = 0.04  # minimum gap between placed pieces
+    free_margin_m: float = 0.5  # free-standing pieces keep this far from the walls
+    middle_margin_m: float = 1.6  # pieces placed in the middle keep this far (room to walk around them)
     tries: int = 150  # random placements tried per piece
     room_tries: int = 20  # whole-room retries when a required piece does not fit
-    shell_cell_m: float = 0.5  # walls and floor are split into cells of about this size
 
 
 @dataclass
@@ -54,7 +53,7 @@ class Placer:
 
     def _fits(self, lo, hi) -> bool:
         eps = 1e-6
-        if np.any(lo[:2] < -eps) or np.any(hi[:2] > self.size[:2] + eps) or hi[2] > self.size[2] - 0.02:
+        if np.any(lo[:2] < -eps) or np.any(hi[:2] > self.size[:2] + eps) or hi[2] > self.size[2] + eps:
             return False
         m = self.cfg.margin_m
         return not any(np.all(lo < p.hi + m) and np.all(hi > p.lo - m) for p in self.placed)
@@ -109,74 +108,8 @@ class Placer:
 
 
 def room_size(room_type: str, rng: np.random.Generator, cfg: RoomConfig) -> np.ndarray:
-    scale = cfg.bathroom_scale if room_type == "bathroom" else 1.0
-    w = max(3.0, rng.uniform(*cfg.width_m) * scale)
-    d = max(3.0, rng.uniform(*cfg.depth_m) * scale)
-    return np.array([w, d, rng.uniform(*cfg.height_m)])
-
-
-def _grid_quad(origin, e1, e2, cell_m: float, label: int, color, material: int, inward) -> Part:
-    """A rectangle origin + a*e1 + b*e2 split into cells, triangles facing `inward`."""
-    n1 = max(1, int(round(np.linalg.norm(e1) / cell_m)))
-    n2 = max(1, int(round(np.linalg.norm(e2) / cell_m)))
-    a, b = np.meshgrid(np.linspace(0, 1, n1 + 1), np.linspace(0, 1, n2 + 1), indexing="ij")
-    v = origin + a.reshape(-1, 1) * e1 + b.reshape(-1, 1) * e2
-    idx = np.arange((n1 + 1) * (n2 + 1)).reshape(n1 + 1, n2 + 1)
-    q = np.stack([idx[:-1, :-1], idx[1:, :-1], idx[1:, 1:], idx[:-1, 1:]], -1).reshape(-1, 4)
-    tris = np.concatenate([q[:, [0, 1, 2]], q[:, [0, 2, 3]]]).astype(np.int32)
-    if np.dot(np.cross(e1, e2), inward) < 0:
-        tris = tris[:, ::-1].copy()
-    return Part(np.asarray(v, float), tris, label, tuple(color), material)
-
-
-def shell(size_m, room_type: str, rng: np.random.Generator, cfg: RoomConfig) -> list:
-    """Floor (label floor), four walls (wall) and the ceiling (unlabeled)."""
-    W, D, H = size_m
-    wet = room_type in ("kitchen", "bathroom")
-    floor_col = jitter(rng, (200, 200, 195) if wet else pick(rng, WOODS), 15)
-    wall_col = jitter(rng, pick(rng, WHITES + ((210, 200, 170), (180, 200, 210), (215, 190, 180))), 10)
-    c = cfg.shell_cell_m
-    parts = [_grid_quad(np.zeros(3), np.array([W, 0, 0]), np.array([0, D, 0]), c, NAME_TO_ID["floor"],
-                        floor_col, TILE if wet else PLANKS, (0, 0, 1)),
-             _grid_quad(np.array([0, 0, H]), np.array([W, 0, 0]), np.array([0, D, 0]), c, 0,
-                        (245, 245, 245), PLASTER, (0, 0, -1))]
-    corners = np.array([[0, 0, 0], [W, 0, 0], [W, D, 0], [0, D, 0]], float)
-    for k in range(4):
-        a, b = corners[k], corners[(k + 1) % 4]
-        inward = np.array([(W / 2 - (a[0] + b[0]) / 2), (D / 2 - (a[1] + b[1]) / 2), 0.0])
-        mat = TILE if room_type == "bathroom" else PLASTER
-        parts.append(_grid_quad(a, b - a, np.array([0, 0, H]), c, NAME_TO_ID["wall"], wall_col, mat, inward))
-    return parts
-
-
-def _plan(room_type: str, rng, H: float) -> list:
-    """(builder, how, required) in placement order; `how` is 'wall', 'corner' or 'free'."""
-    n_pics = int(rng.integers(1, 4))
-    common = [(ob.door, "wall", True), (lambda r: ob.window(r, H), "wall", True)]
-    tail = [(lambda r: ob.window(r, H), "wall", False)] + [(ob.picture, "wall", i == 0) for i in range(n_pics)]
-    plans = {
-        "bedroom": [(ob.bed_with_nightstands, "wall", True),
-                    (lambda r: ob.cabinet(r, r.uniform(0.8, 1.5), 0.6, r.uniform(1.9, 2.2)), "wall", True),
-                    (ob.dresser, "wall", True), (ob.desk_with_chair, "wall", False), (ob.chair, "wall", False)],
-        "living room": [(ob.sofa_with_table, "wall", True), (ob.tv_stand, "wall", True),
-                        (ob.bookshelf, "wall", True), (ob.chair, "wall", False), (ob.bookshelf, "wall", False),
-                        (ob.plant, "corner", False),
-                        (lambda r: ob.cabinet(r, r.uniform(0.6, 1.2), 0.45, r.uniform(0.7, 1.0)), "wall", False)],
-        "office": [(ob.desk_with_chair, "wall", True), (ob.bookshelf, "wall", True),
-                   (lambda r: ob.cabinet(r, 0.5, 0.6, r.uniform(0.7, 1.3), drawers=True), "wall", True),
-                   (lambda r: ob.table_with_chairs(r, r.uniform(1.2, 1.8), r.uniform(0.8, 1.0), 4), "free", False),
-                   (ob.desk_with_chair, "wall", False), (ob.bookshelf, "wall", False), (ob.plant, "corner", False)],
-        "kitchen": [(lambda r: ob.counter_run(r, r.uniform(1.8, 3.0)), "corner", True),
-                    (ob.refrigerator, "wall", True),
-                    (lambda r: ob.table_with_chairs(r, r.uniform(0.9, 1.4), r.uniform(0.7, 0.9),
-                                                    int(r.integers(2, 5))), "free", True),
-                    (lambda r: ob.cabinet(r, r.uniform(0.6, 1.0), 0.45, r.uniform(0.8, 1.9)), "wall", False),
-                    (ob.plant, "corner", False)],
-        "bathroom": [(ob.bathtub, "corner", True), (ob.toilet, "wall", True), (ob.vanity, "wall", True),
-                     (lambda r: ob.cabinet(r, 0.45, 0.35, r.uniform(0.8, 1.6)), "wall", False),
-                     (ob.plant, "corner", False)],
-    }
-    return common + plans[room_type] + tail
+    (w0, w1), (d0, d1), (h0, h1) = dict(cfg.sizes_m)[room_type]
+    return np.array([rng.uniform(w0, w1), rng.uniform(d0, d1), rng.uniform(h0, h1)])
 
 
 def furnish(room_type: str, rng: np.random.Generator, cfg: RoomConfig) -> tuple[np.ndarray, list]:
@@ -185,11 +118,11 @@ def furnish(room_type: str, rng: np.random.Generator, cfg: RoomConfig) -> tuple[
         size = room_size(room_type, rng, cfg)
         placer = Placer(size, rng, cfg)
         ok = True
-        for builder, how, required in _plan(room_type, rng, size[2]):
+        for builder, how, required in plan(room_type, rng, size):
             piece = builder(rng)
-            gap = 0.0 if piece.name in ("door", "window", "picture") else float(rng.uniform(0.01, 0.06))
-            if how == "free":
-                done = placer.free(piece)
+            gap = 0.0 if piece.name in FLUSH else float(rng.uniform(0.01, 0.06))
+            if how in ("free", "middle"):
+                done = placer.free(piece, cfg.middle_margin_m if how == "middle" else cfg.free_margin_m)
             else:
                 done = placer.against_wall(piece, gap_m=gap, corner=(how == "corner"))
             if required and not done:

@@ -50,6 +50,7 @@ class TrajectoryConfig:
     weak_share: float = 0.03  # a path is accepted at once when at most this share of views is weak
     probe_every: int = 2  # probe-render every n-th frame
     attempts: int = 6  # candidate paths tried (the best wins)
+    core_attempts: int = 6  # more candidates in the free space's deepest blob when those all broke a bound
     probe_scale: float = 0.125  # probe render size relative to 640x480
 
 
@@ -76,9 +77,9 @@ def free_space(world: World, cfg: TrajectoryConfig) -> tuple[np.ndarray, float]:
     return free, g
 
 
-def _loop(free: np.ndarray, g: float, rng) -> tuple[np.ndarray, float] | None:
+def _loop(free: np.ndarray, g: float, rng, region: np.ndarray | None = None) -> tuple[np.ndarray, float] | None:
     """Closed path (sampled by arc length every 1 cm, (n,2)) inside the free map, and its length."""
-    cells = np.argwhere(free)
+    cells = np.argwhere(free if region is None else region)
     pts = (cells + 0.5) * g
     centre = pts.mean(0)
     k = int(rng.integers(5, 9))
@@ -86,6 +87,24 @@ def _loop(free: np.ndarray, g: float, rng) -> tuple[np.ndarray, float] | None:
     if len(chosen) < 3:
         chosen = centre + 0.05 * np.array([[1, 0], [-0.5, 0.86], [-0.5, -0.86]])
     chosen = chosen[np.argsort(np.arctan2(*(chosen - centre).T[::-1]))]
+    return _closed_loop(chosen, free, g)
+
+
+def _core(free: np.ndarray, g: float) -> np.ndarray:
+    """The largest blob of free cells deepest inside the free space (at least 0.4, 0.3 or 0.2 m from its
+    edge, the first with room for a loop): the open end of a room beside a ring around a large table."""
+    depth = distance_transform_edt(free) * g
+    for edge_m in (0.4, 0.3, 0.2):
+        lab, n = label(depth >= edge_m)
+        if n:
+            core = lab == np.argmax(np.bincount(lab.ravel())[1:]) + 1
+            if core.sum() * g * g >= 0.5:
+                return core
+    return free
+
+
+def _closed_loop(chosen: np.ndarray, free: np.ndarray, g: float) -> tuple[np.ndarray, float] | None:
+    """A periodic spline through `chosen` (in order), sampled every 1 cm, or None when it leaves `free`."""
     closed = np.vstack([chosen, chosen[:1]])
     chord = np.concatenate([[0], np.cumsum(np.linalg.norm(np.diff(closed, axis=0), axis=1))])
     spline = CubicSpline(chord, closed, bc_type="periodic")
@@ -100,7 +119,8 @@ def _loop(free: np.ndarray, g: float, rng) -> tuple[np.ndarray, float] | None:
     return np.stack([np.interp(even, seg, dense[:, i]) for i in range(2)], 1), length
 
 
-FLAT = ("door", "window", "picture")  # wall-mounted: look at them only from afar (more than a plane in view)
+# wall-mounted: look at them only from afar (more than a plane in view)
+FLAT = ("door", "window", "picture", "whiteboard", "tv", "radiator", "pilaster")
 
 
 def _targets(world: World, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -168,10 +188,12 @@ def _start(path: np.ndarray, world: World, targets: np.ndarray) -> tuple[int, in
     return int(np.argmin(np.abs(dist - 2.2))), big
 
 
-def _candidate(world: World, free, g, targets, n: int, rng, cfg: TrajectoryConfig):
-    """One candidate path of n poses (n,4,4) or None when no loop fits the free space."""
+def _candidate(world: World, free, g, targets, n: int, rng, cfg: TrajectoryConfig, core: bool = False):
+    """One candidate path of n poses (n,4,4) or None when no loop fits the free space; `core` draws the
+    loop's points from the deepest blob of the free space (`_core`)."""
     targets, near = targets
-    loop = next((lp for lp in (_loop(free, g, rng) for _ in range(30)) if lp is not None), None)
+    region = _core(free, g) if core else None
+    loop = next((lp for lp in (_loop(free, g, rng, region) for _ in range(30)) if lp is not None), None)
     if loop is None:
         return None
     path, length = loop
@@ -251,8 +273,11 @@ def plan_trajectory(world: World, n_frames: int, config: TrajectoryConfig | None
     targets, near = _targets(world, rng)
     probe = Renderer(world, RenderConfig(intrinsics=DEFAULT_INTRINSICS.scaled(cfg.probe_scale), noise=False))
     best = None
-    for attempt in range(cfg.attempts):
-        poses = _candidate(world, free, g, (targets, near), horizon, rng, cfg)
+    for attempt in range(cfg.attempts + cfg.core_attempts):
+        if attempt >= cfg.attempts and best is not None and best[0][0] == 0:
+            break
+        core = attempt >= cfg.attempts  # only when the ordinary loops all broke a bound
+        poses = _candidate(world, free, g, (targets, near), horizon, rng, cfg, core)
         if poses is None:
             continue
         score = _bad_frames(poses, probe, cfg)

@@ -1,7 +1,7 @@
 """Owns the synthetic world: one triangle mesh with per-triangle NYU40 label, base colour and material.
 
-`build_world(seed)` is deterministic: the room type is `ROOM_TYPES[seed % 5]`, everything else comes
-from a generator seeded with `seed`. A World is immutable after construction; any thread may read it.
+`build_world(seed)` is deterministic: the room type is `ROOM_TYPES[seed % len(ROOM_TYPES)]`, everything
+else comes from a generator seeded with `seed`. A World is immutable after construction; any thread may read it.
 """
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from synth.rooms import ROOM_TYPES, RoomConfig, furnish, shell
+from synth.rooms import ROOM_TYPES, RoomConfig, furnish
+from synth.shell import ShellConfig, shell
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,7 @@ class WorldConfig:
     """What `build_world` varies besides the seed."""
 
     room: RoomConfig = field(default_factory=RoomConfig)  # size ranges and placement rules
+    shell: ShellConfig = field(default_factory=ShellConfig)  # walls, floor, ceiling, skirting, doorways
     texture_offset_m: float = 4.0  # random texture shift per part, so repeated textures do not line up
 
 
@@ -76,7 +78,7 @@ def build_world(seed: int, config: WorldConfig | None = None) -> World:
     rng = np.random.default_rng([int(seed), 0x5EED])
     room_type = room_type_for(seed)
     size, placed = furnish(room_type, rng, cfg.room)
-    parts = shell(size, room_type, rng, cfg.room)
+    parts = shell(size, room_type, rng, cfg.shell, placed)
     for p in placed:
         parts.extend(p.piece.parts)
     verts, tris, labels, colors, mats, offs = [], [], [], [], [], []
