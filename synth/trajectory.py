@@ -121,6 +121,7 @@ def _closed_loop(chosen: np.ndarray, free: np.ndarray, g: float) -> tuple[np.nda
 
 # wall-mounted: look at them only from afar (more than a plane in view)
 FLAT = ("door", "window", "picture", "whiteboard", "tv", "radiator", "pilaster")
+PLANAR = FLAT + ("wall_cabinets",)  # never the first view
 
 
 def _targets(world: World, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -179,8 +180,9 @@ def _smooth_noise(rng, t: np.ndarray, amp: float, freqs=(0.3, 0.7, 1.3, 2.1)) ->
 
 
 def _start(path: np.ndarray, world: World, targets: np.ndarray) -> tuple[int, int]:
-    """Loop index to start from and the target to look at first: the biggest piece, about 2 m away."""
-    bulky = [i for i, o in enumerate(world.obstacles) if np.min(o.hi - o.lo) > 0.2]
+    """Loop index to start from and the target to look at first: the biggest piece, about 2 m away (not one
+    whose front is a wall-like plane, which gives tracking too little to hold on to)."""
+    bulky = [i for i, o in enumerate(world.obstacles) if np.min(o.hi - o.lo) > 0.2 and o.name not in PLANAR]
     if not bulky:
         return 0, len(world.obstacles)
     big = max(bulky, key=lambda i: float(np.prod(world.obstacles[i].hi - world.obstacles[i].lo)))
