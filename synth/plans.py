@@ -1,9 +1,10 @@
 """Owns what furnishes each room type: its size ranges and the ordered list of pieces to place.
 
 A plan is a list of (builder, how, required): `builder(rng)` makes a Piece, `how` is 'wall', 'corner',
-'free' or 'middle' (free, far enough from the walls to walk around), and a room whose required piece does not fit is drawn again. Order matters: built-ins that span
-a wall and large free-standing groups come before doors and windows, small things last. Pure functions
-of a seeded generator; any thread may call them.
+'free' or 'middle' (free, far enough from the walls to walk around), and a room whose required piece
+does not fit is drawn again. Order matters: built-ins that span a wall and large free-standing groups
+come before doors and windows, small things last. Pure functions of a seeded generator; any thread may
+call them.
 """
 from __future__ import annotations
 
