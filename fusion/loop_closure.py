@@ -13,6 +13,7 @@ Memory: at most `max_keyframes` keyframes (older ones thinned, loop ends kept) o
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -44,6 +45,10 @@ class LoopClosureConfig:
     min_correction_deg: float = 0.75     #: ... in rotation
     worker_threads: int = 1              #: kernel threads of the worker (the live loop keeps the others)
     worker_duty: float = 0.5             #: share of wall time the worker computes while busy (it sleeps the rest)
+    odometry_weight: float = 0.1         #: odometry edges' ICP information is scaled by this (odometry drifts more
+    #:     than the alignment of two frames says; loops keep theirs)
+    max_backlog: int = 20                #: keyframes queued beyond this are described but not searched for loops
+    worker_nice: int = 10                #: the worker thread runs this much nicer than fusion (where the OS allows)
     detect: LoopDetectConfig = field(default_factory=LoopDetectConfig)
     graph: PoseGraphConfig = field(default_factory=PoseGraphConfig)
 
@@ -98,7 +103,8 @@ class LoopCloser:
         self.config, self._volume_cfg, self._mesh_cfg = config, volume, mesh
         self.stats = LoopStats()
         self.events: list[MapCorrection] = []
-        self.loops: list[LoopEdge] = []
+        self.loops: list[LoopEdge] = []               #: loop edges of the graph
+        self.accepted: list[LoopEdge] = []            #: every loop that passed verification (for benchmarks)
         self.verdicts: deque = deque(maxlen=200)       #: (frame, old frame, "" accepted or why rejected), newest last
         self._store = _Store()
         self._lock = threading.Lock()
@@ -109,6 +115,7 @@ class LoopCloser:
         self._stop = threading.Event()
         self._ready: tuple | None = None             # (RebuiltMap, new poses by kid, C_last, graph info)
         self._applied = threading.Event()
+        self._correcting = threading.Event()
         self._world_moved = 0                        # gravity changes: a result from before is stale
         self._next_kid = 0
         self._thread: threading.Thread | None = None
@@ -221,6 +228,11 @@ class LoopCloser:
     # --- worker thread -------------------------------------------------------------------------
     def _run(self) -> None:
         nb.set_num_threads(max(1, min(self.config.worker_threads, nb.config.NUMBA_NUM_THREADS)))
+        try:  # Linux: a thread id names one thread; the live loop's threads keep their priority
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + self.config.worker_nice))
+        except (AttributeError, OSError):
+            log.debug("loop closure: the worker's priority could not be lowered")
         while not self._stop.is_set():
             try:
                 kid, frame, settled = self._inbox.get(timeout=0.05)
@@ -253,14 +265,20 @@ class LoopCloser:
             return (list(st.kfs), np.array(st.poses), list(st.odom), np.array(st.path_m), self._world_moved)
 
     def _look_for_loop(self, kid: int) -> None:
+        """Loops of keyframe `kid` with older ones (the keyframes after it are left out: they may be
+        queued behind it while the worker catches up); an accepted one may correct the map."""
         kfs, poses, odom, path, moved = self._snapshot()
         kids = np.array([k.kid for k in kfs])
         alive = set(kids.tolist())
         for gone in [k for k in self._detector.features if k not in alive]:
             self._detector.forget(gone)
-        if kid not in alive or kids[-1] != kid:
+        if kid not in alive:
             return
-        edge = self._verified_loop(kid, kfs, kids, poses, path)
+        if self._inbox.qsize() > self.config.max_backlog:
+            log.debug("loop closure is %d keyframes behind: keyframe %d is only described", self._inbox.qsize(), kid)
+            return
+        j = int(np.searchsorted(kids, kid)) + 1
+        edge = self._verified_loop(kid, kfs[:j], kids[:j], poses[:j], path[:j])
         if edge is None:
             return
         self.loops.append(edge)
@@ -279,6 +297,7 @@ class LoopCloser:
             self.verdicts.append((kfs[j].index, kfs[i].index, verdict.reason))
             if verdict.edge is not None:
                 self.stats.accepted += 1
+                self.accepted.append(verdict.edge)
                 log.info("loop found: keyframe of frame %d with frame %d (drift %.3f m / %.2f deg)",
                          kfs[j].index, kfs[i].index, verdict.edge.drift_m, verdict.edge.drift_deg)
                 return verdict.edge
@@ -296,13 +315,25 @@ class LoopCloser:
             if key not in self._info_cache:
                 self._pace()
                 self._info_cache[key] = self._detector.information(kfs[i - 1], kfs[i], T_b_a)
-            edges.append(GraphEdge(i - 1, i, T_b_a, self._info_cache[key], loop=False))
+            edges.append(GraphEdge(i - 1, i, T_b_a, self.config.odometry_weight * self._info_cache[key], loop=False))
         for e in self.loops:
             if e.old in pos and e.cur in pos:
                 edges.append(GraphEdge(pos[e.cur], pos[e.old], e.T_old_cur, e.information, loop=True))
         return edges
 
+    @property
+    def correcting(self) -> bool:
+        """True while a correction is optimised, rebuilt or waits to be swapped in. Any thread."""
+        return self._correcting.is_set()
+
     def _correct(self, kfs, poses, odom, moved, edge: LoopEdge) -> None:
+        self._correcting.set()
+        try:
+            self._optimise_and_rebuild(kfs, poses, odom, moved, edge)
+        finally:
+            self._correcting.clear()
+
+    def _optimise_and_rebuild(self, kfs, poses, odom, moved, edge: LoopEdge) -> None:
         t0 = time.perf_counter()
         res = optimise(poses, self._edges(kfs, odom), self.config.graph)
         t1 = time.perf_counter()

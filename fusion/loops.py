@@ -98,6 +98,8 @@ class LoopEdge:
     information: np.ndarray     #: (6,6) from the ICP correspondences
     drift_m: float              #: how far the odometry's relative pose was from the loop's
     drift_deg: float
+    old_frame: int = -1         #: source frame index of the old keyframe
+    cur_frame: int = -1         #: ... and of the new one
 
 
 @dataclass(frozen=True)
@@ -221,7 +223,7 @@ class LoopDetector:
                 or drift_deg > cfg.drift_base_deg + cfg.drift_deg_per_m * walked_m):
             return Verdict(None, f"implausible drift {drift_m:.2f} m / {drift_deg:.1f} deg over {walked_m:.1f} m walked")
         return Verdict(LoopEdge(old.kid, cur.kid, T_icp, n_inl, float(reg.fitness), float(reg.inlier_rmse), info,
-                                drift_m, drift_deg))
+                                drift_m, drift_deg, old.index, cur.index))
 
     def _cloud_of(self, kf: MapKeyframe) -> o3d.geometry.PointCloud:
         if kf.kid not in self._clouds:

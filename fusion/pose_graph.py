@@ -27,7 +27,9 @@ class PoseGraphConfig:
     max_correspondence_m: float = 0.25    #: Open3D's correspondence distance: scales the line process (smaller prunes loops with more drift)
     edge_prune_threshold: float = 0.25    #: loop edges whose line-process weight falls below are pruned
     preference_loop_closure: float = 2.0  #: weight of loop edges against odometry
-    max_iterations: int = 100             #: Levenberg-Marquardt iterations at most
+    max_iterations: int = 100             #: Levenberg-Marquardt iterations at most (per pass)
+    passes: int = 2                       #: passes, each from the last one's poses (the line process trusts a loop
+    #:     more once its residual has shrunk: a loop with much drift is only half closed by one pass)
     max_shift_m: float = 1.0              #: a keyframe moved farther than this is implausible
     max_shift_deg: float = 20.0           #: ... or turned more than this
     max_odometry_residual_m: float = 0.05  #: every odometry edge must hold this well afterwards ...
@@ -74,16 +76,18 @@ def _build(poses: np.ndarray, edges: list[GraphEdge]) -> _REG.PoseGraph:
 
 def optimise(poses: np.ndarray, edges: list[GraphEdge], config: PoseGraphConfig = PoseGraphConfig()) -> GraphResult:
     """Optimise the graph from `poses`; the result's poses are None (with a reason) when implausible."""
-    g = _build(poses, edges)
     option = _REG.GlobalOptimizationOption(max_correspondence_distance=config.max_correspondence_m,
                                            edge_prune_threshold=config.edge_prune_threshold,
                                            preference_loop_closure=config.preference_loop_closure,
                                            reference_node=0)
     criteria = _REG.GlobalOptimizationConvergenceCriteria()
     criteria.max_iteration = config.max_iterations
-    _REG.global_optimization(g, _REG.GlobalOptimizationLevenbergMarquardt(), criteria, option)
-    out = np.array([np.asarray(n.pose) for n in g.nodes])
-    kept = {(e.source_node_id, e.target_node_id) for e in g.edges if e.uncertain}
+    out, kept = np.asarray(poses, float), {(e.source, e.target) for e in edges if e.loop}
+    for _ in range(max(1, config.passes)):
+        g = _build(out, [e for e in edges if not e.loop or (e.source, e.target) in kept])
+        _REG.global_optimization(g, _REG.GlobalOptimizationLevenbergMarquardt(), criteria, option)
+        out = np.array([np.asarray(n.pose) for n in g.nodes])
+        kept = {(e.source_node_id, e.target_node_id) for e in g.edges if e.uncertain}
     loops = [e for e in edges if e.loop]
     kept_loops = [e for e in loops if (e.source, e.target) in kept]
     shifts = [relative_motion(a, b) for a, b in zip(poses, out)] if np.all(np.isfinite(out)) else [(np.inf, np.inf)]

@@ -30,7 +30,7 @@ from fusion.sources.stall import StallGuardConfig, guarded_frames
 from fusion.trajectory import ate_rmse_m, write_tum
 
 log = logging.getLogger(__name__)
-STAGES = ("read", "track", "track_render", "track_icp", "integrate", "mesh", "gravity", "snapshot")
+STAGES = ("read", "track", "track_render", "track_icp", "integrate", "mesh", "gravity", "snapshot", "loops")
 LABEL_MODES = ("none", "incremental", "final")
 
 
@@ -171,6 +171,11 @@ def _stats(req: ReconstructRequest, source, pipeline: FusionPipeline, run: _Run,
         "completed": run.error is None and not run.interrupted,
     }
     stats.update(_ate_stats(run, poses))
+    if pipeline.loops is not None:
+        lc = pipeline.loops
+        stats["loop_closure"] = lc.stats.to_dict() | {
+            "keyframe_store_mb": round(lc.memory_bytes() / 2**20, 1),
+            "largest_correction_m": round(max((e.max_shift_m for e in lc.events), default=0.0), 4)}
     if run.error is not None:
         stats["error"] = str(run.error)
     return stats
@@ -231,10 +236,17 @@ def write_outputs(req: ReconstructRequest, source, pipeline: FusionPipeline, run
 
 
 def _settle_gravity(pipeline: FusionPipeline, run: _Run) -> None:
-    """Gravity settles at the latest when the scan ends (before the labels drain); poses returned before
-    a rebuild of the world are moved into the final one."""
+    """Gravity settles at the latest when the scan ends (before the labels drain), loop closure finishes
+    its last keyframes; poses returned before a rebuild or a correction of the world are moved into the
+    final one."""
+    if not pipeline.finish_loops():
+        log.warning("loop closure did not finish its last keyframes in time; the map is written as it is")
     pipeline.settle_gravity()
-    restate = pipeline.gravity.restate
+    loops = pipeline.loops
+
+    def restate(index, T):
+        T = pipeline.gravity.restate(index, T)
+        return T if loops is None else loops.restate(index, T)
     run.results = [r if r.T_world_cam is None else dataclasses.replace(r, T_world_cam=restate(r.index, r.T_world_cam))
                    for r in run.results]
 

@@ -1,0 +1,197 @@
+"""Loop-closure benchmark: ATE, map consistency, loops found and false, time and live-loop slowdown, off vs on.
+
+Synthetic rows: a looping synthetic scan fused with odometry that drifts (`bench.drift`: a turn per
+metre walked and a stretched step, `--poses gt` with the drifted poses), loop closure off and on.
+ATE is against the true path (the trajectory each frame got, moved by every later correction); the
+fused mesh is compared with the room's ground-truth mesh: distance of its vertices to it, and the
+share farther than `--doubled-m` (surface in the wrong place: a doubled wall). A loop is false when
+its relative pose is off the true one by more than 5 cm or 2 deg. The live loop's slowdown compares
+each frame's `process()` time while a correction was being optimised or rebuilt with the same frame's
+time in the run without loop closure.
+Real rows: the shared 7-Scenes sequences (tracked; they hold no loop): ATE off/on and loops accepted,
+also with the loop gates relaxed (`stress`: candidates from 5 cm back) to exercise verification on real
+frames. Prints a table and writes bench/results/loop.json.
+
+    python -m bench.loop_bench [--seeds 1 2] [--frames 600] [--yaw-deg-per-m 1.5] [--scale-error 0.01]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import open3d as o3d
+
+from bench.drift import DriftedFrames
+from fusion.loop_closure import LoopClosureConfig
+from fusion.loops import LoopDetectConfig
+from fusion.pipeline import FusionPipeline, PipelineConfig
+from fusion.sources import open_source
+from fusion.sources.synthetic import SyntheticSource
+from fusion.tracking import relative_motion
+from fusion.trajectory import ate_rmse_m
+from fusion.volume import VolumeConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = [ROOT.parent / "shared" / "data" / n for n in ("7scenes-redkitchen-50", "7scenes-redkitchen-8-57")]
+FALSE_M, FALSE_DEG = 0.05, 2.0
+log = logging.getLogger("bench.loop")
+
+
+def _fuse(pipeline: FusionPipeline, frames, T_start=None) -> tuple[list, list, list, float]:
+    """Run every frame; (results, process() ms per frame, correcting flag per frame, wall s incl. the drain)."""
+    results, ms, busy = [], [], []
+    t_start = time.perf_counter()
+    for f in frames:
+        t0 = time.perf_counter()
+        results.append(pipeline.process(f, T_start))
+        ms.append((time.perf_counter() - t0) * 1e3)
+        busy.append(pipeline.loops is not None and pipeline.loops.correcting)
+    pipeline.finish_loops(600.0)
+    return results, ms, busy, time.perf_counter() - t_start
+
+
+def _poses(pipeline: FusionPipeline, results) -> np.ndarray:
+    """One pose per frame (a rejected frame keeps the last good one), moved by later corrections."""
+    out, last = [], next(r.T_world_cam for r in results if r.T_world_cam is not None)
+    for r in results:
+        if r.T_world_cam is not None:
+            last = r.T_world_cam if pipeline.loops is None else pipeline.loops.restate(r.index, r.T_world_cam)
+        out.append(last)
+    return np.array(out)
+
+
+def _surface(mesh, world, doubled_m: float) -> dict:
+    """Fused vertices' distance to the ground-truth mesh (mm) and the share farther than doubled_m."""
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(world.vertices.astype(np.float32)),
+                        o3d.core.Tensor(world.triangles.astype(np.uint32)))
+    d = scene.compute_distance(o3d.core.Tensor(mesh.positions_m.astype(np.float32))).numpy()
+    return {"surface_mean_mm": round(float(d.mean()) * 1e3, 2), "surface_median_mm": round(float(np.median(d)) * 1e3, 2),
+            "doubled_share": round(float(np.mean(d > doubled_m)), 4), "vertices": int(len(d))}
+
+
+def _loop_report(pipeline: FusionPipeline, true_poses: np.ndarray) -> dict:
+    if pipeline.loops is None:
+        return {}
+    lc = pipeline.loops
+    false = 0
+    for e in lc.accepted:
+        truth = np.linalg.inv(true_poses[e.old_frame]) @ true_poses[e.cur_frame]
+        m, deg = relative_motion(truth, e.T_old_cur)
+        false += m > FALSE_M or deg > FALSE_DEG
+    return {"loops_verified": lc.stats.candidates, "loops_accepted": lc.stats.accepted, "false_loops_accepted": int(false),
+            "corrections": lc.stats.corrections, "discarded": lc.stats.discarded, "pruned": lc.stats.pruned,
+            "optimise_s": round(sum(e.optimise_s for e in lc.events), 2),
+            "rebuild_s": round(sum(e.rebuild_s for e in lc.events), 2),
+            "keyframes": lc.stats.keyframes, "keyframe_store_mb": round(lc.memory_bytes() / 2**20, 1)}
+
+
+def _config(poses: str, voxel_m: float, on: bool, detect: LoopDetectConfig | None = None) -> PipelineConfig:
+    loop = LoopClosureConfig(enabled=on, detect=detect or LoopDetectConfig())
+    return PipelineConfig(poses=poses, volume=VolumeConfig(voxel_size_m=voxel_m), loop=loop)
+
+
+def synthetic_row(seed: int, frames: int, yaw: float, scale: float, voxel_m: float, doubled_m: float) -> dict:
+    src = DriftedFrames(SyntheticSource(seed, n_frames=frames), yaw, scale)
+    row = {"name": f"synthetic:{seed}", "frames": frames, "drift_max_m": round(src.drift_m(), 3)}
+    ms_off = None
+    for on in (False, True):
+        p = FusionPipeline(_config("gt", voxel_m, on))
+        try:
+            results, ms, busy, wall = _fuse(p, src)
+            tag = "on" if on else "off"
+            row[f"ate_{tag}_m"] = round(ate_rmse_m(_poses(p, results), src.true_poses), 4)
+            row |= {f"{k}_{tag}": v for k, v in _surface(p.final_mesh(), src.source.world, doubled_m).items()}
+            row[f"fps_{tag}"] = round(len(results) / wall, 2)
+            if on:
+                row |= _loop_report(p, src.true_poses) | _slowdown(ms_off, ms, busy)
+            ms_off = ms
+        finally:
+            p.close()
+    return row
+
+
+def _slowdown(ms_off: list, ms_on: list, busy: list) -> dict:
+    """process() time of the frames fused while a correction ran, against the same frames without loop closure."""
+    b = np.array(busy)
+    off, on = np.array(ms_off), np.array(ms_on)
+    out = {"frames_while_correcting": int(b.sum()), "process_ms_off": round(float(off.mean()), 1),
+           "process_ms_on": round(float(on.mean()), 1)}
+    if b.any():
+        out["slowdown_while_correcting"] = round(float(on[b].mean() / off[b].mean() - 1.0), 3)
+    out["slowdown_overall"] = round(float(on.mean() / off.mean() - 1.0), 3)
+    return out
+
+
+def real_row(path: Path, voxel_m: float, stress: bool) -> dict:
+    detect = LoopDetectConfig(min_age_keyframes=2, min_walk_m=0.05) if stress else LoopDetectConfig()
+    row = {"name": path.name + (" (stress)" if stress else ""), "poses": "track"}
+    for on in (False, True):
+        src = open_source(str(path))
+        frames = list(src)
+        true = np.array([f.T_world_cam_gt for f in frames])
+        p = FusionPipeline(_config("track", voxel_m, on, detect))
+        try:
+            results, ms, _, wall = _fuse(p, frames, src.first_gt_pose())
+            tag = "on" if on else "off"
+            row["frames"] = len(frames)
+            row[f"ate_{tag}_m"] = round(ate_rmse_m(_poses(p, results), true), 4)
+            row[f"fps_{tag}"] = round(len(results) / wall, 2)
+            if on:
+                row |= _loop_report(p, true)
+        finally:
+            p.close()
+            src.close()
+    return row
+
+
+COLUMNS = ("name", "frames", "drift_max_m", "ate_off_m", "ate_on_m", "surface_mean_mm_off", "surface_mean_mm_on",
+           "doubled_share_off", "doubled_share_on", "loops_verified", "loops_accepted", "false_loops_accepted",
+           "corrections", "optimise_s", "rebuild_s", "slowdown_while_correcting", "slowdown_overall")
+
+
+def print_table(rows: list) -> None:
+    print(" | ".join(COLUMNS))
+    for r in rows:
+        print(" | ".join(str(r.get(c, "-")) for c in COLUMNS))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="*", default=[1, 2])
+    ap.add_argument("--frames", type=int, default=600)
+    ap.add_argument("--yaw-deg-per-m", type=float, default=1.5, help="injected odometry turn per metre walked")
+    ap.add_argument("--scale-error", type=float, default=0.01, help="injected odometry step stretch")
+    ap.add_argument("--voxel-size", type=float, default=0.01)
+    ap.add_argument("--doubled-m", type=float, default=0.03, help="fused surface farther from the truth counts as doubled")
+    ap.add_argument("--no-real", action="store_true", help="skip the 7-Scenes rows")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "loop.json")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.frames < 100 or args.voxel_size <= 0:
+        print("loop_bench: --frames must be at least 100 and --voxel-size positive", file=sys.stderr)
+        return 2
+    rows = []
+    for seed in args.seeds:
+        rows.append(synthetic_row(seed, args.frames, args.yaw_deg_per_m, args.scale_error, args.voxel_size, args.doubled_m))
+        print_table(rows[-1:])
+    for path in ([] if args.no_real else [p for p in REAL if p.is_dir()]):
+        for stress in (False, True):
+            rows.append(real_row(path, args.voxel_size, stress))
+            print_table(rows[-1:])
+    print()
+    print_table(rows)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"rows": rows, "settings": vars(args) | {"out": str(args.out)},
+                                    "cpu_count": os.cpu_count()}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
