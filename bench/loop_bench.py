@@ -1,7 +1,8 @@
 """Loop-closure benchmark: ATE, map consistency, loops found and false, time and live-loop slowdown, off vs on.
 
 Synthetic rows: a looping synthetic scan fused with odometry that drifts (`bench.drift`: a turn per
-metre walked and a stretched step, `--poses gt` with the drifted poses), loop closure off and on.
+metre walked and a stretched step, `--poses gt` with the drifted poses), loop closure off and on, and
+once with the true poses (`_exact`: what the fused surface measures without any drift).
 ATE is against the true path (the trajectory each frame got, moved by every later correction); the
 fused mesh is compared with the room's ground-truth mesh: distance of its vertices to it, and the
 share farther than `--doubled-m` (surface in the wrong place: a doubled wall). A loop is false when
@@ -100,6 +101,12 @@ def _config(poses: str, voxel_m: float, on: bool, detect: LoopDetectConfig | Non
 def synthetic_row(seed: int, frames: int, yaw: float, scale: float, voxel_m: float, doubled_m: float) -> dict:
     src = DriftedFrames(SyntheticSource(seed, n_frames=frames), yaw, scale)
     row = {"name": f"synthetic:{seed}", "frames": frames, "drift_max_m": round(src.drift_m(), 3)}
+    p = FusionPipeline(_config("gt", voxel_m, False))
+    try:  # the floor: the same frames fused with the true poses
+        _fuse(p, src.source)
+        row |= {f"{k}_exact": v for k, v in _surface(p.final_mesh(), src.source.world, doubled_m).items()}
+    finally:
+        p.close()
     ms_off = None
     for on in (False, True):
         p = FusionPipeline(_config("gt", voxel_m, on))
@@ -151,8 +158,8 @@ def real_row(path: Path, voxel_m: float, stress: bool) -> dict:
     return row
 
 
-COLUMNS = ("name", "frames", "drift_max_m", "ate_off_m", "ate_on_m", "surface_mean_mm_off", "surface_mean_mm_on",
-           "doubled_share_off", "doubled_share_on", "loops_verified", "loops_accepted", "false_loops_accepted",
+COLUMNS = ("name", "frames", "drift_max_m", "ate_off_m", "ate_on_m", "surface_mean_mm_exact", "surface_mean_mm_off",
+           "surface_mean_mm_on", "doubled_share_exact", "doubled_share_off", "doubled_share_on", "loops_verified", "loops_accepted", "false_loops_accepted",
            "corrections", "optimise_s", "rebuild_s", "slowdown_while_correcting", "slowdown_overall")
 
 

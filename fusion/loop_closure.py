@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import cv2
 import numba as nb
 import numpy as np
+from scipy.spatial import cKDTree
 
 from fusion.frame import Frame
 from fusion.loops import LoopDetectConfig, LoopDetector, LoopEdge, MapKeyframe
@@ -44,9 +45,11 @@ class LoopClosureConfig:
     min_correction_m: float = 0.015      #: a loop whose drift is smaller only joins the graph (no rebuild)
     min_correction_deg: float = 0.75     #: ... in rotation
     worker_threads: int = 1              #: kernel threads of the worker (the live loop keeps the others)
-    worker_duty: float = 0.5             #: share of wall time the worker computes while busy (it sleeps the rest)
+    worker_duty: float = 0.25            #: share of wall time the worker computes while busy (it sleeps the rest)
     odometry_weight: float = 0.1         #: odometry edges' ICP information is scaled by this (odometry drifts more
     #:     than the alignment of two frames says; loops keep theirs)
+    max_queued_frames: int = 30          #: keyframes queued with their full frame at most (beyond, the worker
+    #:     describes the reduced images: memory stays bounded while it rebuilds)
     max_backlog: int = 20                #: keyframes queued beyond this are described but not searched for loops
     worker_nice: int = 10                #: the worker thread runs this much nicer than fusion (where the OS allows)
     detect: LoopDetectConfig = field(default_factory=LoopDetectConfig)
@@ -64,6 +67,18 @@ class MapCorrection:
     loops: int                           #: loop edges in the graph
     optimise_s: float
     rebuild_s: float
+
+    keyframe_positions_m: np.ndarray = None  #: (N,3) each keyframe's camera position in the old world
+
+    def move_points(self, points_m: np.ndarray) -> np.ndarray:
+        """World points (N,3) of the old map (labels, user corrections) moved with the keyframe whose camera
+        was nearest to each: the map near a keyframe was fused from it."""
+        pts = np.asarray(points_m, float).reshape(-1, 3)
+        if len(pts) == 0:
+            return pts.copy()
+        _, nearest = cKDTree(self.keyframe_positions_m).query(pts)
+        C = self.corrections[nearest]
+        return np.einsum("nij,nj->ni", C[:, :3, :3], pts) + C[:, :3, 3]
 
     def correction_of(self, frame_index: int) -> np.ndarray:
         """The world change of a frame fused before `first_frame` (its keyframe's, or the nearest)."""
@@ -147,7 +162,8 @@ class LoopCloser:
         self.stats.keyframes = len(st.kfs)
         with self._idle_lock:
             self._idle.clear()
-            self._inbox.put((kf.kid, frame, settled))
+            full = self._inbox.qsize() < self.config.max_queued_frames
+            self._inbox.put((kf.kid, frame if full else None, settled))
         self.start()
 
     def _reduce(self, frame: Frame) -> MapKeyframe:
@@ -181,14 +197,15 @@ class LoopCloser:
         self._ready = None
         st = self._store
         with self._lock:
-            corr = []
+            corr, positions = [], np.array([T[:3, 3] for T in st.poses])
             for i, kf in enumerate(st.kfs):
                 C = new_by_kid[kf.kid] @ np.linalg.inv(st.poses[i]) if kf.kid in new_by_kid else C_last
                 st.poses[i] = C @ st.poses[i]
                 corr.append(C)
                 if kf.kid > built.kids[-1]:
                     built.add(kf, st.poses[i])
-        event = MapCorrection(int(frame_index), np.array([k.index for k in st.kfs]), np.array(corr), **info)
+        event = MapCorrection(int(frame_index), np.array([k.index for k in st.kfs]), np.array(corr),
+                              keyframe_positions_m=positions, **info)
         self.events.append(event)
         self.stats.corrections += 1
         self._applied.set()
@@ -243,11 +260,20 @@ class LoopCloser:
                 continue
             self._paced_at = time.perf_counter()
             try:
+                frame = frame if frame is not None else self._reduced_frame(kid)
+                if frame is None:
+                    continue
                 self._detector.describe(kid, frame)
                 if settled:
                     self._look_for_loop(kid)
             except Exception:  # a failure here must not take fusion down: the scan goes on without this loop
                 log.exception("loop closure failed on keyframe %d", kid)
+
+    def _reduced_frame(self, kid: int) -> Frame | None:
+        """The stored (reduced) images of keyframe `kid` as a frame; None when it was thinned out."""
+        with self._lock:
+            kf = next((k for k in self._store.kfs if k.kid == kid), None)
+        return None if kf is None else kf.frame()
 
     def _pace(self) -> bool:
         """Sleep so that the worker computes `worker_duty` of the time since its last pause; True to stop."""

@@ -13,6 +13,7 @@ Thread: the loop-closure worker only (one detector per worker).
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,6 +54,7 @@ class LoopDetectConfig:
     drift_base_deg: float = 3.0         #: implied rotation drift allowed: this ...
     drift_deg_per_m: float = 2.5        #: ... plus this many degrees per metre walked
     depth_max_m: float = 4.0            #: depth beyond is not used for verification
+    max_clouds: int = 64                #: ICP clouds kept for reuse (most recently used; about 1 MB each)
     features: RelocaliserConfig = field(default_factory=lambda: RelocaliserConfig(n_features=1500))
 
 
@@ -169,7 +171,7 @@ class LoopDetector:
         self.config = config
         self.features: dict[int, KeyframeFeatures] = {}   #: by keyframe id
         self._reloc = Relocaliser(config.features)
-        self._clouds: dict[int, o3d.geometry.PointCloud] = {}
+        self._clouds: OrderedDict[int, o3d.geometry.PointCloud] = OrderedDict()
         self._rng = np.random.default_rng(seed)
 
     def describe(self, kid: int, frame: Frame) -> None:
@@ -228,6 +230,9 @@ class LoopDetector:
     def _cloud_of(self, kf: MapKeyframe) -> o3d.geometry.PointCloud:
         if kf.kid not in self._clouds:
             self._clouds[kf.kid] = _cloud(depth_points(kf, self.config.depth_max_m), self.config.icp_voxel_m)
+            while len(self._clouds) > self.config.max_clouds:
+                self._clouds.popitem(last=False)
+        self._clouds.move_to_end(kf.kid)
         return self._clouds[kf.kid]
 
     def _icp(self, old: MapKeyframe, cur: MapKeyframe, T_init: np.ndarray):

@@ -58,7 +58,11 @@ def test_loop_found_and_map_corrected(drifting_scan):
         live = [r.map_correction for r in results if r.map_correction is not None]
         assert stats.accepted >= 1 and stats.corrections >= 1 and p.loops.events, stats
         assert all(e in p.loops.events for e in live)   # the frame results tell the corrections applied live
-        assert p.loops.events[0].max_shift_m > 0.01
+        first = p.loops.events[0]
+        assert first.max_shift_m > 0.01
+        moved = first.move_points(first.keyframe_positions_m + 0.01)   # map points by each keyframe move with it
+        expect = np.einsum("nij,nj->ni", first.corrections[:, :3, :3], first.keyframe_positions_m + 0.01)
+        assert np.allclose(moved, expect + first.corrections[:, :3, 3])
         last = len(frames) - 1
         before = relative_motion(true[last], odo[last])
         after = relative_motion(true[last], p.loops.restate(last, results[last].T_world_cam))
@@ -164,3 +168,14 @@ def test_implausible_optimisation_discarded_with_one_warning(drifting_scan, capl
         assert np.allclose(results[-1].T_world_cam, frames[-1].T_world_cam_gt)   # poses were not moved
     finally:
         p.close()
+
+
+def test_reconstruct_reports_loop_closure(tmp_path):
+    from fusion.reconstruct import ReconstructRequest, reconstruct
+
+    cfg = _config()
+    stats = reconstruct(ReconstructRequest("synthetic:0", tmp_path, cfg, max_frames=24, progress=False))
+    loops = stats["loop_closure"]
+    assert loops["keyframes"] >= 2 and loops["keyframe_store_mb"] > 0 and loops["discarded"] == 0
+    lines = [ln for ln in (tmp_path / "trajectory.txt").read_text().splitlines() if not ln.startswith("#")]
+    assert stats["completed"] and len(lines) == 24
