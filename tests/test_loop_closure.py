@@ -179,3 +179,27 @@ def test_reconstruct_reports_loop_closure(tmp_path):
     assert loops["keyframes"] >= 2 and loops["keyframe_store_mb"] > 0 and loops["discarded"] == 0
     lines = [ln for ln in (tmp_path / "trajectory.txt").read_text().splitlines() if not ln.startswith("#")]
     assert stats["completed"] and len(lines) == 24
+
+
+def test_keyframe_store_is_bounded_on_a_long_scan():
+    """A long walk (700 keyframes' worth) keeps at most max_keyframes, thinning the older half."""
+    from fusion.frame import Intrinsics
+    from fusion.loop_closure import LoopCloser
+    from fusion.meshing import MeshConfig
+
+    intr = Intrinsics(60.0, 60.0, 31.5, 23.5, 64, 48)
+    rng = np.random.default_rng(0)
+    closer = LoopCloser(LoopClosureConfig(enabled=True, max_keyframes=100), VolumeConfig(), MeshConfig())
+    try:
+        for i in range(300):
+            T = np.eye(4)
+            T[0, 3] = 0.2 * i                                   # every frame is a keyframe
+            frame = Frame(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), np.full((48, 64), 2.0, np.float32),
+                          intr, i / 30.0, i)
+            closer.on_integrated(frame, T, settled=False)
+        assert closer.stats.keyframes <= 100
+        per_keyframe = 32 * 24 * 3 + 32 * 24 * 2
+        assert closer.memory_bytes() <= 100 * per_keyframe
+        assert closer.wait_idle(60.0)
+    finally:
+        closer.close()
