@@ -11,7 +11,7 @@ import numpy as np
 from PyQt6.QtCore import QObject, pyqtSignal
 from PyQt6.QtGui import QUndoCommand, QUndoStack
 
-from fusion.classes import SCANNET20
+from fusion.classes import CLASSES
 from nets.cells import pack_cells
 from nets.corrections_file import brush_cells, region_cells
 
@@ -87,7 +87,7 @@ class CorrectionTool(QObject):
         if not len(cells):
             self.message.emit("no labelled region there yet: use the brush to label unlabelled surface")
             return
-        name = SCANNET20[self.nyu40][0]
+        name = CLASSES[self.nyu40][0]
         self.undo.push(CorrectionCommand(store, cells, self.nyu40, f"region → {name}"))
         self.message.emit(f"{len(cells)} cells set to {name}")
 
@@ -103,7 +103,7 @@ class CorrectionTool(QObject):
         if not len(cells):
             return
         self._stroke = np.union1d(self._stroke, pack_cells(cells))
-        name = SCANNET20[self.nyu40][0]
+        name = CLASSES[self.nyu40][0]
         if not self._macro:
             self.undo.beginMacro(f"paint {name}")
             self._macro = True

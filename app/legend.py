@@ -9,7 +9,7 @@ from PyQt6.QtCore import Qt, pyqtSignal
 from PyQt6.QtGui import QColor, QIcon, QPixmap
 from PyQt6.QtWidgets import QAbstractItemView, QHeaderView, QMenu, QTableWidget, QTableWidgetItem
 
-from fusion.classes import SCANNET20
+from fusion.classes import CLASSES
 
 
 @dataclass(frozen=True)
@@ -27,9 +27,9 @@ class Legend(QTableWidget):
     visibility_changed = pyqtSignal(object)  #: frozenset of the NYU40 ids now hidden
 
     def __init__(self, config: LegendConfig = LegendConfig(), parent=None):
-        super().__init__(len(SCANNET20), 3, parent)
+        super().__init__(len(CLASSES), 3, parent)
         self.config = config
-        self.ids = list(SCANNET20)
+        self.ids = list(CLASSES)
         self.counts: dict[int, int] = {}
         self.setHorizontalHeaderLabels(["class", "m²", "%"])
         self.verticalHeader().setVisible(False)
@@ -41,7 +41,7 @@ class Legend(QTableWidget):
         for col in (1, 2):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
         for row, nyu in enumerate(self.ids):
-            name, rgb = SCANNET20[nyu]
+            name, rgb = CLASSES[nyu]
             pix = QPixmap(config.swatch_px, config.swatch_px)
             pix.fill(QColor(*rgb))
             item = QTableWidgetItem(QIcon(pix), name)
@@ -86,7 +86,7 @@ class Legend(QTableWidget):
         menu = QMenu(self)
         if item is not None:
             nyu = self.ids[item.row()]
-            menu.addAction(f"Show only {SCANNET20[nyu][0]}", lambda: self.isolate(nyu))
+            menu.addAction(f"Show only {CLASSES[nyu][0]}", lambda: self.isolate(nyu))
         menu.addAction("Show all classes", lambda: self.set_hidden(set()))
         menu.popup(self.viewport().mapToGlobal(pos))
         self.context_menu = menu  # kept for tests

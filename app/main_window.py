@@ -28,7 +28,7 @@ from app.snapshots import DisplaySnapshot, FusionStatus
 from app.status_bar import StatusBar, StatusBarConfig
 from app.unsaved import UnsavedGuard
 from app.viewport import Viewport, ViewportConfig
-from fusion.classes import SCANNET20
+from fusion.classes import CLASSES
 from fusion.pipeline import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class MainWindow(QMainWindow):
         p.brush_spin.valueChanged.connect(lambda cm: self.correction.set_radius(cm / 100.0))
         p.legend.class_selected.connect(lambda nyu: setattr(self.correction, "nyu40", nyu))
         p.legend.visibility_changed.connect(
-            lambda hidden: self.viewport.set_hidden_classes([SCANNET20[nyu][1] for nyu in sorted(hidden)]))
+            lambda hidden: self.viewport.set_hidden_classes([CLASSES[nyu][1] for nyu in sorted(hidden)]))
         self.correction.set_radius(p.brush_spin.value() / 100.0)
         self.correction.nyu40 = p.legend.selected_class
 

@@ -1,4 +1,5 @@
-"""Owns the label table: ScanNet-20 benchmark classes as NYU40 ids, names and ScanNet's colours."""
+"""Owns the label table: the classes the app labels as NYU40 ids, names and colours (the ScanNet-20
+benchmark classes with ScanNet's colours, plus the ceiling, which the benchmark does not score)."""
 from __future__ import annotations
 
 import numpy as np
@@ -26,14 +27,17 @@ SCANNET20 = {
     36: ("bathtub", (227, 119, 194)),
     39: ("otherfurniture", (82, 84, 163)),
 }
+CEILING = 22  #: NYU40 id of the ceiling: labeled and exported, ignored when scoring ScanNet-20
+#: every class the app labels, in the nets' output order: ScanNet-20, then the ceiling
+CLASSES = {**SCANNET20, CEILING: ("ceiling", (214, 214, 232))}
 UNLABELED = 0
 UNLABELED_COLOR = (0, 0, 0)
-NAME_TO_ID = {name: nyu for nyu, (name, _) in SCANNET20.items()}
+NAME_TO_ID = {name: nyu for nyu, (name, _) in CLASSES.items()}
 
 
 def palette_lut() -> np.ndarray:
-    """(41, 3) uint8 lookup table NYU40 id -> ScanNet colour (black for ids outside the 20)."""
+    """(41, 3) uint8 lookup table NYU40 id -> colour (black for ids the app does not label)."""
     lut = np.zeros((41, 3), np.uint8)
-    for nyu, (_, rgb) in SCANNET20.items():
+    for nyu, (_, rgb) in CLASSES.items():
         lut[nyu] = rgb
     return lut

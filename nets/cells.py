@@ -9,12 +9,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fusion.classes import SCANNET20
+from fusion.classes import CLASSES
 
-CLASS_IDS = np.array(list(SCANNET20), np.uint16)  #: NYU40 id of each probability column
+CLASS_IDS = np.array(list(CLASSES), np.uint16)  #: NYU40 id of each probability column
 NO_CORRECTION = np.uint16(0xFFFF)                 #: `corrected` value of a cell the user did not correct
 _COLUMN = np.zeros(int(CLASS_IDS.max()) + 1, np.int64)
 _COLUMN[CLASS_IDS] = np.arange(len(CLASS_IDS))    # NYU40 id -> probability column
+
+
+def class_columns(nyu40: np.ndarray) -> np.ndarray:
+    """Probability column of each NYU40 id (ids the nets do not label give column 0: mask them)."""
+    return _COLUMN[np.clip(np.asarray(nyu40, np.int64), 0, len(_COLUMN) - 1)]
 
 
 @dataclass(frozen=True)

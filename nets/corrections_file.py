@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from fusion.classes import SCANNET20
+from fusion.classes import CLASSES
 from fusion.errors import UserError
 from nets.cells import pack_cells
 
@@ -50,9 +50,9 @@ def _entry(i: int, n: int, item) -> CorrectionSpec:
     if not (isinstance(p, list) and len(p) == 3 and all(_number(v) for v in p)):
         raise ValueError(f"{where}: point_m must be [x, y, z] in metres, got {json.dumps(p)}")
     label = item["label"]
-    if isinstance(label, bool) or not isinstance(label, int) or label not in SCANNET20:
+    if isinstance(label, bool) or not isinstance(label, int) or label not in CLASSES:
         raise ValueError(f"{where}: label {json.dumps(label)} is not a ScanNet-20 NYU40 id "
-                         f"({', '.join(str(c) for c in SCANNET20)})")
+                         f"({', '.join(str(c) for c in CLASSES)})")
     mode = item["mode"]
     if mode not in MODES:
         raise ValueError(f"{where}: mode {json.dumps(mode)} is not \"region\" or \"brush\"")

@@ -21,7 +21,7 @@ import open3d.core as o3c
 from tqdm import tqdm
 
 from storage.atomic import atomic_path
-from fusion.classes import SCANNET20
+from fusion.classes import CLASSES
 from fusion.coarse import CoarseGridConfig, all_chunk_keys, coarse_region
 from fusion.frame import Frame
 from fusion.pipeline import FusionPipeline, PipelineConfig
@@ -30,12 +30,12 @@ from fusion.volume import VolumeConfig
 
 log = logging.getLogger(__name__)
 
-CLASS_IDS = np.array(sorted(SCANNET20), np.int32)  # class index -> NYU40 id
-IGNORE = 255  # target class of surface that is none of the 20 (e.g. a ceiling)
+CLASS_IDS = np.array(list(CLASSES), np.int32)  # class index -> NYU40 id (ScanNet-20, then the ceiling)
+IGNORE = 255  # target class of surface the app does not label (clutter: books, lamps, boxes)
 
 
 def nyu40_to_class_index(nyu40: np.ndarray) -> np.ndarray:
-    """NYU40 ids -> 0..19 (CLASS_IDS order), IGNORE for anything else."""
+    """NYU40 ids -> class index (CLASS_IDS order), IGNORE for anything else."""
     lut = np.full(256, IGNORE, np.uint8)
     lut[CLASS_IDS] = np.arange(len(CLASS_IDS))
     return lut[np.clip(np.asarray(nyu40, np.int64), 0, 255)]

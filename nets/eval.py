@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from storage.atomic import write_text_atomic
-from fusion.classes import SCANNET20
+from fusion.classes import CLASSES
 from fusion.errors import UserError
 from storage.plyio import read_labeled_ply
 from synth.world import build_world
@@ -80,7 +80,7 @@ def reconstruct_and_score(seed: int, out_dir: Path, frames: int, weights: Path) 
 
 
 def table(scores: dict) -> str:
-    names = {i: SCANNET20[int(CLASS_IDS[i])][0] for i in range(len(CLASS_IDS))}
+    names = {i: CLASSES[int(CLASS_IDS[i])][0] for i in range(len(CLASS_IDS))}
     rows = [f"{'class':<16}{'IoU':>8}"] + [f"{names[i]:<16}{v:>8.3f}" for i, v in sorted(scores["class_iou"].items())]
     rows += ["", f"{'mIoU (classes present)':<32}{scores['miou']:>8.3f}",
              f"{'accuracy (observed sites)':<32}{scores['accuracy']:>8.3f}",

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from storage.atomic import atomic_path
-from fusion.classes import SCANNET20
+from fusion.classes import CLASSES
 from fusion.coarse import CoarseGridConfig, CoarseRegion, chunk_keys_of_cells
 from fusion.errors import UserError
 from nets.cells import pack_cells
@@ -37,7 +37,7 @@ class RegionPrediction:
 
     keys: tuple
     coords: np.ndarray      # (M,3) int32 cells
-    probs: np.ndarray       # (M,20) float32 class probabilities in CLASS_IDS order ("empty" removed)
+    probs: np.ndarray       # (M,C) float32 class probabilities in CLASS_IDS order ("empty" removed)
     empty_prob: np.ndarray  # (M,) float32 probability that the cell holds no surface
     sdf_vox: np.ndarray     # (M,) float32 signed distance to the surface, in cells
     observed: np.ndarray    # (M,) bool: an input site (False: created by completion)
@@ -47,7 +47,7 @@ class RegionPrediction:
 
 
 def class_table() -> list:
-    return [[int(i), SCANNET20[int(i)][0]] for i in CLASS_IDS]
+    return [[int(i), CLASSES[int(i)][0]] for i in CLASS_IDS]
 
 
 def save_weights(path: Path, net: SemanticCompletionNet, grid: CoarseGridConfig, meta: dict | None = None) -> None:
@@ -70,9 +70,26 @@ def _read_weights(path: Path) -> dict:
     if not isinstance(state, dict) or state.get("format") != WEIGHTS_FORMAT:
         raise UserError(f"{path}: weights format {state.get('format') if isinstance(state, dict) else '?'} "
                         f"is not {WEIGHTS_FORMAT}")
+    if state.get("classes") == class_table()[:-1]:
+        state = _with_ceiling_output(state)
     if state.get("classes") != class_table():
-        raise UserError(f"{path}: the weights were trained for other classes than ScanNet-20 in this order")
+        raise UserError(f"{path}: the weights were trained for other classes than ScanNet-20 and the ceiling "
+                        "in this order")
     return state
+
+
+def _with_ceiling_output(state: dict) -> dict:
+    """Weights from before the ceiling class (ScanNet-20 + empty) with a ceiling output that is never the
+    most likely: they label exactly as they did."""
+    sd = dict(state.get("state_dict", {}))
+    if "sem.weight" not in sd or "sem.bias" not in sd:
+        return state
+    at = len(CLASS_IDS) - 1  # the ceiling's output, before "empty"
+    w, b = sd["sem.weight"], sd["sem.bias"]
+    sd["sem.weight"] = torch.cat([w[:at], torch.zeros_like(w[:1]), w[at:]])
+    sd["sem.bias"] = torch.cat([b[:at], torch.full_like(b[:1], -30.0), b[at:]])
+    config = dict(state.get("model_config", {}), n_classes=int(sd["sem.bias"].shape[0]))
+    return {**state, "classes": class_table(), "model_config": config, "state_dict": sd}
 
 
 class ChunkModel:

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fusion.classes import SCANNET20
+from fusion.classes import CLASSES
 from fusion.coarse import CoarseGridConfig
-from nets.cells import (CLASS_IDS, NO_CORRECTION, ChunkCells, build_chunk, empty_chunk, group_by_chunk,
+from nets.cells import (CLASS_IDS, NO_CORRECTION, ChunkCells, build_chunk, class_columns, empty_chunk, group_by_chunk,
                         labels_differ, overlapping_chunks, pack_cells, rows_of, unpack_cells)
 from nets.vertex_labels import interpolated_labels
 
@@ -152,7 +152,7 @@ class LabelStore:
         """Set the user's label on `cells` ((K,3) int); it wins over every prediction until reverted."""
         cells = unpack_cells(np.unique(pack_cells(np.asarray(cells, np.int32).reshape(-1, 3))))
         label = int(nyu40)
-        if label != 0 and label not in SCANNET20:
+        if label != 0 and label not in CLASSES:
             raise ValueError(f"{label} is not a ScanNet-20 NYU40 id (or 0)")
         with self._write_lock:
             previous = self._set_corrected(cells, np.full(len(cells), label, np.uint16))
@@ -252,7 +252,7 @@ class LabelStore:
             ok, sel = rows >= 0, sel[rows >= 0]
             rows = rows[ok]
             probs[sel] = chunk.probs[rows]
-            shown = np.searchsorted(CLASS_IDS, chunk.label[rows])
+            shown = class_columns(chunk.label[rows])
             known = np.isin(chunk.label[rows], CLASS_IDS)
             fixed = chunk.corrected[rows] != NO_CORRECTION
             probs[sel[fixed]] = 0.0
@@ -373,7 +373,7 @@ class LabelStore:
         store = cls(grid, config)
         try:
             coords = np.asarray(arrays[f"{PREFIX}coords"], np.int32).reshape(-1, 3)
-            probs = np.asarray(arrays[f"{PREFIX}probs"], np.float32).reshape(len(coords), len(CLASS_IDS))
+            probs = _probs_columns(np.asarray(arrays[f"{PREFIX}probs"], np.float32), len(coords))
             weight = np.asarray(arrays[f"{PREFIX}weight"], np.float32).reshape(len(coords))
             corrected = np.asarray(arrays[f"{PREFIX}corrected"], np.uint16).reshape(len(coords))
             shown = np.asarray(arrays.get(f"{PREFIX}predicted", np.zeros(len(coords))), np.uint16).reshape(len(coords))
@@ -388,6 +388,14 @@ class LabelStore:
                                              shown[sel], config.switch_margin)
                            for key, sel in group_by_chunk(coords, n)})
         return store
+
+
+def _probs_columns(probs: np.ndarray, rows: int) -> np.ndarray:
+    """Saved probabilities as (rows, classes); a session from before the ceiling class (ScanNet-20 only)
+    gets a ceiling column of zeros."""
+    if probs.size == rows * (len(CLASS_IDS) - 1):
+        return np.concatenate([probs.reshape(rows, -1), np.zeros((rows, 1), np.float32)], 1)
+    return probs.reshape(rows, len(CLASS_IDS))
 
 
 def has_label_arrays(arrays: dict) -> bool:

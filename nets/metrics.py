@@ -3,8 +3,8 @@ and surface coverage with and without completion.
 
 Definitions (cells are the nets' 5 cm grid; "surface cell": |ground-truth SDF| < 0.75 cell):
 - semantic IoU per class over observed sites whose closest ground-truth surface is within 2 cells and
-  one of the 20 classes; the prediction is the best of the 20 classes (never "empty"). mIoU averages the
-  classes present in the ground truth.
+  one of the labeled classes; the prediction is the best of them (never "empty"). mIoU averages the
+  ScanNet-20 classes present in the ground truth (the ceiling's IoU is reported, not averaged).
 - completion IoU over unobserved cells within `reach_cells` of the observed sites: predicted surface
   (a generated site with predicted |SDF| < 0.75 cell and a class other than empty) vs surface cells.
 - SDF L1 (metres) over all output sites.
@@ -19,7 +19,8 @@ import torch
 from scipy import ndimage
 
 from nets.batch import SURFACE_CELLS, make_batch
-from nets.data import Sample
+from fusion.classes import SCANNET20
+from nets.data import CLASS_IDS, Sample
 from nets.model import EMPTY
 
 REACH_CELLS = 8
@@ -80,10 +81,11 @@ def summarise(parts: list[dict], voxel_size_m: float = 0.05) -> dict:
     tp = np.diag(conf).astype(float)
     union = conf.sum(0) + conf.sum(1) - tp
     present = conf.sum(1) > 0
+    scored = present & np.isin(CLASS_IDS[:len(present)], list(SCANNET20))  # the ceiling is not a ScanNet-20 class
     iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
     s = {k: sum(p[k] for p in parts) for k in parts[0] if k != "confusion"}
     return {
-        "miou": float(np.nanmean(iou[present])) if present.any() else float("nan"),
+        "miou": float(np.nanmean(iou[scored])) if scored.any() else float("nan"),
         "class_iou": {int(i): float(iou[i]) for i in np.nonzero(present)[0]},
         "accuracy": float(tp.sum() / max(1, conf.sum())),
         "completion_iou": s["comp_inter"] / max(1, s["comp_union"]),

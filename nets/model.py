@@ -17,11 +17,13 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from fusion.classes import CLASSES
+
 from nets.sparse import (GenerativeConv3d, GenerativeUpsample3d, SparseBatchNorm, SparseReLU, SparseTensor, StridedConv3d,
                          SubmanifoldConv3d, prune)
 
-N_CLASSES = 21  # ScanNet-20 + "empty" (index 20)
-EMPTY = 20
+EMPTY = len(CLASSES)      # the "empty" output follows the classes (ScanNet-20, ceiling)
+N_CLASSES = EMPTY + 1
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,14 @@ from typing import Optional
 
 import numpy as np
 
-from fusion.classes import SCANNET20, UNLABELED
+from fusion.classes import CLASSES, UNLABELED
 from fusion.errors import UserError
 from fusion.sources.sens import SensConfig, SensSource
 
 LABEL_MAP_COLUMNS = ("id", "nyu40id")  # columns of scannetv2-labels.combined.tsv this module reads
 MESH_SUFFIX = "_vh_clean_2.labels.ply"
 SENS_SUFFIX = ".sens"
-_SCANNET20_IDS = np.array(sorted(SCANNET20), np.int64)
+_LABELED_IDS = np.array(list(CLASSES), np.int64)
 
 
 @dataclass(frozen=True)
@@ -124,10 +124,11 @@ def read_labeled_mesh(path: Path) -> LabeledMesh:
     return LabeledMesh(positions, colors, labels, faces)
 
 
-def to_scannet20(nyu40_labels: np.ndarray) -> np.ndarray:
-    """NYU40 ids with every id outside ScanNet's 20 benchmark classes set to 0 (unlabeled); uint16."""
+def to_labeled_classes(nyu40_labels: np.ndarray) -> np.ndarray:
+    """NYU40 ids with every id the app does not label (ScanNet's 20 benchmark classes and the ceiling)
+    set to 0 (unlabeled); uint16."""
     labels = np.asarray(nyu40_labels)
-    keep = np.isin(labels, _SCANNET20_IDS)
+    keep = np.isin(labels, _LABELED_IDS)
     return np.where(keep, labels, UNLABELED).astype(np.uint16)
 
 
@@ -169,4 +170,4 @@ class ScanNetScene:
     def target(self) -> LabeledMesh:
         """The labeled mesh with labels reduced to ScanNet-20 (NYU40 ids; others 0), in the scan's world frame."""
         mesh = read_labeled_mesh(self.mesh_path)
-        return LabeledMesh(mesh.positions_m, mesh.colors, to_scannet20(mesh.labels), mesh.faces)
+        return LabeledMesh(mesh.positions_m, mesh.colors, to_labeled_classes(mesh.labels), mesh.faces)

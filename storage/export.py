@@ -84,7 +84,7 @@ def legend(mesh: LabeledMesh) -> list[dict]:
 
 
 def write_legend(path: Path | str, mesh: LabeledMesh) -> None:
-    doc = {"label_set": "NYU40 ids of the ScanNet-20 benchmark classes (0 = unlabeled)", "classes": legend(mesh)}
+    doc = {"label_set": "NYU40 ids of the ScanNet-20 benchmark classes and the ceiling (22); 0 = unlabeled", "classes": legend(mesh)}
     write_text_atomic(path, json.dumps(doc, indent=2) + "\n")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from storage.atomic import atomic_path
-from fusion.classes import SCANNET20
+from fusion.classes import CLASSES
 
 GLB_MAGIC, GLB_VERSION = 0x46546C67, 2
 CHUNK_JSON, CHUNK_BIN = 0x4E4F534A, 0x004E4942
@@ -74,7 +74,7 @@ class _GltfBuilder:
 
 
 def class_name(label: int) -> str:
-    return SCANNET20[label][0] if label in SCANNET20 else ("unlabeled" if label == 0 else f"nyu{label}")
+    return CLASSES[label][0] if label in CLASSES else ("unlabeled" if label == 0 else f"nyu{label}")
 
 
 def write_glb(path: Path | str, xyz_m: np.ndarray, rgb: np.ndarray, labels: np.ndarray, faces: np.ndarray,

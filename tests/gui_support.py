@@ -90,6 +90,7 @@ def make_window(qtbot, tmp_path, caplog):
     for w in windows:
         if not w._closed:  # a test may have closed (and so deleted) it already
             w.close_discarding()
+        w.worker._thread.join(timeout=120.0)  # the window waits 2 s; on a busy machine the thread may take longer
         assert not w.worker._thread.is_alive(), "fusion thread still running after close"
     QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete.value)  # delete the windows now
     errors = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR]

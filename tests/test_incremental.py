@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from fusion.coarse import CoarseGridConfig, all_chunk_keys, coarse_region
 from fusion.dirty import chunk_keys_of_blocks
@@ -36,6 +37,15 @@ def frames():
 @pytest.fixture(scope="module")
 def model():
     return ChunkModel.untrained(seed=0)
+
+
+@pytest.fixture(scope="module")
+def confident_model():
+    """An untrained net whose class probabilities are peaked (above the label store's confidence floor)."""
+    m = ChunkModel.untrained(seed=0)
+    with torch.no_grad():
+        m.net.sem.weight.mul_(50.0)
+    return m
 
 
 def make_pipeline(**kw) -> FusionPipeline:
@@ -311,7 +321,7 @@ def test_step_refuses_while_the_worker_runs(model, pipeline):
 
 
 @pytest.mark.parametrize("mode", ["final", "incremental"])
-def test_reconstruct_writes_labels_completion_and_session(tmp_path, model, mode):
+def test_reconstruct_writes_labels_completion_and_session(tmp_path, confident_model, mode):
     import main
     from fusion.reconstruct import ReconstructRequest, reconstruct
     from nets.reconstruct_labels import label_hook_factory
@@ -322,7 +332,7 @@ def test_reconstruct_writes_labels_completion_and_session(tmp_path, model, mode)
     cfg = PipelineConfig(volume=VolumeConfig(voxel_size_m=0.02, device="cpu"))
     out = tmp_path / "out"
     stats = reconstruct(ReconstructRequest(str(ds), out, cfg, labels=mode, progress=False,
-                                           label_hook=label_hook_factory(mode, model)))
+                                           label_hook=label_hook_factory(mode, confident_model)))
     mesh = read_labeled_ply(out / "mesh.ply")
     assert np.mean(mesh["labels"] > 0) > 0.95 and set(np.unique(mesh["labels"])) <= set(CLASS_IDS.tolist()) | {0}
     assert (out / "completed.ply").is_file()

@@ -268,3 +268,13 @@ def test_point_labels_follow_the_surface_between_cells_and_leave_guesses_unlabel
     assert store.labels_at(np.stack([centre, towards_chairs]))[0].tolist() == [TABLE, TABLE]
     lab, conf = store.labels_at(centres([[5, 5, 0]]))
     assert lab[0] == 0 and conf[0] < store.config.min_point_conf
+
+
+def test_a_session_saved_before_the_ceiling_class_loads():
+    store = LabelStore(GRID)
+    store.fuse(pred(slab(0, 4, 0, 4, 0), FLOOR))
+    arrays = store.to_arrays()
+    arrays["labels_probs"] = arrays["labels_probs"].reshape(len(arrays["labels_coords"]), -1)[:, :-1]  # 20 columns
+    old = LabelStore.from_arrays(arrays)
+    lab, _ = old.labels_at(centres(slab(0, 4, 0, 4, 0)))
+    assert np.all(lab == FLOOR)

@@ -149,3 +149,29 @@ def test_tilted_symmetries_invert_and_keep_the_floor_near_the_pivot():
     assert np.abs(back - c).max() <= 1 and np.mean(np.all(back == c, axis=1)) > 0.7  # re-gridding rounds
     floor = np.array([[10, 10, 0], [12, 9, 0]])
     assert np.abs(sym.apply(floor)[:, 2] - sym.shift[2]).max() <= 1
+
+
+def test_weights_from_before_the_ceiling_class_load_and_label_as_they_did(fused, tmp_path):
+    """A weights file of ScanNet-20 + empty gets a ceiling output that is never the most likely."""
+    from nets.data import CLASS_IDS
+    from nets.infer import class_table
+    from nets.sparse import SparseTensor
+
+    torch.manual_seed(0)
+    net = SemanticCompletionNet().eval()
+    save_weights(tmp_path / "new.pt", net, CoarseGridConfig())
+    state = torch.load(tmp_path / "new.pt", weights_only=True)
+    ceiling = int(np.nonzero(CLASS_IDS == 22)[0][0])
+    keep = [i for i in range(net.config.n_classes) if i != ceiling]
+    state["classes"] = class_table()[:-1]
+    state["model_config"]["n_classes"] = len(keep)
+    state["state_dict"]["sem.weight"] = state["state_dict"]["sem.weight"][keep]
+    state["state_dict"]["sem.bias"] = state["state_dict"]["sem.bias"][keep]
+    torch.save(state, tmp_path / "old.pt")
+    old = ChunkModel.load(tmp_path / "old.pt").net
+    region = coarse_region(fused.volume, sorted(all_chunk_keys(fused.volume, CoarseGridConfig()))[:1], CoarseGridConfig())
+    x = SparseTensor.from_coords(torch.from_numpy(region.coords), torch.from_numpy(region.features))
+    with torch.no_grad():
+        a, b = net(x).logits, old(x).logits
+    torch.testing.assert_close(b[:, keep], a[:, keep])
+    assert bool((b.argmax(1) != ceiling).all())

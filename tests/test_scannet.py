@@ -9,7 +9,7 @@ from fusion.errors import UserError
 from fusion.sources import open_source
 from fusion.sources.images import resize_color
 from fusion.sources.sens import FRAME_HEAD, SensSource, read_header
-from nets.scannet import (LabeledMesh, ScanNetScene, read_label_map, read_labeled_mesh, to_scannet20)
+from nets.scannet import (LabeledMesh, ScanNetScene, read_label_map, read_labeled_mesh, to_labeled_classes)
 from tests.conftest import one_line_error
 from tests.fixtures_rgbd import TINY
 from tests.scenes import orbit
@@ -159,7 +159,7 @@ def test_read_labeled_mesh_and_scannet20(tmp_path):
     assert mesh.colors.dtype == np.uint8 and np.all(mesh.colors[:, 0] == 10)
     assert mesh.labels.dtype == np.uint16 and mesh.labels.tolist() == labels.tolist()
     assert mesh.faces.shape == (5, 3) and mesh.faces[4].tolist() == [4, 5, 6]
-    assert to_scannet20(labels).tolist() == [1, 5, 0, 0, 39, 0, 0]
+    assert to_labeled_classes(labels).tolist() == [1, 5, 22, 0, 39, 0, 0]  # 22: the ceiling
     (tmp_path / "bad.ply").write_bytes(b"not a ply")
     one_line_error(lambda: read_labeled_mesh(tmp_path / "bad.ply"), "bad.ply", kind=UserError)
 
@@ -170,10 +170,10 @@ def test_scannet_scene_pairs_scan_and_target(tmp_path, scan):
     one_line_error(lambda: ScanNetScene(folder), "scene0007_00.sens", kind=UserError)
     _write(folder / "scene0007_00.sens", scan)
     one_line_error(lambda: ScanNetScene(folder), "scene0007_00_vh_clean_2.labels.ply", kind=UserError)
-    _write_labeled_ply(folder / "scene0007_00_vh_clean_2.labels.ply", np.array([3, 22, 34, 1], np.uint16))
+    _write_labeled_ply(folder / "scene0007_00_vh_clean_2.labels.ply", np.array([3, 30, 34, 1], np.uint16))
     scene = ScanNetScene(folder)
     src = scene.source(max_frames=2)
     assert isinstance(src, SensSource) and len(list(src)) == 2
     target = scene.target()
-    assert target.labels.tolist() == [3, 0, 34, 1] and target.positions_m.shape == (4, 3)
+    assert target.labels.tolist() == [3, 0, 34, 1] and target.positions_m.shape == (4, 3)  # 30 (whiteboard): not labeled
     one_line_error(lambda: ScanNetScene(tmp_path / "nope"), "nope", kind=UserError)
