@@ -3,8 +3,8 @@
 A keyframe (`MapKeyframe`, kept by `fusion.loop_closure`) is described once (`describe`) by the
 relocaliser's ORB features and thumbnail (`fusion.relocalise`), its keypoints lifted into its own camera
 frame. `candidates` proposes old keyframes (not the recent neighbours) near the current one, allowing for
-drift along the path between them, ranked by thumbnail similarity. `verify` checks a candidate
-strictly, since repeated furniture looks alike: ORB matches, 3D-3D RANSAC, point-to-plane ICP on the
+drift along the path between them: the most similar thumbnails, re-ranked by their ORB matches.
+`verify` checks a candidate strictly, since repeated furniture looks alike: ORB matches, 3D-3D RANSAC, point-to-plane ICP on the
 two depth images (must agree with the feature pose), then both depth images seen from each other must
 agree where they overlap and neither may see through the other's surfaces (a look-alike chair in front
 of another wall fails here), and the implied drift must be plausible for the path walked.
@@ -32,7 +32,8 @@ class LoopDetectConfig:
     min_age_keyframes: int = 12         #: candidates are at least this many keyframes older ...
     min_walk_m: float = 3.0             #: ... and this far back along the path walked
     search_m: float = 0.6               #: candidates lie this close to the keyframe (plus the drift allowance)
-    candidates: int = 3                 #: old keyframes verified per new keyframe at most (most similar first)
+    shortlist: int = 12                 #: old keyframes within reach ranked by ORB matches (most similar thumbnails)
+    candidates: int = 3                 #: ... of which those with the most matches are verified
     min_matches: int = 40               #: fewest ORB matches (ratio test) to try RANSAC
     ransac_m: float = 0.03              #: 3D-3D RANSAC inlier distance
     ransac_iterations: int = 400        #: RANSAC hypotheses
@@ -192,10 +193,12 @@ class LoopDetector:
         old = (np.arange(len(kids)) < len(kids) - cfg.min_age_keyframes) & (walked >= cfg.min_walk_m)
         reach = cfg.search_m + cfg.drift_base_m + cfg.drift_share * walked
         near = old & (np.linalg.norm(poses[:, :3, 3] - poses[-1, :3, 3], axis=1) <= reach)
-        thumb = self.features[cur].thumb
+        fc = self.features[cur]
         ids = [int(k) for k in kids[near] if int(k) in self.features]
-        sims = [float(self.features[k].thumb @ thumb) for k in ids]
-        return [ids[i] for i in np.argsort(sims)[::-1][:cfg.candidates]]
+        sims = [float(self.features[k].thumb @ fc.thumb) for k in ids]
+        short = [ids[i] for i in np.argsort(sims)[::-1][:cfg.shortlist]]
+        votes = [len(self._reloc.match(fc.descriptors, self.features[k].descriptors)) for k in short]
+        return [short[i] for i in np.argsort(votes, kind="stable")[::-1][:cfg.candidates] if votes[i] >= cfg.min_matches]
 
     def verify(self, old: MapKeyframe, cur: MapKeyframe, T_odom_old_cur: np.ndarray, walked_m: float) -> Verdict:
         """Check a loop between keyframes `old` and `cur`; T_odom_old_cur is their relative pose by odometry."""
