@@ -4,10 +4,11 @@ A keyframe (`MapKeyframe`, kept by `fusion.loop_closure`) is described once (`de
 relocaliser's ORB features and thumbnail (`fusion.relocalise`), its keypoints lifted into its own camera
 frame. `candidates` proposes old keyframes (not the recent neighbours) near the current one, allowing for
 drift along the path between them: the most similar thumbnails, re-ranked by their ORB matches.
-`verify` checks a candidate strictly, since repeated furniture looks alike: ORB matches, 3D-3D RANSAC, point-to-plane ICP on the
-two depth images (must agree with the feature pose), then both depth images seen from each other must
-agree where they overlap and neither may see through the other's surfaces (a look-alike chair in front
-of another wall fails here), and the implied drift must be plausible for the path walked.
+`verify` checks a candidate strictly, since repeated furniture looks alike: ORB matches, 3D-3D RANSAC,
+point-to-plane ICP on the two depth images (must agree with the feature pose), then both depth images
+seen from each other must agree where they overlap and neither may see through the other's surfaces (a
+look-alike chair in front of another wall fails here), and the implied drift must be plausible for the
+path walked.
 Thread: the loop-closure worker only (one detector per worker).
 """
 from __future__ import annotations
