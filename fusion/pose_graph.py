@@ -24,7 +24,8 @@ _REG = o3d.pipelines.registration
 
 @dataclass(frozen=True)
 class PoseGraphConfig:
-    max_correspondence_m: float = 0.25    #: Open3D's correspondence distance: scales the line process (smaller prunes loops with more drift)
+    max_correspondence_m: float = 0.25    #: Open3D's correspondence distance: scales the line process
+    #:     (smaller prunes loops with more drift)
     edge_prune_threshold: float = 0.25    #: loop edges whose line-process weight falls below are pruned
     preference_loop_closure: float = 2.0  #: weight of loop edges against odometry
     max_iterations: int = 100             #: Levenberg-Marquardt iterations at most (per pass)
