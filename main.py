@@ -28,6 +28,8 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--weights", type=Path, default=None,
                    help="labeling net weights, e.g. fine-tuned with `python -m nets.train --init` (default: the "
                         "shipped ones; with --weights, --labels defaults to incremental)")
+    r.add_argument("--loop-closure", action="store_true",
+                   help="find loops among keyframes and correct the map when one closes (off by default)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     s = sub.add_parser("synth", help="write a synthetic labeled RGB-D sequence")
     s.add_argument("seed", type=int)
@@ -91,13 +93,15 @@ def _label_hook(mode: str | None, device: str, weights: Path | None = None):
 
 def _cmd_reconstruct(args) -> int:
     from fusion.errors import UserError
+    from fusion.loop_closure import LoopClosureConfig
     from fusion.pipeline import PipelineConfig
     from fusion.reconstruct import ReconstructRequest, reconstruct
     from fusion.volume import VolumeConfig
 
     if not 0.002 <= args.voxel_size <= 0.2:
         raise UserError(f"--voxel-size {args.voxel_size}: expected metres between 0.002 and 0.2")
-    cfg = PipelineConfig(volume=VolumeConfig(voxel_size_m=args.voxel_size, device=args.device), poses=args.poses)
+    cfg = PipelineConfig(volume=VolumeConfig(voxel_size_m=args.voxel_size, device=args.device), poses=args.poses,
+                         loop=LoopClosureConfig(enabled=args.loop_closure))
     labels, hook = _label_hook(args.labels, args.device, args.weights)
     stats = reconstruct(ReconstructRequest(args.source, args.out, cfg, args.max_frames, labels,
                                            progress=not args.no_progress, label_hook=hook))

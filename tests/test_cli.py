@@ -183,3 +183,11 @@ def test_option_errors(kitchen_like, tmp_path):
     assert_clean_error(run_cli("reconstruct", kitchen_like, "--out", tmp_path / "o", "--voxel-size", "5"), "voxel")
     assert_clean_error(run_cli("reconstruct", "synthetic:x", "--out", tmp_path / "o"), "seed")
     assert_clean_error(run_cli("reconstruct", "recording.db3", "--out", tmp_path / "o"), "recording")
+
+
+def test_loop_closure_flag_turns_it_on_and_reports_it(kitchen_like, tmp_path):
+    proc = run_cli("reconstruct", kitchen_like, "--out", tmp_path, "--max-frames", "4", "--voxel-size", "0.02",
+                   "--labels", "none", "--loop-closure", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    loops = json.loads((tmp_path / "stats.json").read_text())["loop_closure"]
+    assert loops["keyframes"] >= 1 and loops["accepted"] == 0
