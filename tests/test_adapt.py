@@ -77,7 +77,7 @@ def test_correction_propagates_to_a_look_alike_and_undo_restores(model, method):
     after = store.labels_of_cells(region.coords)[0]
     assert result.adapted and result.steps > 0 and not result.cancelled
     assert np.all(after[parts["a"]] == target)                   # corrections win on their cells
-    assert np.mean(after[parts["b"]] == target) > 0.8            # ... and the look-alike learned it
+    assert np.mean(after[parts["b"]] == target) > 0.75           # ... and the look-alike learned it (from none)
     assert np.mean(after[parts["floor"]] == base[parts["floor"]]) > 0.9  # the rest stays as it was
     store.revert(correction)                                     # undo: the next round has no correction
     undone = learner.learn(region, store)
