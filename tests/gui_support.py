@@ -143,12 +143,12 @@ def surface_mask(w, img: np.ndarray) -> np.ndarray:
 
 
 def palette_share(img: np.ndarray, mask: np.ndarray, ids) -> tuple[float, set]:
-    """Share of the surface pixels that are exactly the ScanNet colour of one of `ids`, and those ids."""
-    from fusion.classes import SCANNET20
+    """Share of the surface pixels that are exactly the colour of one of `ids`, and those ids."""
+    from fusion.classes import CLASSES
 
     seen, hit = set(), np.zeros(mask.shape, bool)
     for nyu in ids:
-        match = np.all(img == np.array(SCANNET20[nyu][1], np.uint8), axis=2) & mask
+        match = np.all(img == np.array(CLASSES[nyu][1], np.uint8), axis=2) & mask
         if match.sum() > 20:
             seen.add(nyu)
         hit |= match

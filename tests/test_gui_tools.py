@@ -56,9 +56,9 @@ def test_two_clicks_measure_and_draw_a_segment_and_a_miss_says_so(make_window, q
 
 
 def _class_pixels(w, nyu40: int) -> int:
-    from fusion.classes import SCANNET20
+    from fusion.classes import CLASSES
 
-    rgb = np.array(SCANNET20[nyu40][1])
+    rgb = np.array(CLASSES[nyu40][1])
     return int(np.all(np.abs(pixels(w).astype(int) - rgb) <= 2, axis=2).sum())
 
 
