@@ -224,33 +224,30 @@ class LabelStore:
         """(label uint16, confidence float32) of each cell ((N,3) int); (0, 0) where the store has none."""
         return self._labels_of(np.asarray(cells, np.int32).reshape(-1, 3), self._snapshot())
 
-    def _labels_of(self, cells: np.ndarray, chunks: dict) -> tuple[np.ndarray, np.ndarray]:
-        label, conf = np.zeros(len(cells), np.uint16), np.zeros(len(cells), np.float32)
+    def _found(self, cells: np.ndarray, chunks: dict):
+        """Yield (chunk, positions in `cells`, rows in the chunk) for the cells the store holds."""
         n = self.grid.chunk_voxels
         for key, sel in group_by_chunk(cells, n):
             chunk = chunks.get(key)
             if chunk is None:
                 continue
             rows = rows_of(chunk, key, n, cells[sel])
-            ok = rows >= 0
-            label[sel[ok]], conf[sel[ok]] = chunk.label[rows[ok]], chunk.conf[rows[ok]]
+            yield chunk, sel[rows >= 0], rows[rows >= 0]
+
+    def _labels_of(self, cells: np.ndarray, chunks: dict) -> tuple[np.ndarray, np.ndarray]:
+        label, conf = np.zeros(len(cells), np.uint16), np.zeros(len(cells), np.float32)
+        for chunk, sel, rows in self._found(cells, chunks):
+            label[sel], conf[sel] = chunk.label[rows], chunk.conf[rows]
         return label, conf
 
     def _cell_probs(self, cells: np.ndarray, chunks: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(probs (N,20), present (N,) bool, corrected (N,) uint16) of each cell: a corrected cell's
+        """(probs (N,C), present (N,) bool, corrected (N,) uint16) of each cell: a corrected cell's
         probabilities are one-hot in its class, the class shown gets the switch margin (so a cell's own
         centre keeps the label it shows)."""
         probs = np.zeros((len(cells), len(CLASS_IDS)), np.float32)
         present = np.zeros(len(cells), bool)
         corrected = np.full(len(cells), NO_CORRECTION, np.uint16)
-        n = self.grid.chunk_voxels
-        for key, sel in group_by_chunk(cells, n):
-            chunk = chunks.get(key)
-            if chunk is None:
-                continue
-            rows = rows_of(chunk, key, n, cells[sel])
-            ok, sel = rows >= 0, sel[rows >= 0]
-            rows = rows[ok]
+        for chunk, sel, rows in self._found(cells, chunks):
             probs[sel] = chunk.probs[rows]
             shown = class_columns(chunk.label[rows])
             known = np.isin(chunk.label[rows], CLASS_IDS)
