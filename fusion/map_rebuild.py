@@ -4,11 +4,11 @@ Why rebuild rather than submaps or de-integration: the pipeline, tracker, mesher
 nets all read one `TsdfVolume`; submaps would change that contract everywhere. De-integration needs the
 exact frames that were fused (every frame at full resolution: unbounded memory) or leaves residue. A
 rebuild from the keyframes' reduced RGB-D (bounded by the keyframe cap) runs on the loop-closure worker
-into a volume nobody else sees; the fusion thread only swaps it in (`adopt_volume`, `adopt_meshes`)
-between two frames. Frames that were not keyframes are not in the rebuilt map; keyframes are dense
+into a volume nobody else sees; the fusion thread only swaps it in (`TsdfVolume.adopt`,
+`ChunkMesher.adopt`) between two frames. Frames that were not keyframes are not in the rebuilt map; keyframes are dense
 enough (every `keyframe_step_m`) that their views cover the scan.
 
-`rebuild` runs on the worker; `adopt_*` on the fusion thread, which owns the live volume and mesher.
+`rebuild` runs on the worker; the adopting on the fusion thread, which owns the live volume and mesher.
 """
 from __future__ import annotations
 
@@ -55,21 +55,3 @@ def rebuild(keyframes: list[MapKeyframe], poses: np.ndarray, volume_config: Volu
     mesher.update(vol.active_keys())  # once at the end: meshing after every keyframe re-meshes blocks many times
     mesher.flush()
     return out
-
-
-def adopt_volume(live: TsdfVolume, rebuilt: TsdfVolume) -> None:
-    """The live volume object takes the rebuilt one's blocks (everyone holding `live` sees the new map);
-    its count of frames integrated stays. (Asks for a `TsdfVolume.adopt` in volume.py.)"""
-    for name in ("grid", "index", "_index_capacity", "last_blocks", "capacity_warned"):
-        setattr(live, name, getattr(rebuilt, name))
-
-
-def adopt_meshes(live: ChunkMesher, rebuilt: ChunkMesher) -> set:
-    """The live mesher takes the rebuilt one's block meshes; returns every chunk key whose mesh changed
-    (old and new). (Asks for a `ChunkMesher.adopt` in meshing.py.)"""
-    rebuilt.flush()
-    changed = set(live.chunks) | set(rebuilt.chunks)
-    live.reset()
-    live.chunks.update(rebuilt.chunks)
-    rebuilt.close()
-    return changed

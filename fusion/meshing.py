@@ -167,6 +167,16 @@ class ChunkMesher:
         self._pending.clear()
         self._meshed_at.clear()
 
+    def adopt(self, other: "ChunkMesher") -> set:
+        """Take `other`'s block meshes (meshed for a volume this mesher's volume adopted) and close it;
+        returns every chunk key whose mesh changed (old and new)."""
+        other.flush()
+        changed = set(self.chunks) | set(other.chunks)
+        self.reset()
+        self.chunks.update(other.chunks)
+        other.close()
+        return changed
+
     def close(self) -> None:
         """Stop the kernel threads; safe to call twice."""
         if self._pool:

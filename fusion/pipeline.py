@@ -23,7 +23,6 @@ from fusion.errors import SourceError, UserError
 from fusion.frame import Frame
 from fusion.gravity_settle import GravitySettler, SettleConfig, SettleStep, restate_stamp
 from fusion.loop_closure import LoopClosureConfig, LoopCloser, MapCorrection
-from fusion.map_rebuild import adopt_meshes, adopt_volume
 from fusion.meshing import ChunkMesher, MeshConfig
 from fusion.snapshots import RegionSnapshot, SnapshotRequest, SnapshotServer  # noqa: F401 (SnapshotRequest re-exported)
 from fusion.tracking import Tracker, TrackerConfig, TrackState, relative_motion
@@ -207,15 +206,24 @@ class FusionPipeline:
                 self.loops.move_world(step.correction)
             self._snapshots.reset_cache()
             self.dirty.mark(step.mesh_chunks, ("mesh",))
-            with self._snap_cond:
-                self._stamps = deque((restate_stamp(s, step.correction) for s in self._stamps), self._stamps.maxlen)
-                self._last_stamp = self._stamps[-1] if self._stamps else None
+            self._restate_stamps(lambda _index: step.correction)
         if step.settled_now:
-            cfg = self.config
-            chunks = chunk_keys_of_blocks(self.volume.active_keys(), cfg.volume.block_size_m, cfg.nets_chunk_m)
-            with self._snap_cond:
-                self.dirty.mark(chunks, ("semantics", "completion"))
+            self._mark_all_for_nets()
         return T
+
+    def _restate_stamps(self, correction_of_index) -> None:
+        """The integration stamps follow a change of world (`correction_of_index(frame index)`: new <- old)."""
+        with self._snap_cond:
+            self._stamps = deque((restate_stamp(s, correction_of_index(s.index)) for s in self._stamps),
+                                 self._stamps.maxlen)
+            self._last_stamp = self._stamps[-1] if self._stamps else None
+
+    def _mark_all_for_nets(self) -> None:
+        """Every chunk of the volume is to be labelled and completed again."""
+        cfg = self.config
+        chunks = chunk_keys_of_blocks(self.volume.active_keys(), cfg.volume.block_size_m, cfg.nets_chunk_m)
+        with self._snap_cond:
+            self.dirty.mark(chunks, ("semantics", "completion"))
 
     def _follow_loop(self, ready, T: np.ndarray, timestamp_s: float):
         """Swap in a corrected map (rebuilt by the loop closer); tracking, keyframes, stamps, snapshots and
@@ -225,8 +233,8 @@ class FusionPipeline:
             return T, None
         built, event = ready
         C_now = event.corrections[-1]
-        adopt_volume(self.volume, built.volume)
-        mesh_chunks = adopt_meshes(self.mesher, built.mesher)
+        self.volume.adopt(built.volume)
+        mesh_chunks = self.mesher.adopt(built.mesher)
         T = C_now @ T
         self._last_integrated_T = T
         self._gt_offset = C_now @ self._gt_offset
@@ -234,15 +242,10 @@ class FusionPipeline:
             self.tracker.reset(T, timestamp_s)
         self.tracker.relocaliser.move_each(event.correction_of)
         self._snapshots.reset_cache()
-        cfg = self.config
-        chunks = chunk_keys_of_blocks(self.volume.active_keys(), cfg.volume.block_size_m, cfg.nets_chunk_m)
-        with self._snap_cond:
-            self._stamps = deque((restate_stamp(s, event.correction_of(s.index)) for s in self._stamps),
-                                 self._stamps.maxlen)
-            self._last_stamp = self._stamps[-1] if self._stamps else None
-            self.dirty.mark(mesh_chunks, ("mesh",))
-            if not self.gravity.holds_labels:
-                self.dirty.mark(chunks, ("semantics", "completion"))
+        self.dirty.mark(mesh_chunks, ("mesh",))
+        self._restate_stamps(event.correction_of)
+        if not self.gravity.holds_labels:
+            self._mark_all_for_nets()
         return T, event
 
     def finish_loops(self, timeout_s: float = 120.0) -> bool:

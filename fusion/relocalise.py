@@ -180,20 +180,16 @@ class Relocaliser:
 
     def move_world(self, C: np.ndarray) -> None:
         """The keyframes (poses and world points) follow a change of world C (new <- old)."""
-        R, t = C[:3, :3], C[:3, 3]
-        self.keyframes = [dataclasses.replace(k, T_world_cam=C @ k.T_world_cam,
-                                              points_world_m=(k.points_world_m @ R.T + t).astype(np.float32))
-                          for k in self.keyframes]
+        self.move_each(lambda _index: C)
 
     def move_each(self, correction_of_index) -> None:
         """Each keyframe follows its own change of world: `correction_of_index(frame index)` -> C (new <- old)
         (a loop closure moves the parts of a scan differently)."""
-        out = []
-        for k in self.keyframes:
-            C = correction_of_index(k.index)
-            out.append(dataclasses.replace(k, T_world_cam=C @ k.T_world_cam,
-                                           points_world_m=(k.points_world_m @ C[:3, :3].T + C[:3, 3]).astype(np.float32)))
-        self.keyframes = out
+        def moved(k: Keyframe, C: np.ndarray) -> Keyframe:
+            return dataclasses.replace(k, T_world_cam=C @ k.T_world_cam,
+                                       points_world_m=(k.points_world_m @ C[:3, :3].T + C[:3, 3]).astype(np.float32))
+
+        self.keyframes = [moved(k, correction_of_index(k.index)) for k in self.keyframes]
 
     def to_arrays(self) -> dict:
         """The keyframes as flat arrays (for sessions)."""

@@ -104,6 +104,12 @@ class TsdfVolume:
         self.index = BlockIndex()
         self._index_capacity = -1
 
+    def adopt(self, other: "TsdfVolume") -> None:
+        """Take `other`'s blocks (a map rebuilt elsewhere): everyone holding this volume sees the new map;
+        the count of frames integrated stays. `other` must not be used afterwards."""
+        self.grid, self.index, self._index_capacity = other.grid, other.index, other._index_capacity
+        self.last_blocks, self.capacity_warned = other.last_blocks, other.capacity_warned
+
     # --- integration -------------------------------------------------------------------------
     def _images(self, frame: Frame):
         depth = np.where(frame.depth_m >= self.config.depth_min_m, frame.depth_m, 0).astype(np.float32)

@@ -21,16 +21,15 @@ import open3d.core as o3c
 from tqdm import tqdm
 
 from storage.atomic import atomic_path
-from fusion.classes import CLASSES
 from fusion.coarse import CoarseGridConfig, all_chunk_keys, coarse_region
 from fusion.frame import Frame
 from fusion.pipeline import FusionPipeline, PipelineConfig
 from fusion.sources.synthetic import SyntheticSource
 from fusion.volume import VolumeConfig
+from nets.cells import CLASS_IDS  # noqa: F401 (class index -> NYU40 id; re-exported for training and scoring)
 
 log = logging.getLogger(__name__)
 
-CLASS_IDS = np.array(list(CLASSES), np.int32)  # class index -> NYU40 id (ScanNet-20, then the ceiling)
 IGNORE = 255  # target class of surface the app does not label (clutter: books, lamps, boxes)
 
 

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fusion.classes import NAME_TO_ID
+from fusion.classes import CEILING, NAME_TO_ID
 from synth.primitives import PLANKS, PLASTER, TILE, WHITES, WOODS, Part, box, jitter, pick
 
-CEILING = 22  # NYU40 'ceiling' (outside the ScanNet-20: ignored when training and scoring the 20)
 WALL, FLOOR = NAME_TO_ID["wall"], NAME_TO_ID["floor"]
 
 
