@@ -9,6 +9,7 @@ the result there equals a whole-scene pass.
 """
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from nets.data import CLASS_IDS
 from nets.model import EMPTY, ModelConfig, SemanticCompletionNet, receptive_field_cells
 from nets.resources import DEFAULT_WEIGHTS
 from nets.sparse import SparseTensor
+from nets.turns import MAX_TURNS, matching_rows, turn_cells, unturn_cells
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,7 @@ class ChunkModel:
         self.net, self.grid = net.to(device).eval(), grid
         self.device = torch.device(device)
         self.weights_path = weights_path  #: the file the net was loaded from (None: built in memory)
+        self.turns = 1                    #: predictions averaged over this many quarter turns (`with_turns`)
 
     @classmethod
     def load(cls, path: Path | str | None = None, device: str = "cpu") -> "ChunkModel":
@@ -125,21 +128,49 @@ class ChunkModel:
         torch.manual_seed(seed)
         return cls(SemanticCompletionNet(), CoarseGridConfig(), device)
 
+    def with_turns(self, turns: int) -> "ChunkModel":
+        """The same net (shared, not copied) predicting the mean over `turns` quarter turns about gravity
+        (`nets.turns`; 1: one pass as it is)."""
+        if not 1 <= turns <= MAX_TURNS:
+            raise ValueError(f"turns must be 1..{MAX_TURNS}")
+        twin = copy.copy(self)
+        twin.turns = turns
+        return twin
+
     def predict(self, region: CoarseRegion) -> RegionPrediction:
-        """Labels and completion for the cores of the region's chunks."""
+        """Labels and completion for the cores of the region's chunks (averaged over `turns` quarter turns)."""
         if len(region) == 0:
             return _empty_prediction(region.keys)
-        x = SparseTensor.from_coords(torch.from_numpy(region.coords), torch.from_numpy(region.features).to(self.device))
-        with torch.no_grad():
-            out = self.net(x)
-        coords = out.sites.coordinates[:, 1:].cpu().numpy()
+        coords, p, sdf, observed = self._forward(region.coords, region.features)
         wanted = np.isin(pack_cells(chunk_keys_of_cells(coords, self.grid)), pack_cells(region.keys))
-        p = torch.softmax(out.logits, 1).cpu().numpy()[wanted]
+        coords, p, sdf, observed = coords[wanted], p[wanted], sdf[wanted], observed[wanted]
+        if self.turns > 1:
+            p, sdf = self._turned_mean(region, coords, p, sdf)
         cls_p = p[:, :EMPTY]
         cls_p = cls_p / np.maximum(cls_p.sum(1, keepdims=True), 1e-12)
-        return RegionPrediction(region.keys, coords[wanted].astype(np.int32), cls_p.astype(np.float32),
-                                p[:, EMPTY].astype(np.float32), out.sdf_cells.cpu().numpy()[wanted],
-                                out.observed.cpu().numpy()[wanted])
+        return RegionPrediction(region.keys, coords.astype(np.int32), cls_p.astype(np.float32),
+                                p[:, EMPTY].astype(np.float32), sdf, observed)
+
+    def _forward(self, coords: np.ndarray, features: np.ndarray):
+        """(sites (M,3), softmax (M,C+1), sdf in cells (M,), observed (M,)) of one pass over the sites."""
+        x = SparseTensor.from_coords(torch.from_numpy(np.ascontiguousarray(coords)),
+                                     torch.from_numpy(features).to(self.device))
+        with torch.no_grad():
+            out = self.net(x)
+        return (out.sites.coordinates[:, 1:].cpu().numpy(), torch.softmax(out.logits, 1).cpu().numpy(),
+                out.sdf_cells.cpu().numpy(), out.observed.cpu().numpy())
+
+    def _turned_mean(self, region: CoarseRegion, coords: np.ndarray, p: np.ndarray, sdf: np.ndarray):
+        """Outputs at `coords` averaged with the passes over the region turned 1..turns-1 quarter turns (a
+        site a turned pass did not produce keeps the mean of the passes that did)."""
+        p_sum, sdf_sum, count = p.astype(np.float64), sdf.astype(np.float64), np.ones(len(coords))
+        for k in range(1, self.turns):
+            t_coords, t_p, t_sdf, _ = self._forward(turn_cells(region.coords, k), region.features)
+            ref, rows = matching_rows(coords, unturn_cells(t_coords, k))
+            p_sum[ref] += t_p[rows]
+            sdf_sum[ref] += t_sdf[rows]
+            count[ref] += 1
+        return (p_sum / count[:, None]).astype(np.float32), (sdf_sum / count).astype(np.float32)
 
 
 def _empty_prediction(keys: tuple) -> RegionPrediction:

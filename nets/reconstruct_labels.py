@@ -5,7 +5,9 @@ incremental: the same background worker the app runs (a real thread, `Incrementa
     of each `process()`, exactly as live. Frames are read as fast as fusion goes (not paced to the
     camera's rate), so the worker competes for the CPU as in the app. After the last frame, a drain
     labels whatever is still pending and refreshes chunks whose neighbours changed after their snapshot.
-final: nothing runs while fusing; after the last frame one pass infers every chunk of the final volume.
+final: nothing runs while fusing; after the last frame one pass infers every chunk of the final volume,
+    each prediction the mean over `FINAL_TURNS` quarter turns about gravity (`nets.turns`: four passes,
+    better labels on real rooms, not used live where latency counts).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from nets.incremental import IncrementalLabeler, LabelerConfig
 
 log = logging.getLogger(__name__)
 MODES = ("incremental", "final")
+FINAL_TURNS = 4  #: quarter turns averaged in the final pass
 
 
 class ReconstructLabels:
@@ -30,6 +33,7 @@ class ReconstructLabels:
         if mode not in MODES:
             raise ValueError(f"labels mode {mode!r} is not one of {MODES}")
         self.mode = mode
+        model = model.with_turns(FINAL_TURNS) if mode == "final" else model
         self.labeler = IncrementalLabeler(pipeline, model, config=config)
         self._live: dict = {}
         self._drain_s = 0.0
@@ -68,7 +72,8 @@ class ReconstructLabels:
         total = self.labeler.stats()
         live = self._live or total
         keys = ("chunks_inferred", "sites_inferred", "regions_inferred")
-        return {"mode": self.mode, "weights": self.labeler.model.weights_path, **{k: total[k] for k in keys},
+        return {"mode": self.mode, "weights": self.labeler.model.weights_path, "turns": self.labeler.model.turns,
+                **{k: total[k] for k in keys},
                 "live": {k: live[k] for k in keys + ("chunks_skipped_unchanged", "infer_ms_p50", "infer_ms_p95",
                                                      "queue", "oldest_wait_s")},
                 "drain_s": round(self._drain_s, 3), "label_classes": self.labeler.labels.class_counts(),

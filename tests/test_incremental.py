@@ -339,7 +339,11 @@ def test_reconstruct_writes_labels_completion_and_session(tmp_path, confident_mo
     stats = reconstruct(ReconstructRequest(str(ds), out, cfg, labels=mode, progress=False,
                                            label_hook=label_hook_factory(mode, confident_model)))
     mesh = read_labeled_ply(out / "mesh.ply")
-    assert np.mean(mesh["labels"] > 0) > 0.95 and set(np.unique(mesh["labels"])) <= set(CLASS_IDS.tolist()) | {0}
+    # the final pass averages four quarter turns; this untrained net's turns disagree, so fewer of its
+    # averaged labels clear the confidence floor than of its single-pass ones
+    labeled_share = {"incremental": 0.95, "final": 0.85}[mode]
+    assert np.mean(mesh["labels"] > 0) > labeled_share
+    assert set(np.unique(mesh["labels"])) <= set(CLASS_IDS.tolist()) | {0}
     assert (out / "completed.ply").is_file()
     saved = json.loads((out / "stats.json").read_text())
     assert saved["labels"] == mode == stats["labels"]
