@@ -69,6 +69,8 @@ class MapCorrection:
     rebuild_s: float
 
     keyframe_positions_m: np.ndarray = None  #: (N,3) each keyframe's camera position in the old world
+    applied_s: float = 0.0               #: time.monotonic() when it was handed to the fusion thread to swap in:
+    #:     what the fusion thread served before (snapshots for the nets) is of the old world, after of the new
 
     def move_points(self, points_m: np.ndarray) -> np.ndarray:
         """World points (N,3) of the old map (labels, user corrections) moved with the keyframe whose camera
@@ -205,7 +207,7 @@ class LoopCloser:
                 if kf.kid > built.kids[-1]:
                     built.add(kf, st.poses[i])
         event = MapCorrection(int(frame_index), np.array([k.index for k in st.kfs]), np.array(corr),
-                              keyframe_positions_m=positions, **info)
+                              keyframe_positions_m=positions, applied_s=time.monotonic(), **info)
         self.events.append(event)
         self.stats.corrections += 1
         self._applied.set()
@@ -350,7 +352,7 @@ class LoopCloser:
     @property
     def correcting(self) -> bool:
         """True while a correction is optimised, rebuilt or waits to be swapped in. Any thread."""
-        return self._correcting.is_set()
+        return self._correcting.is_set() or self._ready is not None
 
     def _correct(self, kfs, poses, odom, moved, edge: LoopEdge) -> None:
         self._correcting.set()
@@ -372,14 +374,36 @@ class LoopCloser:
                 self.stats.pruned += 1
                 log.info("loop closure: the optimisation pruned the loop edge; the map is kept")
             return
-        built = rebuild(kfs, res.poses, self._volume_cfg, self._mesh_cfg, self._pace)
+        info = dict(max_shift_m=res.max_shift_m, loops=res.loops_kept, optimise_s=t1 - t0)
+        if self._hand_over(kfs, poses, res.poses, moved, info):
+            while not self._applied.wait(0.05) and not self._stop.is_set():
+                pass
+
+    def _hand_over(self, kfs, poses, new_poses, moved, info: dict, pace=None) -> bool:
+        """Rebuild the map with `kfs` at `new_poses` (pacing the worker) and leave it for the fusion thread's
+        `apply_ready`; False when stopped or the world moved meanwhile (gravity): the result would be stale."""
+        t0 = time.perf_counter()
+        built = rebuild(kfs, new_poses, self._volume_cfg, self._mesh_cfg, pace or self._pace)
         if built is None or moved != self._world_moved:
-            return
-        new_by_kid = {k.kid: T for k, T in zip(kfs, res.poses)}
-        C_last = res.poses[-1] @ np.linalg.inv(poses[-1])
-        info = dict(max_shift_m=res.max_shift_m, loops=res.loops_kept, optimise_s=t1 - t0,
-                    rebuild_s=time.perf_counter() - t1)
-        self._applied.clear()
-        self._ready = (built, new_by_kid, C_last, info)
-        while not self._applied.wait(0.05) and not self._stop.is_set():
-            pass
+            return False
+        new_by_kid = {k.kid: T for k, T in zip(kfs, new_poses)}
+        C_last = new_poses[-1] @ np.linalg.inv(poses[-1])
+        with self._idle_lock:   # busy until it is applied (an offer comes while the worker may be idle)
+            self._idle.clear()
+            self._applied.clear()
+            self._ready = (built, new_by_kid, C_last, info | dict(rebuild_s=time.perf_counter() - t0))
+        return True
+
+    def offer(self, new_poses: np.ndarray) -> bool:
+        """Correct the map to put the keyframes held now at `new_poses` ((N,4,4), in order), as an accepted
+        loop does after its optimisation: rebuilt in the calling thread, swapped in by the fusion thread's
+        next `apply_ready`. For tests and tools (a correction without finding a loop). False: stale."""
+        kfs, poses, _, _, moved = self._snapshot()
+        new_poses = np.asarray(new_poses, float).reshape(len(kfs), 4, 4)
+        shift = max(float(np.linalg.norm(a[:3, 3] - b[:3, 3])) for a, b in zip(new_poses, poses))
+        info = dict(max_shift_m=shift, loops=0, optimise_s=0.0)
+        return self._hand_over(kfs, poses, new_poses, moved, info, pace=lambda: self._stop.is_set())
+
+    def keyframe_poses(self) -> np.ndarray:
+        """(N,4,4) current poses of the keyframes held, oldest first. Any thread."""
+        return self._snapshot()[1].reshape(-1, 4, 4)

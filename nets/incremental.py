@@ -7,7 +7,10 @@ Data flow (no lock is held during integration or inference):
                    chunks -> take the served snapshots -> ChunkModel.predict -> LabelStore/CompletionStore
 Label latency is measured from the integration of the first frame whose change a chunk had not
 labelled yet to the moment its labels land in the store. `reset()` bumps a generation counter; any
-result of an older generation is dropped, never fused.
+result of an older generation is dropped, never fused. When loop closure swaps a corrected map in
+(`pipeline.loops.events`), the stored labels and user corrections move with it (`LabelStore.follow`);
+a result inferred from a snapshot served before the swap is of the old world: it is not fused, its
+chunks are inferred again (the pipeline marks every chunk after a correction).
 """
 from __future__ import annotations
 
@@ -21,8 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fusion.pipeline import FusionPipeline
+from nets.completion import PREFIX as COMPLETION_PREFIX
 from nets.completion import CompletionStore
-from nets.cells import CLASS_IDS
+from nets.cells import CLASS_IDS, group_by_chunk
 from nets.labels import LabelStore
 from nets.scheduler import ChunkScheduler, InputMemory, SchedulerConfig
 
@@ -103,6 +107,7 @@ class IncrementalLabeler:
         self._camera_m: np.ndarray | None = None
         self._requested: dict[tuple, int] = {}   # group -> generation, requested and not yet back
         self._last_behind_log_s = -1e9
+        self._world_seen = 0          # map corrections of the pipeline the worker has followed
         self.error: BaseException | None = None
 
     # --- thread control ------------------------------------------------------------------------
@@ -162,6 +167,7 @@ class IncrementalLabeler:
             last = self.pipeline.latest_stamp()  # frames before the reset are not waited for
             self._seen_count = 0 if last is None else last.count
             self._camera_m = None
+            self._world_seen = 0
             self._seen_generation = gen
         return gen
 
@@ -240,6 +246,7 @@ class IncrementalLabeler:
 
     # --- one round -----------------------------------------------------------------------------
     def _poll(self) -> None:
+        self._follow_world()
         keys, stamps = self.pipeline.take_dirty(CONSUMERS, self._seen_count)
         now = time.monotonic()
         if stamps:
@@ -285,13 +292,45 @@ class IncrementalLabeler:
                 if gen != self._generation:   # reset while inferring: a stale result
                     self._count_dropped()
                     continue
-                self.labels.fuse(pred)
+                if self.labels.fuse(pred, world=self._world_of(snap)) is None:  # the map moved under it
+                    self.scheduler.cancel(keys)
+                    self._count_dropped()
+                    continue
                 self.completion.fuse(pred)
             self.memory.remember(region)
             latencies = self.scheduler.done(keys, snap.frames_integrated, time.monotonic())
             self._count(keys, region, infer_ms, latencies)
             done += len(keys)
         return done
+
+    def _world_moves(self) -> list:
+        """The map corrections the pipeline has swapped in so far (loop closure), oldest first."""
+        loops = getattr(self.pipeline, "loops", None)
+        return list(loops.events) if loops is not None else []
+
+    def _follow_world(self) -> list:
+        """Move the stores with map corrections not followed yet: labels and corrections move, completion
+        of chunks left without cells is dropped, every chunk counts as changed. Returns the corrections."""
+        events = self._world_moves()
+        if len(events) > self._world_seen:
+            self.labels.follow([e.move_points for e in events])
+            gone = self._completion_keys() - self.labels.chunk_keys()
+            if gone:
+                self.completion.fuse(_EmptyPrediction(tuple(sorted(gone))))
+            self.memory.clear()
+            self._world_seen = len(events)
+            log.info("labels follow the corrected map (%d corrections so far)", len(events))
+        return events
+
+    def _completion_keys(self) -> set:
+        coords = self.completion.to_arrays()[f"{COMPLETION_PREFIX}coords"]
+        return {key for key, _ in group_by_chunk(coords, self.grid.chunk_voxels)}
+
+    def _world_of(self, snap) -> int:
+        """Map corrections swapped in before `snap` was served: the world its input is in (the stores are
+        brought up to date first)."""
+        events = self._follow_world()
+        return sum(1 for e in events if e.applied_s <= snap.served_s)
 
     def _unchanged(self, region) -> bool:
         return max(self.memory.change(region, key) for key in region.keys) < self.config.skip_change_below

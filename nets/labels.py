@@ -26,11 +26,12 @@ import numpy as np
 
 from fusion.classes import CLASSES
 from fusion.coarse import CoarseGridConfig
-from nets.cells import (CLASS_IDS, NO_CORRECTION, ChunkCells, build_chunk, class_columns, empty_chunk, group_by_chunk,
+from nets.cells import (CLASS_IDS, NO_CORRECTION, ChunkCells, build_chunk, class_columns, group_by_chunk,
                         labels_differ, overlapping_chunks, pack_cells, rows_of, unpack_cells)
+from nets.label_arrays import PREFIX, has_label_arrays, rows_from_arrays, rows_to_arrays  # noqa: F401 (re-exported)
+from nets.label_moves import gather, moved_chunks, moved_values
 from nets.vertex_labels import interpolated_labels
 
-PREFIX = "labels_"                                #: prefix of the arrays `to_arrays` returns
 _OFFSETS6 = np.array([(1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)], np.int32)
 _OFFSETS26 = np.array([(x, y, z) for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1)
                        if (x, y, z) != (0, 0, 0)], np.int32)
@@ -55,6 +56,7 @@ class Correction:
     cells: np.ndarray        #: (K,3) int32 cells
     label: int               #: NYU40 id the user set
     previous: np.ndarray     #: (K,) uint16 correction each cell had before (NO_CORRECTION: none)
+    world: int = 0           #: world moves the store had followed when it was made (cells are in that world)
 
 
 class LabelStore:
@@ -71,6 +73,7 @@ class LabelStore:
         self._chunks: dict[tuple, ChunkCells] = {}
         self._version = 0
         self._history: deque[tuple[int, frozenset]] = deque(maxlen=config.history)
+        self._moves: list = []   # world moves followed (functions: old world points -> new), oldest first
 
     # --- changes -------------------------------------------------------------------------------
     @property
@@ -105,15 +108,19 @@ class LabelStore:
                 keys = set().union(*(k for v, k in self._history if v > version))
             return self._version, keys
 
-    def fuse(self, pred) -> set:
+    def fuse(self, pred, world: int | None = None) -> set | None:
         """Fuse a RegionPrediction's observed sites into the cores of its chunks; returns chunk keys
-        whose labels or cells changed. Chunks of `pred.keys` with no site lose their uncorrected cells."""
+        whose labels or cells changed. Chunks of `pred.keys` with no site lose their uncorrected cells.
+        world: the world moves the prediction's input had seen; when the store has followed another
+        number, the prediction is of another world: nothing is fused and None is returned."""
         n = self.grid.chunk_voxels
         coords = np.asarray(pred.coords, np.int32)[np.asarray(pred.observed, bool)]
         probs = np.asarray(pred.probs, np.float32)[np.asarray(pred.observed, bool)]
         groups = dict(group_by_chunk(coords, n))
         empty = np.zeros(0, np.int64)
         with self._write_lock:
+            if world is not None and world != len(self._moves):
+                return None
             new, changed = {}, set()
             for key in map(tuple, pred.keys):
                 sel = groups.get(key, empty)
@@ -156,19 +163,51 @@ class LabelStore:
             raise ValueError(f"{label} is not a ScanNet-20 NYU40 id (or 0)")
         with self._write_lock:
             previous = self._set_corrected(cells, np.full(len(cells), label, np.uint16))
-        return Correction(cells, label, previous)
+            return Correction(cells, label, previous, len(self._moves))
 
     def apply(self, correction: Correction) -> set:
-        """Re-apply a correction (redo); returns changed chunk keys."""
+        """Re-apply a correction (redo), where its cells are now; returns changed chunk keys."""
         with self._write_lock:
-            self._set_corrected(correction.cells, np.full(len(correction.cells), correction.label, np.uint16))
-            return {k for k, _ in group_by_chunk(correction.cells, self.grid.chunk_voxels)}
+            cells, _ = self._followed(correction)
+            self._set_corrected(cells, np.full(len(cells), correction.label, np.uint16))
+            return {k for k, _ in group_by_chunk(cells, self.grid.chunk_voxels)}
 
     def revert(self, correction: Correction) -> set:
-        """Undo a correction: each cell gets back the correction it had before; returns changed chunk keys."""
+        """Undo a correction: each cell (where it is now) gets back the correction it had before; returns
+        changed chunk keys."""
         with self._write_lock:
-            self._set_corrected(correction.cells, correction.previous)
-            return {k for k, _ in group_by_chunk(correction.cells, self.grid.chunk_voxels)}
+            cells, previous = self._followed(correction)
+            self._set_corrected(cells, previous)
+            return {k for k, _ in group_by_chunk(cells, self.grid.chunk_voxels)}
+
+    def _followed(self, correction: Correction) -> tuple[np.ndarray, np.ndarray]:
+        """A correction's (cells, previous values) moved into the current world. Caller holds the writer lock."""
+        moves = self._moves[correction.world:]
+        if not moves:
+            return correction.cells, correction.previous
+        return moved_values(correction.cells, correction.previous, self.grid.voxel_size_m, moves)
+
+    # --- world moves (loop closure) ------------------------------------------------------------
+    @property
+    def world(self) -> int:
+        """World moves this store has followed."""
+        with self._write_lock:
+            return len(self._moves)
+
+    def follow(self, moves) -> set:
+        """Follow the moves of the world this store has not followed yet. `moves`: every move of the scan
+        so far, oldest first (functions mapping old world points (N,3) to new); each stored cell moves to
+        the cell its centre moves into (`nets.label_moves`: a correction beats a prediction, then the more
+        confident wins). Undo records made before follow their cells. Returns the chunk keys changed."""
+        with self._write_lock:
+            fresh = list(moves)[len(self._moves):]
+            if not fresh:
+                return set()
+            moved = moved_chunks(self._snapshot().values(), self.grid.voxel_size_m, self.grid.chunk_voxels, fresh,
+                                 self.config.switch_margin)
+            self._moves.extend(fresh)
+            new = {key: None for key in self._chunks} | moved
+            return self._commit(new)
 
     def _set_corrected(self, cells: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Set `corrected` of cells (creating rows); returns the previous values. Caller holds the writer lock."""
@@ -207,7 +246,9 @@ class LabelStore:
             return self._commit(new, {k for k, c in new.items() if labels_differ(chunks[k], c)})
 
     def clear(self) -> None:
+        """Forget every cell (and the world moves followed: an empty store is in any world)."""
         with self._write_lock:
+            self._moves.clear()
             self._commit({key: None for key in list(self._chunks)})
 
     # --- lookups -------------------------------------------------------------------------------
@@ -356,44 +397,16 @@ class LabelStore:
 
     # --- persistence ---------------------------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """Named arrays (prefix `labels_`) that `from_arrays` restores; for session extras."""
-        chunks = list(self._snapshot().values())
-        empty = empty_chunk()
-        out = {f"{PREFIX}{f}": np.concatenate([getattr(c, f) for c in chunks]) if chunks else getattr(empty, f)
-               for f in ("coords", "probs", "weight", "corrected", "predicted")}
-        return out | {f"{PREFIX}grid": np.array([self.grid.voxel_size_m, self.grid.chunk_voxels], np.float64)}
+        """Named arrays (prefix `labels_`, `nets.label_arrays`) that `from_arrays` restores; for session extras."""
+        return rows_to_arrays(gather(self._snapshot().values()), self.grid)
 
     @classmethod
     def from_arrays(cls, arrays: dict, grid: CoarseGridConfig = CoarseGridConfig(),
                     config: LabelStoreConfig = LabelStoreConfig()) -> "LabelStore":
         """A store from `to_arrays` output; ValueError when the arrays are missing or do not fit `grid`."""
-        store = cls(grid, config)
-        try:
-            coords = np.asarray(arrays[f"{PREFIX}coords"], np.int32).reshape(-1, 3)
-            probs = _probs_columns(np.asarray(arrays[f"{PREFIX}probs"], np.float32), len(coords))
-            weight = np.asarray(arrays[f"{PREFIX}weight"], np.float32).reshape(len(coords))
-            corrected = np.asarray(arrays[f"{PREFIX}corrected"], np.uint16).reshape(len(coords))
-            shown = np.asarray(arrays.get(f"{PREFIX}predicted", np.zeros(len(coords))), np.uint16).reshape(len(coords))
-            saved_grid = np.asarray(arrays[f"{PREFIX}grid"], np.float64)
-        except KeyError as exc:
-            raise ValueError(f"label store arrays lack {exc}") from None
-        if not np.allclose(saved_grid, [grid.voxel_size_m, grid.chunk_voxels]):
-            raise ValueError(f"label store grid {saved_grid.tolist()} differs from {grid}")
-        n = grid.chunk_voxels
+        store, rows, n = cls(grid, config), rows_from_arrays(arrays, grid), grid.chunk_voxels
         with store._write_lock:
-            store._commit({key: build_chunk(key, n, coords[sel], probs[sel], weight[sel], corrected[sel],
-                                             shown[sel], config.switch_margin)
-                           for key, sel in group_by_chunk(coords, n)})
+            store._commit({key: build_chunk(key, n, rows.coords[sel], rows.probs[sel], rows.weight[sel],
+                                             rows.corrected[sel], rows.predicted[sel], config.switch_margin)
+                           for key, sel in group_by_chunk(rows.coords, n)})
         return store
-
-
-def _probs_columns(probs: np.ndarray, rows: int) -> np.ndarray:
-    """Saved probabilities as (rows, classes); a session from before the ceiling class (ScanNet-20 only)
-    gets a ceiling column of zeros."""
-    if probs.size == rows * (len(CLASS_IDS) - 1):
-        return np.concatenate([probs.reshape(rows, -1), np.zeros((rows, 1), np.float32)], 1)
-    return probs.reshape(rows, len(CLASS_IDS))
-
-
-def has_label_arrays(arrays: dict) -> bool:
-    return f"{PREFIX}coords" in arrays
