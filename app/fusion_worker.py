@@ -122,6 +122,7 @@ class FusionWorker:
         if self.state == "running" and self._it is not None:
             self._fuse_next()
         else:
+            self._land_loop_correction()
             served = self.pipeline.serve_requests(self.config.serve_regions_idle) if self.pipeline else 0
             if not served and wait:
                 try:
@@ -246,6 +247,7 @@ class FusionWorker:
         self._take_pipeline(lambda: session.pipeline, session.extras)
         self.stamps = [float(t) for t in session.timestamps_s]
         self.poses = [np.asarray(T) for T in session.poses]
+        self._pose_frames = [-1] * len(self.poses)  # fused before any frame of this run (loop corrections move them)
         self.frames_read = self._integrated = self._saved_integrated = len(self.poses)
         self.source_spec = name or "saved session"
         self._up_from(self.poses[0] if self.poses else None)
@@ -255,6 +257,7 @@ class FusionWorker:
     def _new_scan(self) -> None:
         self.stamps: list[float] = []
         self.poses: list[np.ndarray] = []
+        self._pose_frames: list[int] = []   # frame index of each pose
         self._positions = np.zeros((0, 3), np.float32)
         self.last_frame = None
         self.frames_read = self._integrated = self._rejected = self._saved_integrated = 0
@@ -263,6 +266,7 @@ class FusionWorker:
         self.up: np.ndarray | None = None
         self._continuable, self.reset_pending, self._changed = False, True, True
         self._world_changes = 0  # world changes of the pipeline (gravity settling) the poses have followed
+        self._loops_seen = 0     # map corrections of the pipeline's loop closer the poses have followed
         self._last_pub = self._last_status = 0.0
 
     def _fuse_next(self) -> None:
@@ -308,10 +312,12 @@ class FusionWorker:
         else:
             self._rejected += 1
         self._follow_world()  # before this frame's pose, which is already in the newest world
+        self._follow_loops()
         last = res.T_world_cam if res.T_world_cam is not None else (self.poses[-1] if self.poses else None)
         if last is not None:
             self.stamps.append(res.timestamp_s)
             self.poses.append(np.asarray(last))
+            self._pose_frames.append(res.index)
         self._track_events(res)
         self._changed = True
 
@@ -340,6 +346,23 @@ class FusionWorker:
             self.poses = [C @ T for T in self.poses]
             self._positions = np.zeros((0, 3), np.float32)
         self._world_changes = len(changes)
+
+    def _follow_loops(self) -> None:
+        """Map corrections of loop closure not followed yet: the camera path so far moves with each and the
+        user is told (the labels follow on the nets' side, the mesh through the pipeline's dirty chunks)."""
+        loops = self.pipeline.loops if self.pipeline is not None else None
+        for event in loops.events[self._loops_seen:] if loops is not None else []:
+            self.poses = [event.correction_of(i) @ T if i < event.first_frame else T
+                          for i, T in zip(self._pose_frames, self.poses)]
+            self._positions = np.zeros((0, 3), np.float32)
+            self._loops_seen += 1
+            self._event("info", f"loop closed: map corrected (moved up to {event.max_shift_m * 100:.1f} cm)")
+
+    def _land_loop_correction(self) -> None:
+        """No frame comes (paused, stopped, finished): a map correction in the making still lands."""
+        if self.pipeline is not None and self.pipeline.loops is not None and self.pipeline.loops.correcting:
+            self.pipeline.finish_loops(self.config.idle_wait_s)
+            self._follow_loops()
 
     def _settle_gravity(self) -> None:
         """A scan that ends young settles gravity now (the nets then label it)."""

@@ -186,6 +186,9 @@ class MainWindow(QMainWindow):
             spin.setValue(self._setting(key, default, float))
             spin.blockSignals(False)
         p.show_validity()
+        p.loop_check.blockSignals(True)
+        p.loop_check.setChecked(self._setting("scan/loop_closure", self.config.pipeline.loop.enabled, bool))
+        p.loop_check.blockSignals(False)
         self.worker.command("config", self._pipeline_config())
         self.correction.set_radius(p.brush_spin.value() / 100.0)
         p.nets_check.blockSignals(True)
@@ -203,6 +206,7 @@ class MainWindow(QMainWindow):
         s.setValue("scan/voxel_cm", p.voxel_spin.value())
         s.setValue("scan/depth_min_m", p.depth_min_spin.value())
         s.setValue("scan/depth_max_m", p.depth_max_spin.value())
+        s.setValue("scan/loop_closure", p.loop_check.isChecked())
         s.setValue("correct/brush_cm", p.brush_spin.value())
         s.setValue("nets/enabled", p.nets_check.isChecked())
         s.setValue("view/mode", self.viewport.mode)
@@ -223,7 +227,8 @@ class MainWindow(QMainWindow):
         p = self.panel
         vol = dataclasses.replace(base.volume, voxel_size_m=p.voxel_spin.value() / 100.0,
                                   depth_min_m=p.depth_min_spin.value(), depth_max_m=p.depth_max_spin.value())
-        return dataclasses.replace(base, volume=vol)
+        loop = dataclasses.replace(base.loop, enabled=p.loop_check.isChecked())
+        return dataclasses.replace(base, volume=vol, loop=loop)
 
     def use_source(self, spec: str) -> None:
         """Select a source (remembered among the recent ones); Start fuses it."""

@@ -188,9 +188,13 @@ class NetsHookup:
         return version != seen and time.monotonic() - at_s >= interval_s
 
     def poll(self) -> None:
-        """Start the labeler once its model has loaded (fusion thread, every loop iteration; cheap)."""
+        """Start the labeler once its model has loaded; without a labeler, move the label store (user
+        corrections) with the map corrections of loop closure (fusion thread, every loop iteration; cheap)."""
         if self.enabled and self._labeler is None and self._model is not None and self._pipeline is not None:
             self._start_labeler()
+        loops = getattr(self._pipeline, "loops", None)
+        if self._labeler is None and loops is not None and len(loops.events) > self.store.world:
+            self.store.follow([e.move_points for e in loops.events])
 
     def has_news(self) -> bool:
         """Whether class amounts or the completion are due to be handed out again."""

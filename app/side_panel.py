@@ -32,6 +32,8 @@ TOOLTIPS = {
     "voxel_spin": "Edge of a TSDF voxel: smaller keeps more detail and costs more time and memory",
     "depth_min_spin": "Depth nearer than this is ignored",
     "depth_max_spin": "Depth farther than this is ignored",
+    "loop_check": ("Find loops when the camera comes back to a place it saw, and correct the drifted map (mesh, "
+                   "labels, your corrections move with it); applies to the next scan (Start or Reset)"),
     "mode_box": "Colour the mesh by camera colour, label, label confidence or completion (keys 1-4)",
     "lighting_check": "Shade the mesh (Ctrl+I)",
     "follow_check": "Keep the view behind the tracked camera (Ctrl+F)",
@@ -77,7 +79,7 @@ class SidePanel(QScrollArea):
     stop = pyqtSignal()
     reset = pyqtSignal()
     record = pyqtSignal(bool)
-    settings_changed = pyqtSignal()   #: voxel size or depth range edited
+    settings_changed = pyqtSignal()   #: voxel size, depth range or loop closure edited
     notice = pyqtSignal(str, str)     #: (level, text) for the status bar: a value clamped, a range refused
     nets_toggled = pyqtSignal(bool)
     mode_changed = pyqtSignal(str)
@@ -157,6 +159,9 @@ class SidePanel(QScrollArea):
         form.addRow("Voxel size", self.voxel_spin)
         form.addRow("Depth from", self.depth_min_spin)
         form.addRow("Depth to", self.depth_max_spin)
+        self.loop_check = QCheckBox("Loop closure")   # off by default, like `reconstruct`
+        self.loop_check.toggled.connect(lambda _on: self.settings_changed.emit())
+        form.addRow(self.loop_check)
         self.nets_check = QCheckBox("Labeling nets")
         self.nets_check.setChecked(True)
         self.nets_check.toggled.connect(self.nets_toggled)
