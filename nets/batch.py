@@ -147,6 +147,7 @@ class Augment:
     """Training-time augmentation of a batch (defaults: none)."""
 
     colour_jitter: float = 0.1     #: per-sample colour gain and bias range (0..1 colour units)
+    exposure: tuple = (1.0, 1.0)   #: per-sample brightness factor on linear colour, log-uniform in this range
     colour_dropout: float = 0.0    #: chance that a sample's colour is replaced by its mean (geometry decides)
     max_shift_cells: int = 1       #: whole-cell shifts are drawn below this (the coarsest stride: every phase)
     z_shift_offset_cells: int = 0  #: z shifts are lowered by this (the floor lands below cell 0 as often as above)
@@ -160,6 +161,9 @@ class Augment:
 
 
 def _augment_colour(f: np.ndarray, rng: np.random.Generator, aug: Augment) -> None:
+    if aug.exposure != (1.0, 1.0):
+        gain = np.exp(rng.uniform(np.log(aug.exposure[0]), np.log(aug.exposure[1])))
+        f[:, 4:7] = np.clip((f[:, 4:7] + 0.5) * gain, 0, 1) - 0.5
     if aug.colour_jitter > 0:
         gain = rng.uniform(1 - aug.colour_jitter, 1 + aug.colour_jitter, 3)
         bias = rng.uniform(-aug.colour_jitter, aug.colour_jitter, 3) / 2

@@ -130,6 +130,17 @@ def test_colour_dropout_leaves_geometry_and_blanks_colour(samples):
     assert np.all(f[:, 4:7] == 0) and np.any(f[:, :4] != 0)
 
 
+def test_exposure_scales_linear_colour_and_leaves_geometry(samples):
+    from nets.batch import Augment
+
+    rng_seed = 0
+    plain, _ = make_batch(samples[:1], np.random.default_rng(rng_seed), Augment(colour_jitter=0.0))
+    dark, _ = make_batch(samples[:1], np.random.default_rng(rng_seed), Augment(colour_jitter=0.0, exposure=(0.3, 0.3)))
+    p, d = plain.features.numpy(), dark.features.numpy()
+    assert np.allclose(d[:, 4:7] + 0.5, (p[:, 4:7] + 0.5) * 0.3, atol=1e-6)
+    assert np.array_equal(d[:, :4], p[:, :4])
+
+
 def test_real_scan_augmentation_cuts_walls_punches_holes_and_targets_follow_a_tilt(samples):
     """Walls scanned part of the way up, holes and a tilted gravity; a tilted site keeps (nearly always)
     the target of the cell it came from."""
