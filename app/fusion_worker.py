@@ -20,6 +20,7 @@ import numpy as np
 from app.messages import plain_error
 from app.nets_hookup import NetsHookup
 from app.publisher import publish
+from app.scan_world import continued_index, follow_gravity, follow_loops, land_loop_correction
 from app.snapshots import DisplayOutbox, Event
 from app.worker_env import lower_thread_priority, open_gui_source, retime_offset_s
 from storage.autosave import AutosaveConfig, Autosaver
@@ -122,7 +123,7 @@ class FusionWorker:
         if self.state == "running" and self._it is not None:
             self._fuse_next()
         else:
-            self._land_loop_correction()
+            land_loop_correction(self)
             served = self.pipeline.serve_requests(self.config.serve_regions_idle) if self.pipeline else 0
             if not served and wait:
                 try:
@@ -180,6 +181,7 @@ class FusionWorker:
         self._close_source()
         self.state = "idle"
         source = open_gui_source(spec, max_frames, self.config.real_time_recordings)  # a bad source keeps the model
+        self._index_offset = continued_index(self) if self._continuable else 0
         if not self._continuable:
             self._fresh_model()
         self.source, self.source_spec = source, spec
@@ -262,7 +264,7 @@ class FusionWorker:
         self.last_frame = None
         self.frames_read = self._integrated = self._rejected = self._saved_integrated = 0
         self._frame_times: list[float] = []
-        self._tracking, self._retime_s = "", None  # "": no frame fused yet
+        self._tracking, self._retime_s, self._index_offset = "", None, 0  # "": no frame fused yet
         self.up: np.ndarray | None = None
         self._continuable, self.reset_pending, self._changed = False, True, True
         self._world_changes = 0  # world changes of the pipeline (gravity settling) the poses have followed
@@ -297,11 +299,14 @@ class FusionWorker:
             self._autosaver.maybe_save(time.monotonic())
 
     def _retime(self, frame):
-        """Frames of a new source fused into an older model keep time increasing."""
+        """Frames of a new source fused into an older model keep time (and frame numbers) increasing."""
         if self._retime_s is None:
             last_s = self.pipeline.last_timestamp_s
             self._retime_s = retime_offset_s(frame.timestamp_s, last_s, self.config.retime_gap_s)
-        return dataclasses.replace(frame, timestamp_s=frame.timestamp_s + self._retime_s) if self._retime_s else frame
+        if not (self._retime_s or self._index_offset):
+            return frame
+        return dataclasses.replace(frame, timestamp_s=frame.timestamp_s + self._retime_s,
+                                   index=frame.index + self._index_offset)
 
     def _after_frame(self, frame, res, elapsed_s: float) -> None:
         self.last_frame, self.frames_read = frame, self.frames_read + 1
@@ -311,8 +316,8 @@ class FusionWorker:
             self._up_from(res.T_world_cam if self.up is None else None)
         else:
             self._rejected += 1
-        self._follow_world()  # before this frame's pose, which is already in the newest world
-        self._follow_loops()
+        follow_gravity(self)  # before this frame's pose, which is already in the newest world
+        follow_loops(self)
         last = res.T_world_cam if res.T_world_cam is not None else (self.poses[-1] if self.poses else None)
         if last is not None:
             self.stamps.append(res.timestamp_s)
@@ -339,36 +344,11 @@ class FusionWorker:
             aligned = self.pipeline is not None and self.pipeline.gravity.report().method not in ("gt", "camera")
             self.up = np.array([0.0, 0, 1]) if aligned else -np.asarray(T, float)[:3, 1]
 
-    def _follow_world(self) -> None:
-        """Poses kept before the pipeline rebuilt its world (gravity settling) move into the new one."""
-        changes = self.pipeline.gravity.changes
-        for _, C in changes[self._world_changes:]:
-            self.poses = [C @ T for T in self.poses]
-            self._positions = np.zeros((0, 3), np.float32)
-        self._world_changes = len(changes)
-
-    def _follow_loops(self) -> None:
-        """Map corrections of loop closure not followed yet: the camera path so far moves with each and the
-        user is told (the labels follow on the nets' side, the mesh through the pipeline's dirty chunks)."""
-        loops = self.pipeline.loops if self.pipeline is not None else None
-        for event in loops.events[self._loops_seen:] if loops is not None else []:
-            self.poses = [event.correction_of(i) @ T if i < event.first_frame else T
-                          for i, T in zip(self._pose_frames, self.poses)]
-            self._positions = np.zeros((0, 3), np.float32)
-            self._loops_seen += 1
-            self._event("info", f"loop closed: map corrected (moved up to {event.max_shift_m * 100:.1f} cm)")
-
-    def _land_loop_correction(self) -> None:
-        """No frame comes (paused, stopped, finished): a map correction in the making still lands."""
-        if self.pipeline is not None and self.pipeline.loops is not None and self.pipeline.loops.correcting:
-            self.pipeline.finish_loops(self.config.idle_wait_s)
-            self._follow_loops()
-
     def _settle_gravity(self) -> None:
         """A scan that ends young settles gravity now (the nets then label it)."""
         if self.pipeline is not None:
             self.pipeline.settle_gravity()
-            self._follow_world()
+            follow_gravity(self)
 
     def _finish(self, event: Event) -> None:
         """The source ended (or failed: then the state is idle, not finished, and the event says why)."""

@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 import cv2
 import numba as nb
 import numpy as np
-from scipy.spatial import cKDTree
 
+from fusion import loop_arrays
 from fusion.frame import Frame
 from fusion.loops import LoopDetectConfig, LoopDetector, LoopEdge, MapKeyframe
+from fusion.map_correction import MapCorrection  # noqa: F401 (re-exported: the pipeline's FrameResult carries it)
 from fusion.map_rebuild import RebuiltMap, rebuild
 from fusion.meshing import MeshConfig
 from fusion.pose_graph import GraphEdge, PoseGraphConfig, optimise
@@ -54,38 +55,6 @@ class LoopClosureConfig:
     worker_nice: int = 10                #: the worker thread runs this much nicer than fusion (where the OS allows)
     detect: LoopDetectConfig = field(default_factory=LoopDetectConfig)
     graph: PoseGraphConfig = field(default_factory=PoseGraphConfig)
-
-
-@dataclass(frozen=True)
-class MapCorrection:
-    """A map correction the fusion thread applied (immutable; for the GUI, labels and sessions)."""
-
-    first_frame: int                     #: frames before this index were fused in the old world
-    keyframe_frames: np.ndarray          #: (N,) frame index of each keyframe (increasing)
-    corrections: np.ndarray              #: (N,4,4) world change per keyframe, new <- old
-    max_shift_m: float                   #: largest keyframe move
-    loops: int                           #: loop edges in the graph
-    optimise_s: float
-    rebuild_s: float
-
-    keyframe_positions_m: np.ndarray = None  #: (N,3) each keyframe's camera position in the old world
-    applied_s: float = 0.0               #: time.monotonic() when it was handed to the fusion thread to swap in:
-    #:     what the fusion thread served before (snapshots for the nets) is of the old world, after of the new
-
-    def move_points(self, points_m: np.ndarray) -> np.ndarray:
-        """World points (N,3) of the old map (labels, user corrections) moved with the keyframe whose camera
-        was nearest to each: the map near a keyframe was fused from it."""
-        pts = np.asarray(points_m, float).reshape(-1, 3)
-        if len(pts) == 0:
-            return pts.copy()
-        _, nearest = cKDTree(self.keyframe_positions_m).query(pts)
-        C = self.corrections[nearest]
-        return np.einsum("nij,nj->ni", C[:, :3, :3], pts) + C[:, :3, 3]
-
-    def correction_of(self, frame_index: int) -> np.ndarray:
-        """The world change of a frame fused before `first_frame` (its keyframe's, or the nearest)."""
-        j = int(np.searchsorted(self.keyframe_frames, frame_index, side="right")) - 1
-        return self.corrections[max(j, 0)]
 
 
 @dataclass
@@ -232,6 +201,32 @@ class LoopCloser:
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until the worker has handled every keyframe and any result is applied or discarded."""
         return self._idle.wait(timeout_s)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Keyframes (reduced RGB-D, poses, odometry, path) and loop edges as flat arrays (for sessions)."""
+        with self._lock:
+            st = self._store
+            return loop_arrays.to_arrays(st.kfs, st.poses, st.odom, st.path_m, list(self.loops))
+
+    def load_arrays(self, arrays: dict) -> None:
+        """Take the keyframes and loop edges `to_arrays` wrote (a saved scan), before any frame is offered:
+        a continued scan closes loops against them. Describes them now (in the calling thread)."""
+        kfs = loop_arrays.keyframes_from_arrays(arrays)
+        n = len(kfs)
+        with self._lock:
+            self._store = _Store(kfs, list(np.asarray(arrays["poses"], float).reshape(n, 4, 4)),
+                                 list(np.asarray(arrays["odom"], float).reshape(n, 4, 4)),
+                                 [float(d) for d in np.asarray(arrays["path_m"]).reshape(n)])
+        self.loops = loop_arrays.edges_from_arrays(arrays)
+        self._next_kid = max((k.kid for k in kfs), default=-1) + 1
+        for kf in kfs:
+            self._detector.describe(kf.kid, kf.frame())
+        self.stats.keyframes = n
+
+    def last_frame_index(self) -> int:
+        """Source frame index of the newest keyframe (-1: none). A continued scan's frames come after it."""
+        with self._lock:
+            return self._store.kfs[-1].index if self._store.kfs else -1
 
     def memory_bytes(self) -> int:
         with self._lock:

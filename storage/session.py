@@ -8,6 +8,9 @@ A session is a single zip file (by convention `NAME.session`; `reconstruct` writ
 - `trajectory/timestamps_s.npy` (T,) and `trajectory/poses.npy` (T,4,4) camera-to-world;
 - `keyframes/*.npy`: the tracker's keyframes (poses, ORB descriptors, world points, thumbnails); a
   loaded session starts lost, so the next frame of any source relocalises against them and the model;
+- `loops/*.npy` (when loop closure is on): the loop closer's keyframes (reduced RGB-D, poses, odometry,
+  path walked; at most its keyframe cap) and loop edges, so a continued scan closes loops against the
+  earlier part (`fusion.loop_arrays`; sessions without them load as before, with no keyframes);
 - `extra/NAME.npy`: arrays other components persist: the label store's (`labels_*`, corrections included),
   the completion's, and `adapted_weights` (uint8: the bytes of the weights file learned from the user's
   corrections, `nets.session_weights`; sessions without it load as before).
@@ -120,6 +123,8 @@ def capture_session(pipeline: FusionPipeline, timestamps_s, poses, source: dict 
     """Copy the fusion state (+ trajectory, extras). Call from the thread that owns `pipeline`."""
     poses = np.asarray(poses, np.float64).reshape(-1, 4, 4)
     keyframes = {f"keyframes/{k}": v for k, v in pipeline.tracker.relocaliser.to_arrays().items()}
+    if pipeline.loops is not None:
+        keyframes |= {f"loops/{k}": v for k, v in pipeline.loops.to_arrays().items()}
     arrays = _volume_arrays(pipeline) | keyframes | {
         "trajectory/timestamps_s": np.array(timestamps_s, np.float64),
         "trajectory/poses": poses.copy(),
@@ -224,11 +229,15 @@ def _restore_tracker(pipeline: FusionPipeline, t: dict) -> None:
 
 
 def _restore_keyframes(pipeline: FusionPipeline, arrays: dict) -> None:
-    """Keyframes of the saved scan; the next frame (any source) relocalises against them and the model."""
+    """Keyframes of the saved scan: the next frame (any source) relocalises against the tracker's and the
+    model; the loop closer's (when the session has them) close loops of a continued scan."""
     kf = {k[len("keyframes/"):]: v for k, v in arrays.items() if k.startswith("keyframes/")}
     if kf:
         pipeline.tracker.relocaliser.load_arrays(kf)
     pipeline.tracker.lose()
+    loops = {k[len("loops/"):]: v for k, v in arrays.items() if k.startswith("loops/")}
+    if loops and pipeline.loops is not None:
+        pipeline.loops.load_arrays(loops)
 
 
 def _build_pipeline(manifest: dict, arrays: dict, device: str | None) -> FusionPipeline:

@@ -1,0 +1,47 @@
+"""Owns a map correction's description: the world change of each keyframe that a loop closure applied, and
+how things fused in the old world (label cells, user corrections, poses) move into the new one.
+Immutable: any thread."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+
+@dataclass(frozen=True)
+class MapCorrection:
+    """A map correction the fusion thread applied (immutable; for the GUI, labels and sessions)."""
+
+    first_frame: int                     #: frames before this index were fused in the old world
+    keyframe_frames: np.ndarray          #: (N,) frame index of each keyframe (increasing)
+    corrections: np.ndarray              #: (N,4,4) world change per keyframe, new <- old
+    max_shift_m: float                   #: largest keyframe move
+    loops: int                           #: loop edges in the graph
+    optimise_s: float
+    rebuild_s: float
+
+    keyframe_positions_m: np.ndarray = None  #: (N,3) each keyframe's camera position in the old world
+    applied_s: float = 0.0               #: time.monotonic() when it was handed to the fusion thread to swap in:
+    #:     what the fusion thread served before (snapshots for the nets) is of the old world, after of the new
+
+    def move_points(self, points_m: np.ndarray) -> np.ndarray:
+        """World points (N,3) of the old map (labels, user corrections) moved with the keyframe whose camera
+        was nearest to each: the map near a keyframe was fused from it."""
+        pts = np.asarray(points_m, float).reshape(-1, 3)
+        if len(pts) == 0:
+            return pts.copy()
+        _, nearest = cKDTree(self.keyframe_positions_m).query(pts)
+        C = self.corrections[nearest]
+        return np.einsum("nij,nj->ni", C[:, :3, :3], pts) + C[:, :3, 3]
+
+    def correction_near(self, point_m) -> np.ndarray:
+        """The world change of the keyframe whose camera was nearest to `point_m` (old world): for a pose
+        whose frame index is not known (a loaded trajectory)."""
+        _, nearest = cKDTree(self.keyframe_positions_m).query(np.asarray(point_m, float).reshape(3))
+        return self.corrections[int(nearest)]
+
+    def correction_of(self, frame_index: int) -> np.ndarray:
+        """The world change of a frame fused before `first_frame` (its keyframe's, or the nearest)."""
+        j = int(np.searchsorted(self.keyframe_frames, frame_index, side="right")) - 1
+        return self.corrections[max(j, 0)]
