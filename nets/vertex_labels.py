@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from nets.cells import CLASS_IDS, NO_CORRECTION
+from nets.cells import CLASS_IDS, NO_CORRECTION, pack_cells, unpack_cells
 
 _CORNERS = np.array([(x, y, z) for x in (0, 1) for y in (0, 1) for z in (0, 1)], np.int64)
 
@@ -37,17 +37,21 @@ def _interpolate(p: np.ndarray, cell_m: float, lookup: CellLookup, min_conf: flo
     base = np.floor(u).astype(np.int64)
     frac = u - base
     n = len(p)
-    probs, present, corrected = lookup((base[None] + _CORNERS[:, None, :]).reshape(-1, 3).astype(np.int32))
+    # neighbouring points share their eight cells: look each cell up once (a mesh has ~25 points a cell)
+    keys, of_point = np.unique(pack_cells(base), return_inverse=True)
+    corners = (unpack_cells(keys)[None] + _CORNERS[:, None, :]).reshape(-1, 3).astype(np.int32)
+    probs, present, corrected = (a.reshape(8, len(keys), *a.shape[1:]) for a in lookup(corners))
+    frac = frac.astype(np.float32)
     w = np.prod(np.where(_CORNERS[:, None, :] == 1, frac[None], 1.0 - frac[None]), axis=2)  # (8, n)
-    w = np.where(present.reshape(8, n), w, 0.0)
-    score = np.einsum("kn,knc->nc", w, probs.reshape(8, n, -1))
+    w = np.where(present[:, of_point], w, np.float32(0))
+    score = np.einsum("kn,knc->nc", w, probs[:, of_point])
     total = w.sum(0)
     found = total > 1e-9
     best = score.argmax(1) if n else np.zeros(0, np.int64)
     conf = np.where(found, score[np.arange(n), best] / np.maximum(total, 1e-12), 0.0)
     label = np.where(found, CLASS_IDS[best], 0).astype(np.uint16)
     own_corner = (frac >= 0.5) @ np.array([4, 2, 1])  # the corner that is the point's own cell
-    own = corrected.reshape(8, n)[own_corner, np.arange(n)]
+    own = corrected[own_corner, of_point]
     fixed = own != NO_CORRECTION
     label[fixed], conf[fixed] = own[fixed], 1.0
     label[found & ~fixed & (conf < min_conf)] = 0
