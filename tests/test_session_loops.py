@@ -91,3 +91,62 @@ def test_sessions_without_loop_keyframes_load_as_before(drifting_scan, tmp_path)
         assert old.loops.stats.keyframes >= 1
     finally:
         old.close()
+
+
+def _run_worker(worker, state: str = "finished", max_steps: int = 10_000) -> list:
+    """Step the GUI's fusion worker (in this thread) until it reaches `state`; the events it published."""
+    events = []
+    for _ in range(max_steps):
+        worker.step()
+        snap = worker.outbox.take()
+        events += list(snap.events) if snap is not None else []
+        if worker.state == state and worker.pipeline.loops is not None and not worker.pipeline.loops.correcting:
+            return events
+    raise AssertionError(f"the worker did not reach {state!r}: {worker.state}")
+
+
+def test_gui_worker_continues_a_loaded_scan_after_its_frames_and_its_path_follows_a_correction(tmp_path):
+    """The GUI's fusion worker (driven by step(), no window): a loaded session continued with a source that
+    numbers its frames from 0 again fuses them after the saved ones, so keyframes stay in frame order; a
+    correction then moves the loaded camera path too (by the nearest keyframe) and the user is told."""
+    from app.fusion_worker import FusionWorker, FusionWorkerConfig
+    from app.nets_hookup import NetsConfig, NetsHookup
+    from fusion.pipeline import PipelineConfig
+    from fusion.volume import VolumeConfig
+    from storage.autosave import AutosaveConfig
+    from storage.session import capture_session, write_session
+
+    cfg = PipelineConfig(poses="gt", volume=VolumeConfig(voxel_size_m=0.04),
+                         loop=LoopClosureConfig(enabled=True, worker_duty=1.0, keyframe_step_m=0.05))
+    wcfg = FusionWorkerConfig(autosave=AutosaveConfig(folder=tmp_path / "autosave", interval_s=3600.0))
+
+    def worker():
+        return FusionWorker(lambda: None, NetsHookup(NetsConfig(enabled=False)), cfg, wcfg)
+
+    first = worker()
+    try:
+        first.command("start", "synthetic:3", 8)
+        _run_worker(first)
+        write_session(tmp_path / "a.session", capture_session(first.pipeline, *first.trajectory()))
+    finally:
+        first.shutdown()
+    second = worker()
+    try:
+        second.command("load", load_session(tmp_path / "a.session"), "a")
+        second.command("start", "synthetic:3", 4)
+        _run_worker(second)
+        assert second._pose_frames[:8] == [-1] * 8 and second._pose_frames[8:] == [8, 9, 10, 11]
+        index = second.pipeline.loops.to_arrays()["index"]
+        assert len(index) > 3 and (np.diff(index) > 0).all()     # the continued part's keyframes come after
+        before = second.trajectory()[1]
+        shift = np.eye(4)
+        shift[:3, 3] = (0.1, 0.0, 0.0)
+        loops = second.pipeline.loops
+        assert loops.offer(np.array([shift @ T for T in loops.keyframe_poses()]))
+        events = _run_worker(second)
+        assert [e.text for e in events if e.text.startswith("loop closed")] == \
+            ["loop closed: map corrected (moved up to 10.0 cm)"]
+        after = second.trajectory()[1]
+        assert np.allclose(after[:, :3, 3] - before[:, :3, 3], (0.1, 0.0, 0.0), atol=1e-6)
+    finally:
+        second.shutdown()
