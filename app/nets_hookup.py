@@ -194,7 +194,7 @@ class NetsHookup:
             self._start_labeler()
         loops = getattr(self._pipeline, "loops", None)
         if self._labeler is None and loops is not None and len(loops.events) > self.store.world:
-            self.store.follow([e.move_points for e in loops.events])
+            self.store.follow([e.surface_transforms for e in loops.events])
 
     def has_news(self) -> bool:
         """Whether class amounts or the completion are due to be handed out again."""

@@ -80,6 +80,13 @@ class _Store:
     poses: list = field(default_factory=list)    # current T_world_cam
     odom: list = field(default_factory=list)     # T_prev_cur measured when added (identity first)
     path_m: list = field(default_factory=list)   # distance walked up to each keyframe
+    view_m: list = field(default_factory=list)   # median depth each keyframe saw (its view centre's distance)
+
+
+def _view_depth_m(kf: MapKeyframe, default_m: float = 2.0) -> float:
+    """Median depth of a keyframe's valid pixels (metres): how far in front of it the map it saw lies."""
+    d = kf.depth_mm[kf.depth_mm > 0]
+    return float(np.median(d)) / 1000.0 if len(d) else default_m
 
 
 class LoopCloser:
@@ -126,6 +133,7 @@ class LoopCloser:
         with self._lock:
             odom = np.linalg.inv(st.poses[-1]) @ T_world_cam if st.poses else np.eye(4)
             st.path_m.append((st.path_m[-1] if st.path_m else 0.0) + float(np.linalg.norm(odom[:3, 3])))
+            st.view_m.append(_view_depth_m(kf))
             st.kfs.append(kf)
             st.poses.append(np.array(T_world_cam, float))
             st.odom.append(odom)
@@ -155,7 +163,7 @@ class LoopCloser:
         drop = {i for i in range(1, half, 2) if st.kfs[i].kid not in ends}
         for i in sorted(drop, reverse=True):
             st.odom[i + 1] = st.odom[i] @ st.odom[i + 1]
-            for lst in (st.kfs, st.poses, st.odom, st.path_m):
+            for lst in (st.kfs, st.poses, st.odom, st.path_m, st.view_m):
                 del lst[i]
 
     def apply_ready(self, frame_index: int) -> tuple[RebuiltMap, MapCorrection] | None:
@@ -168,7 +176,8 @@ class LoopCloser:
         self._ready = None
         st = self._store
         with self._lock:
-            corr, positions = [], np.array([T[:3, 3] for T in st.poses])
+            corr, before = [], np.array(st.poses).reshape(-1, 4, 4)
+            centres = before[:, :3, 3] + np.array(st.view_m)[:, None] * before[:, :3, 2]
             for i, kf in enumerate(st.kfs):
                 C = new_by_kid[kf.kid] @ np.linalg.inv(st.poses[i]) if kf.kid in new_by_kid else C_last
                 st.poses[i] = C @ st.poses[i]
@@ -176,7 +185,8 @@ class LoopCloser:
                 if kf.kid > built.kids[-1]:
                     built.add(kf, st.poses[i])
         event = MapCorrection(int(frame_index), np.array([k.index for k in st.kfs]), np.array(corr),
-                              keyframe_positions_m=positions, applied_s=time.monotonic(), **info)
+                              keyframe_positions_m=before[:, :3, 3].copy(), keyframe_view_centres_m=centres,
+                              applied_s=time.monotonic(), **info)
         self.events.append(event)
         self.stats.corrections += 1
         self._applied.set()
@@ -216,7 +226,8 @@ class LoopCloser:
         with self._lock:
             self._store = _Store(kfs, list(np.asarray(arrays["poses"], float).reshape(n, 4, 4)),
                                  list(np.asarray(arrays["odom"], float).reshape(n, 4, 4)),
-                                 [float(d) for d in np.asarray(arrays["path_m"]).reshape(n)])
+                                 [float(d) for d in np.asarray(arrays["path_m"]).reshape(n)],
+                                 [_view_depth_m(kf) for kf in kfs])
         self.loops = loop_arrays.edges_from_arrays(arrays)
         self._next_kid = max((k.kid for k in kfs), default=-1) + 1
         for kf in kfs:

@@ -313,7 +313,7 @@ class IncrementalLabeler:
         of chunks left without cells is dropped, every chunk counts as changed. Returns the corrections."""
         events = self._world_moves()
         if len(events) > self._world_seen:
-            self.labels.follow([e.move_points for e in events])
+            self.labels.follow([e.surface_transforms for e in events])
             gone = self._completion_keys() - self.labels.chunk_keys()
             if gone:
                 self.completion.fuse(_EmptyPrediction(tuple(sorted(gone))))

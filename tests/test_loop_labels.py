@@ -48,16 +48,29 @@ def _turn(deg: float, about_m, shift_m) -> np.ndarray:
     return C
 
 
-def _correction(corrections, positions_m) -> MapCorrection:
+def _correction(corrections, positions_m, view_centres_m) -> MapCorrection:
     """A map correction with known per-keyframe world changes (no loop needed)."""
     n = len(corrections)
     return MapCorrection(first_frame=100, keyframe_frames=np.arange(n) * 10, corrections=np.array(corrections),
                          max_shift_m=0.3, loops=1, optimise_s=0.0, rebuild_s=0.0,
-                         keyframe_positions_m=np.asarray(positions_m, float))
+                         keyframe_positions_m=np.asarray(positions_m, float),
+                         keyframe_view_centres_m=np.asarray(view_centres_m, float))
 
 
 def _labels(store: LabelStore, cells) -> np.ndarray:
     return store.labels_of_cells(cells)[0]
+
+
+def _corrected(store: LabelStore, nyu40: int) -> set:
+    a = store.to_arrays()
+    return set(map(tuple, a["labels_coords"][a["labels_corrected"] == nyu40].tolist()))
+
+
+def _shifted(shift_m):
+    """A move: every point's world change is the same shift."""
+    T = np.eye(4)
+    T[:3, 3] = shift_m
+    return lambda p: np.repeat(T[None], len(p), 0)
 
 
 def test_correction_and_labels_move_with_their_keyframe_and_undo_follows():
@@ -66,25 +79,31 @@ def test_correction_and_labels_move_with_their_keyframe_and_undo_follows():
     store.fuse(_prediction(np.concatenate([near, far]), WALL))
     painted = far[:40]
     corr = store.correct(painted, CHAIR)
-    # keyframe 0 (at the origin) stays; keyframe 1 (at x = 3.3 m) turned 4 degrees and moved 0.3 m
+    # keyframe 0 stays; keyframe 1 turned 4 degrees and moved 0.3 m. Both cameras look down from 1 m at the
+    # floor, their view centres on it; keyframe 0's camera is nearer to the far patch's left part than
+    # keyframe 1's camera is: the view centres decide
     C1 = _turn(4.0, (3.3, 0.3, 0.0), (0.3, 0.12, 0.0))
-    mc = _correction([np.eye(4), C1], [(0.3, 0.3, 1.0), (3.3, 0.3, 1.0)])
-    changed = store.follow([mc.move_points])
-    assert changed and store.world == 1
-    moved = np.floor(mc.move_points((painted + 0.5) * V) / V).astype(np.int32)
-    assert (_labels(store, moved) == CHAIR).all()
-    old_only = painted[~(painted[:, None, :] == moved[None]).all(2).any(1)]
-    assert len(old_only) > 20 and (_labels(store, old_only) != CHAIR).all()   # nothing left at the old place
+    mc = _correction([np.eye(4), C1], [(1.6, 0.3, 1.0), (5.0, 0.3, 1.0)], [(0.3, 0.3, 0.0), (3.3, 0.3, 0.0)])
+    assert store.follow([mc.surface_transforms]) and store.world == 1
+    # expected: every cell whose centre keyframe 1's change brings from a painted cell (pulled back)
+    ahead = np.floor(mc.move_surface_points((painted + 0.5) * V) / V).astype(int)
+    axes = [np.arange(lo - 2, hi + 3) for lo, hi in zip(ahead.min(0), ahead.max(0))]
+    box = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    back = np.linalg.inv(C1)
+    came = np.floor(((box + 0.5) * V) @ back[:3, :3].T / V + back[:3, 3] / V).astype(int)
+    expected = set(map(tuple, box[(came[:, None, :] == painted[None]).all(2).any(1)].tolist()))
+    assert 36 <= len(expected) <= 44                                          # no holes, no doubled cells
+    assert _corrected(store, CHAIR) == expected                               # moved, none left behind
     assert (_labels(store, near) == WALL).all()                               # the unmoved part stays
-    assert store.follow([mc.move_points]) == set()                            # a move is followed once
+    assert store.follow([mc.surface_transforms]) == set()                     # a move is followed once
+    moved = np.array(sorted(expected), np.int32)
     store.revert(corr)                                                        # undo: where the cells are now
-    assert (_labels(store, moved) == WALL).all()
-    assert not (store.to_arrays()["labels_corrected"] != NO_CORRECTION).any()
+    assert _corrected(store, CHAIR) == set() and (_labels(store, moved) == WALL).all()
     store.apply(corr)                                                         # redo
-    assert (_labels(store, moved) == CHAIR).all()
+    assert _corrected(store, CHAIR) == expected
     again = store.correct(moved[:5], TABLE)                                   # a correction made after the move
     store.revert(again)
-    assert (_labels(store, moved[:5]) == CHAIR).all()
+    assert _corrected(store, CHAIR) == expected
 
 
 def test_collisions_keep_the_correction_then_the_more_confident():
@@ -92,26 +111,26 @@ def test_collisions_keep_the_correction_then_the_more_confident():
     store = LabelStore(GRID)
     store.fuse(_prediction(cells, [TABLE, WALL, TABLE, WALL], [0.95, 0.6, 0.95, 0.6]))
     store.correct(cells[[1]], CHAIR)                     # the weaker prediction's cell is corrected
+    back = np.eye(4)
+    back[0, 3] = -V
 
-    def fold(p):                                         # cells 0 and 1 land in one cell, 2 and 3 in another
-        q = np.array(p, float)
-        q[:, 0] = np.where(q[:, 0] < 0.2, 0.01, 0.26)
-        return q
+    def fold(p):                                         # cells 1 and 6 move one cell back onto 0 and 5
+        odd = np.isin(np.floor(p[:, 0] / V).astype(int), (1, 6))
+        return np.where(odd[:, None, None], back, np.eye(4))
 
     store.follow([fold])
     coords, labels = store.cells()
-    assert len(coords) == 2
     assert dict(zip(map(tuple, coords.tolist()), labels.tolist())) == {(0, 0, 0): CHAIR, (5, 0, 0): TABLE}
 
 
 def test_store_cleared_follows_from_scratch():
     store = LabelStore(GRID)
     store.fuse(_prediction(_patch(0, 0, 0, 4), WALL))
-    store.follow([lambda p: p + 0.1])
+    store.follow([_shifted((0.1, 0, 0))])
     store.clear()
     assert store.world == 0
     assert store.fuse(_prediction(_patch(0, 0, 0, 4), WALL), world=1) is None   # another world: not fused
-    store.follow([lambda p: p + 0.1])
+    store.follow([_shifted((0.1, 0, 0))])
     assert store.fuse(_prediction(_patch(0, 0, 0, 4), WALL), world=1) and len(store) == 16
 
 
