@@ -104,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     p.add_argument("--seeds", default="1000:1010", help="held-out rooms, FIRST:LAST or a,b,c")
     p.add_argument("--cache", type=Path, help="keep the held-out scans here")
+    p.add_argument("--turns", type=int, choices=range(1, 5), default=1, metavar="1..4",
+                   help="held-out scores of predictions averaged over this many quarter turns (4: as the final "
+                        "labels of `reconstruct --labels final`; 1: as the live labels)")
     p.add_argument("--mesh-seeds", default="", help="also reconstruct these rooms and score mesh.ply labels")
     p.add_argument("--mesh-frames", type=int, default=150)
     p.add_argument("--json", type=Path, default=None,
@@ -140,7 +143,8 @@ def _held_out_main(args) -> int:
     model = ChunkModel.load(args.weights)
     t0 = time.perf_counter()
     samples = held_out_samples(_seeds(args.seeds), args.cache)
-    scores = summarise([sample_scores(model.net, s) for s in samples])
+    scores = summarise([sample_scores(model.net, s, turns=args.turns) for s in samples])
+    scores["turns"] = args.turns
     scores["eval_s"] = time.perf_counter() - t0
     scores["seeds"] = _seeds(args.seeds)
     json_path = args.json or ROOT / "bench" / "results" / "nets_eval.json"

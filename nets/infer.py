@@ -10,6 +10,7 @@ the result there equals a whole-scene pass.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from nets.data import CLASS_IDS
 from nets.model import EMPTY, ModelConfig, SemanticCompletionNet, receptive_field_cells
 from nets.resources import DEFAULT_WEIGHTS
 from nets.sparse import SparseTensor
-from nets.turns import MAX_TURNS, matching_rows, turn_cells, unturn_cells
+from nets.turns import MAX_TURNS, turned_mean
 
 log = logging.getLogger(__name__)
 
@@ -141,36 +142,27 @@ class ChunkModel:
         """Labels and completion for the cores of the region's chunks (averaged over `turns` quarter turns)."""
         if len(region) == 0:
             return _empty_prediction(region.keys)
-        coords, p, sdf, observed = self._forward(region.coords, region.features)
+        coords, p, sdf, observed = forward_pass(self.net, region.coords, region.features, self.device)
         wanted = np.isin(pack_cells(chunk_keys_of_cells(coords, self.grid)), pack_cells(region.keys))
         coords, p, sdf, observed = coords[wanted], p[wanted], sdf[wanted], observed[wanted]
         if self.turns > 1:
-            p, sdf = self._turned_mean(region, coords, p, sdf)
+            p, sdf = turned_mean(functools.partial(forward_pass, self.net, device=self.device), region.coords,
+                                 region.features, self.turns, coords, [p, sdf])
         cls_p = p[:, :EMPTY]
         cls_p = cls_p / np.maximum(cls_p.sum(1, keepdims=True), 1e-12)
         return RegionPrediction(region.keys, coords.astype(np.int32), cls_p.astype(np.float32),
                                 p[:, EMPTY].astype(np.float32), sdf, observed)
 
-    def _forward(self, coords: np.ndarray, features: np.ndarray):
-        """(sites (M,3), softmax (M,C+1), sdf in cells (M,), observed (M,)) of one pass over the sites."""
-        x = SparseTensor.from_coords(torch.from_numpy(np.ascontiguousarray(coords)),
-                                     torch.from_numpy(features).to(self.device))
-        with torch.no_grad():
-            out = self.net(x)
-        return (out.sites.coordinates[:, 1:].cpu().numpy(), torch.softmax(out.logits, 1).cpu().numpy(),
-                out.sdf_cells.cpu().numpy(), out.observed.cpu().numpy())
 
-    def _turned_mean(self, region: CoarseRegion, coords: np.ndarray, p: np.ndarray, sdf: np.ndarray):
-        """Outputs at `coords` averaged with the passes over the region turned 1..turns-1 quarter turns (a
-        site a turned pass did not produce keeps the mean of the passes that did)."""
-        p_sum, sdf_sum, count = p.astype(np.float64), sdf.astype(np.float64), np.ones(len(coords))
-        for k in range(1, self.turns):
-            t_coords, t_p, t_sdf, _ = self._forward(turn_cells(region.coords, k), region.features)
-            ref, rows = matching_rows(coords, unturn_cells(t_coords, k))
-            p_sum[ref] += t_p[rows]
-            sdf_sum[ref] += t_sdf[rows]
-            count[ref] += 1
-        return (p_sum / count[:, None]).astype(np.float32), (sdf_sum / count).astype(np.float32)
+def forward_pass(net, cells: np.ndarray, features: np.ndarray, device=torch.device("cpu")):
+    """(out sites (M,3), softmax (M,C+1), signed distance in cells (M,), observed (M,)) of one pass of `net`
+    (in eval mode) over the sites `cells` (N,3)."""
+    x = SparseTensor.from_coords(torch.from_numpy(np.ascontiguousarray(cells, np.int32)),
+                                 torch.from_numpy(features).to(device))
+    with torch.no_grad():
+        out = net(x)
+    return (out.sites.coordinates[:, 1:].cpu().numpy(), torch.softmax(out.logits, 1).cpu().numpy(),
+            out.sdf_cells.cpu().numpy(), out.observed.cpu().numpy())
 
 
 def _empty_prediction(keys: tuple) -> RegionPrediction:

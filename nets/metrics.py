@@ -14,14 +14,17 @@ Definitions (cells are the nets' 5 cm grid; "surface cell": |ground-truth SDF| <
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
-import torch
 from scipy import ndimage
 
 from nets.batch import SURFACE_CELLS, make_batch
 from fusion.classes import SCANNET20
 from nets.data import CLASS_IDS, Sample
 from nets.model import EMPTY
+from nets.infer import forward_pass
+from nets.turns import turned_mean
 
 REACH_CELLS = 8
 
@@ -38,25 +41,24 @@ def _near(grid: np.ndarray, cells: int) -> np.ndarray:
     return ndimage.binary_dilation(grid, np.ones((3, 3, 3), bool), iterations=cells) if cells else grid
 
 
-def sample_scores(net, sample: Sample, reach_cells: int = REACH_CELLS) -> dict:
-    """Counts for one sample (summed over samples by `evaluate_samples`)."""
+def sample_scores(net, sample: Sample, reach_cells: int = REACH_CELLS, turns: int = 1) -> dict:
+    """Counts for one sample (summed over samples by `evaluate_samples`); with `turns` > 1 the outputs are
+    the mean over that many quarter turns about gravity (`nets.turns`, as the final labels are)."""
     x, targets = make_batch([sample], None)
-    with torch.no_grad():
-        out = net(x)
-    coords = out.sites.coordinates.numpy()
-    observed = out.observed.numpy()
-    logits = out.logits.numpy()
-    sdf_pred = out.sdf_cells.numpy()
+    cells, feats = x.coordinates.numpy()[:, 1:], x.features.numpy()
+    out_cells, probs, sdf_pred, observed = forward_pass(net, cells, feats)
+    if turns > 1:
+        probs, sdf_pred = turned_mean(functools.partial(forward_pass, net), cells, feats, turns, out_cells, [probs, sdf_pred])
+    coords = np.column_stack([np.zeros(len(out_cells), out_cells.dtype), out_cells])
     gt_sem = targets.semantic(coords, observed)
     sem_rows = observed & (gt_sem < EMPTY)
-    pred_sem = logits[:, :EMPTY].argmax(1)
     conf = np.zeros((EMPTY, EMPTY), np.int64)
-    np.add.at(conf, (gt_sem[sem_rows], pred_sem[sem_rows]), 1)
+    np.add.at(conf, (gt_sem[sem_rows], probs[sem_rows, :EMPTY].argmax(1)), 1)
 
     shape, lo = sample.sdf_cells.shape, sample.box_lo
     surface = np.abs(sample.sdf_cells.astype(np.float32)) < SURFACE_CELLS
     obs = _dense(coords[observed, 1:], lo, shape)
-    added_rows = ~observed & (np.abs(sdf_pred) < SURFACE_CELLS) & (logits.argmax(1) != EMPTY)
+    added_rows = ~observed & (np.abs(sdf_pred) < SURFACE_CELLS) & (probs.argmax(1) != EMPTY)
     added = _dense(coords[added_rows, 1:], lo, shape) & ~obs
     domain = _near(obs, reach_cells)
     gt = surface & domain
@@ -97,11 +99,11 @@ def summarise(parts: list[dict], voxel_size_m: float = 0.05) -> dict:
     }
 
 
-def evaluate_samples(net, samples: list[Sample]) -> dict:
+def evaluate_samples(net, samples: list[Sample], turns: int = 1) -> dict:
     """Scores of `net` (switched to eval mode, restored after) over samples."""
     was_training = net.training
     net.eval()
     try:
-        return summarise([sample_scores(net, s) for s in samples])
+        return summarise([sample_scores(net, s, turns=turns) for s in samples])
     finally:
         net.train(was_training)

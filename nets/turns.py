@@ -11,6 +11,8 @@ Pure functions; any thread may call them.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from nets.cells import pack_cells
@@ -41,3 +43,20 @@ def matching_rows(reference: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray,
     at = np.clip(np.searchsorted(sorted_ref, packed), 0, max(len(ref) - 1, 0))
     hit = np.flatnonzero(sorted_ref[at] == packed) if len(ref) else np.zeros(0, np.int64)
     return order[at[hit]], hit
+
+
+def turned_mean(forward: Callable, cells: np.ndarray, features: np.ndarray, turns: int,
+                out_cells: np.ndarray, values: list) -> list:
+    """`values` (arrays with a row per `out_cells`, from one pass over `cells`) averaged with the passes over
+    `cells` turned 1..turns-1 quarter turns. `forward(cells, features)` -> (its out cells (M,3), then arrays
+    of M rows, the first len(values) of them matching `values`). A cell a turned pass did not produce keeps
+    the mean of the passes that did."""
+    sums = [np.asarray(v, np.float64).copy() for v in values]
+    count = np.ones(len(out_cells))
+    for k in range(1, turns):
+        t_cells, *t_values = forward(turn_cells(cells, k), features)
+        ref, rows = matching_rows(out_cells, unturn_cells(t_cells, k))
+        for total, v in zip(sums, t_values):
+            total[ref] += v[rows]
+        count[ref] += 1
+    return [(total / count.reshape(-1, *[1] * (total.ndim - 1))).astype(np.float32) for total in sums]

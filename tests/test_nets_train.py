@@ -162,3 +162,14 @@ def test_real_scan_augmentation_cuts_walls_punches_holes_and_targets_follow_a_ti
     sem, back = t.semantic(c4, np.ones(len(c4), bool)), t.symmetries[0].invert(c4[:, 1:])
     same = [sem[r] == plain[tuple(back[r])] for r in range(len(c4)) if tuple(back[r]) in plain]
     assert len(same) > 0.7 * len(c4) and np.mean(same) > 0.95
+
+
+def test_held_out_scores_of_four_turns_score_the_same_sites(samples):
+    from nets.infer import ChunkModel
+    from nets.metrics import sample_scores
+
+    net = ChunkModel.untrained(seed=2).net
+    one, four = sample_scores(net, samples[0]), sample_scores(net, samples[0], turns=4)
+    assert one["confusion"].sum() == four["confusion"].sum() > 0
+    assert one["sdf_n"] == four["sdf_n"]
+    assert not np.array_equal(one["confusion"], four["confusion"])  # the turned passes changed predictions
