@@ -267,8 +267,7 @@ class FusionWorker:
         self._tracking, self._retime_s, self._index_offset = "", None, 0  # "": no frame fused yet
         self.up: np.ndarray | None = None
         self._continuable, self.reset_pending, self._changed = False, True, True
-        self._world_changes = 0  # world changes of the pipeline (gravity settling) the poses have followed
-        self._loops_seen = 0     # map corrections of the pipeline's loop closer the poses have followed
+        self._world_changes = self._loops_seen = 0  # gravity changes and loop corrections the poses have followed
         self._last_pub = self._last_status = 0.0
 
     def _fuse_next(self) -> None:
@@ -303,10 +302,8 @@ class FusionWorker:
         if self._retime_s is None:
             last_s = self.pipeline.last_timestamp_s
             self._retime_s = retime_offset_s(frame.timestamp_s, last_s, self.config.retime_gap_s)
-        if not (self._retime_s or self._index_offset):
-            return frame
-        return dataclasses.replace(frame, timestamp_s=frame.timestamp_s + self._retime_s,
-                                   index=frame.index + self._index_offset)
+        later = dict(timestamp_s=frame.timestamp_s + self._retime_s, index=frame.index + self._index_offset)
+        return dataclasses.replace(frame, **later) if self._retime_s or self._index_offset else frame
 
     def _after_frame(self, frame, res, elapsed_s: float) -> None:
         self.last_frame, self.frames_read = frame, self.frames_read + 1

@@ -7,8 +7,10 @@ loop among old keyframes and verifies it. An accepted loop whose drift is worth 
 the pose graph (`fusion.pose_graph`), optimised, and when the result is plausible the map is rebuilt
 from the keyframes at the optimised poses (`fusion.map_rebuild`), all on the worker. The fusion thread
 never waits: at its next integrated frame `apply_ready` hands it the rebuilt map and a `MapCorrection`
-(per-keyframe pose changes) to swap in. A discarded optimisation logs one warning; the map stays.
-Memory: at most `max_keyframes` keyframes (older ones thinned, loop ends kept) of reduced RGB-D.
+(per-keyframe pose changes, `fusion.map_correction`: labels, corrections and the GUI's camera path
+follow it) to swap in. A discarded optimisation logs one warning; the map stays. `offer` hands over a
+correction without a loop (tests, tools). Memory: at most `max_keyframes` keyframes (older ones thinned,
+loop ends kept) of reduced RGB-D; sessions save and restore them (`to_arrays`, `load_arrays`).
 """
 from __future__ import annotations
 
@@ -24,8 +26,9 @@ import cv2
 import numba as nb
 import numpy as np
 
-from fusion import loop_arrays
 from fusion.frame import Frame
+from fusion.keyframe_store import KeyframeStore
+from fusion.loop_arrays import edges_from_arrays
 from fusion.loops import LoopDetectConfig, LoopDetector, LoopEdge, MapKeyframe
 from fusion.map_correction import MapCorrection  # noqa: F401 (re-exported: the pipeline's FrameResult carries it)
 from fusion.map_rebuild import RebuiltMap, rebuild
@@ -72,23 +75,6 @@ class LoopStats:
         return dict(vars(self))
 
 
-@dataclass
-class _Store:
-    """Keyframes and their current poses (fusion thread writes, worker reads a copy under the lock)."""
-
-    kfs: list = field(default_factory=list)      # MapKeyframe
-    poses: list = field(default_factory=list)    # current T_world_cam
-    odom: list = field(default_factory=list)     # T_prev_cur measured when added (identity first)
-    path_m: list = field(default_factory=list)   # distance walked up to each keyframe
-    view_m: list = field(default_factory=list)   # median depth each keyframe saw (its view centre's distance)
-
-
-def _view_depth_m(kf: MapKeyframe, default_m: float = 2.0) -> float:
-    """Median depth of a keyframe's valid pixels (metres): how far in front of it the map it saw lies."""
-    d = kf.depth_mm[kf.depth_mm > 0]
-    return float(np.median(d)) / 1000.0 if len(d) else default_m
-
-
 class LoopCloser:
     """Loop closure. Thread: the fusion thread calls every public method; `start` runs the worker."""
 
@@ -99,7 +85,7 @@ class LoopCloser:
         self.loops: list[LoopEdge] = []               #: loop edges of the graph
         self.accepted: list[LoopEdge] = []            #: every loop that passed verification (for benchmarks)
         self.verdicts: deque = deque(maxlen=200)       #: (frame, old frame, "" accepted or why rejected), newest last
-        self._store = _Store()
+        self._store = KeyframeStore()
         self._lock = threading.Lock()
         self._inbox: queue.Queue = queue.Queue()
         self._idle = threading.Event()
@@ -131,13 +117,8 @@ class LoopCloser:
                 return
         kf = self._reduce(frame)
         with self._lock:
-            odom = np.linalg.inv(st.poses[-1]) @ T_world_cam if st.poses else np.eye(4)
-            st.path_m.append((st.path_m[-1] if st.path_m else 0.0) + float(np.linalg.norm(odom[:3, 3])))
-            st.view_m.append(_view_depth_m(kf))
-            st.kfs.append(kf)
-            st.poses.append(np.array(T_world_cam, float))
-            st.odom.append(odom)
-            self._thin()
+            st.add(kf, T_world_cam)
+            st.thin(cfg.max_keyframes, {e.old for e in self.loops} | {e.cur for e in self.loops})
         self.stats.keyframes = len(st.kfs)
         with self._idle_lock:
             self._idle.clear()
@@ -153,19 +134,6 @@ class LoopCloser:
         return MapKeyframe(kid, frame.index, frame.timestamp_s, color, np.round(depth * 1000).astype(np.uint16),
                            frame.intrinsics.scaled(0.5))
 
-    def _thin(self) -> None:
-        """Beyond max_keyframes drop every other keyframe of the older half (loop ends stay); odometry composes."""
-        st = self._store
-        if len(st.kfs) <= self.config.max_keyframes:
-            return
-        ends = {e.old for e in self.loops} | {e.cur for e in self.loops}
-        half = len(st.kfs) // 2
-        drop = {i for i in range(1, half, 2) if st.kfs[i].kid not in ends}
-        for i in sorted(drop, reverse=True):
-            st.odom[i + 1] = st.odom[i] @ st.odom[i + 1]
-            for lst in (st.kfs, st.poses, st.odom, st.path_m, st.view_m):
-                del lst[i]
-
     def apply_ready(self, frame_index: int) -> tuple[RebuiltMap, MapCorrection] | None:
         """A corrected map waiting to be swapped in while frame `frame_index` is fused (its pose and the
         later ones are in the new world), with the correction; None when there is none. Keyframes added
@@ -176,8 +144,7 @@ class LoopCloser:
         self._ready = None
         st = self._store
         with self._lock:
-            corr, before = [], np.array(st.poses).reshape(-1, 4, 4)
-            centres = before[:, :3, 3] + np.array(st.view_m)[:, None] * before[:, :3, 2]
+            corr, before, centres = [], np.array(st.poses).reshape(-1, 4, 4), st.view_centres_m()
             for i, kf in enumerate(st.kfs):
                 C = new_by_kid[kf.kid] @ np.linalg.inv(st.poses[i]) if kf.kid in new_by_kid else C_last
                 st.poses[i] = C @ st.poses[i]
@@ -215,24 +182,20 @@ class LoopCloser:
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Keyframes (reduced RGB-D, poses, odometry, path) and loop edges as flat arrays (for sessions)."""
         with self._lock:
-            st = self._store
-            return loop_arrays.to_arrays(st.kfs, st.poses, st.odom, st.path_m, list(self.loops))
+            return self._store.to_arrays(list(self.loops))
 
     def load_arrays(self, arrays: dict) -> None:
         """Take the keyframes and loop edges `to_arrays` wrote (a saved scan), before any frame is offered:
         a continued scan closes loops against them. Describes them now (in the calling thread)."""
-        kfs = loop_arrays.keyframes_from_arrays(arrays)
-        n = len(kfs)
+        store = KeyframeStore.from_arrays(arrays)
+        kfs = store.kfs
         with self._lock:
-            self._store = _Store(kfs, list(np.asarray(arrays["poses"], float).reshape(n, 4, 4)),
-                                 list(np.asarray(arrays["odom"], float).reshape(n, 4, 4)),
-                                 [float(d) for d in np.asarray(arrays["path_m"]).reshape(n)],
-                                 [_view_depth_m(kf) for kf in kfs])
-        self.loops = loop_arrays.edges_from_arrays(arrays)
+            self._store = store
+        self.loops = edges_from_arrays(arrays)
         self._next_kid = max((k.kid for k in kfs), default=-1) + 1
         for kf in kfs:
             self._detector.describe(kf.kid, kf.frame())
-        self.stats.keyframes = n
+        self.stats.keyframes = len(kfs)
 
     def last_frame_index(self) -> int:
         """Source frame index of the newest keyframe (-1: none). A continued scan's frames come after it."""

@@ -303,15 +303,11 @@ class IncrementalLabeler:
             done += len(keys)
         return done
 
-    def _world_moves(self) -> list:
-        """The map corrections the pipeline has swapped in so far (loop closure), oldest first."""
-        loops = getattr(self.pipeline, "loops", None)
-        return list(loops.events) if loops is not None else []
-
     def _follow_world(self) -> list:
         """Move the stores with map corrections not followed yet: labels and corrections move, completion
         of chunks left without cells is dropped, every chunk counts as changed. Returns the corrections."""
-        events = self._world_moves()
+        loops = getattr(self.pipeline, "loops", None)   # the map corrections swapped in so far, oldest first
+        events = list(loops.events) if loops is not None else []
         if len(events) > self._world_seen:
             self.labels.follow([e.surface_transforms for e in events])
             gone = self._completion_keys() - self.labels.chunk_keys()

@@ -90,6 +90,11 @@ def moved_chunks(chunks, voxel_size_m: float, chunk_voxels: int, moves: Sequence
     rows = gather(chunks)
     for move in moves:
         rows = move_rows(rows, voxel_size_m, move)
+    return chunks_of(rows, chunk_voxels, margin)
+
+
+def chunks_of(rows: CellRows, chunk_voxels: int, margin: float) -> dict:
+    """{chunk key: ChunkCells} holding `rows` (the labels shown so far held against near-ties by `margin`)."""
     return {key: build_chunk(key, chunk_voxels, rows.coords[sel], rows.probs[sel], rows.weight[sel],
                              rows.corrected[sel], rows.predicted[sel], margin)
             for key, sel in group_by_chunk(rows.coords, chunk_voxels)}

@@ -29,7 +29,7 @@ from fusion.coarse import CoarseGridConfig
 from nets.cells import (CLASS_IDS, NO_CORRECTION, ChunkCells, build_chunk, class_columns, group_by_chunk,
                         labels_differ, overlapping_chunks, pack_cells, rows_of, unpack_cells)
 from nets.label_arrays import PREFIX, has_label_arrays, rows_from_arrays, rows_to_arrays  # noqa: F401 (re-exported)
-from nets.label_moves import gather, moved_chunks, moved_values
+from nets.label_moves import chunks_of, gather, moved_chunks, moved_values
 from nets.vertex_labels import interpolated_labels
 
 _OFFSETS6 = np.array([(1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)], np.int32)
@@ -182,10 +182,7 @@ class LabelStore:
 
     def _followed(self, correction: Correction) -> tuple[np.ndarray, np.ndarray]:
         """A correction's (cells, previous values) moved into the current world. Caller holds the writer lock."""
-        moves = self._moves[correction.world:]
-        if not moves:
-            return correction.cells, correction.previous
-        return moved_values(correction.cells, correction.previous, self.grid.voxel_size_m, moves)
+        return moved_values(correction.cells, correction.previous, self.grid.voxel_size_m, self._moves[correction.world:])
 
     # --- world moves (loop closure) ------------------------------------------------------------
     @property
@@ -195,10 +192,9 @@ class LabelStore:
             return len(self._moves)
 
     def follow(self, moves) -> set:
-        """Follow the moves of the world this store has not followed yet. `moves`: every move of the scan
-        so far, oldest first (functions mapping old world points (N,3) to new); each stored cell moves to
-        the cell its centre moves into (`nets.label_moves`: a correction beats a prediction, then the more
-        confident wins). Undo records made before follow their cells. Returns the chunk keys changed."""
+        """Follow the moves of the world not followed yet (`moves`: every move of the scan so far, oldest
+        first; `nets.label_moves.Move`): the cells move and are resampled (a correction beats a prediction,
+        then the more confident wins). Undo records made before follow their cells. Returns changed chunk keys."""
         with self._write_lock:
             fresh = list(moves)[len(self._moves):]
             if not fresh:
@@ -206,8 +202,7 @@ class LabelStore:
             moved = moved_chunks(self._snapshot().values(), self.grid.voxel_size_m, self.grid.chunk_voxels, fresh,
                                  self.config.switch_margin)
             self._moves.extend(fresh)
-            new = {key: None for key in self._chunks} | moved
-            return self._commit(new)
+            return self._commit({key: None for key in self._chunks} | moved)
 
     def _set_corrected(self, cells: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Set `corrected` of cells (creating rows); returns the previous values. Caller holds the writer lock."""
@@ -404,9 +399,7 @@ class LabelStore:
     def from_arrays(cls, arrays: dict, grid: CoarseGridConfig = CoarseGridConfig(),
                     config: LabelStoreConfig = LabelStoreConfig()) -> "LabelStore":
         """A store from `to_arrays` output; ValueError when the arrays are missing or do not fit `grid`."""
-        store, rows, n = cls(grid, config), rows_from_arrays(arrays, grid), grid.chunk_voxels
+        store = cls(grid, config)
         with store._write_lock:
-            store._commit({key: build_chunk(key, n, rows.coords[sel], rows.probs[sel], rows.weight[sel],
-                                             rows.corrected[sel], rows.predicted[sel], config.switch_margin)
-                           for key, sel in group_by_chunk(rows.coords, n)})
+            store._commit(chunks_of(rows_from_arrays(arrays, grid), grid.chunk_voxels, config.switch_margin))
         return store

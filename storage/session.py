@@ -8,9 +8,10 @@ A session is a single zip file (by convention `NAME.session`; `reconstruct` writ
 - `trajectory/timestamps_s.npy` (T,) and `trajectory/poses.npy` (T,4,4) camera-to-world;
 - `keyframes/*.npy`: the tracker's keyframes (poses, ORB descriptors, world points, thumbnails); a
   loaded session starts lost, so the next frame of any source relocalises against them and the model;
-- `loops/*.npy` (when loop closure is on): the loop closer's keyframes (reduced RGB-D, poses, odometry,
-  path walked; at most its keyframe cap) and loop edges, so a continued scan closes loops against the
-  earlier part (`fusion.loop_arrays`; sessions without them load as before, with no keyframes);
+- `loops/*.npy` (when loop closure is on): the loop closer's keyframes (reduced RGB-D as `loops/color/KID`
+  and `loops/depth_mm/KID`, poses, odometry, path walked; at most its keyframe cap) and loop edges, so a
+  continued scan closes loops against the earlier part (`fusion.loop_arrays`; sessions without them load
+  as before, with no keyframes);
 - `extra/NAME.npy`: arrays other components persist: the label store's (`labels_*`, corrections included),
   the completion's, and `adapted_weights` (uint8: the bytes of the weights file learned from the user's
   corrections, `nets.session_weights`; sessions without it load as before).
