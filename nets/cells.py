@@ -13,6 +13,9 @@ from fusion.classes import CLASSES
 
 CLASS_IDS = np.array(list(CLASSES), np.uint16)  #: NYU40 id of each probability column
 NO_CORRECTION = np.uint16(0xFFFF)                 #: `corrected` value of a cell the user did not correct
+#: the 26 neighbours of a cell
+NEIGHBOURS26 = np.array([(x, y, z) for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1)
+                         if (x, y, z) != (0, 0, 0)], np.int32)
 _COLUMN = np.zeros(int(CLASS_IDS.max()) + 1, np.int64)
 _COLUMN[CLASS_IDS] = np.arange(len(CLASS_IDS))    # NYU40 id -> probability column
 

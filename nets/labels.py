@@ -26,15 +26,13 @@ import numpy as np
 
 from fusion.classes import CLASSES
 from fusion.coarse import CoarseGridConfig
-from nets.cells import (CLASS_IDS, NO_CORRECTION, ChunkCells, build_chunk, class_columns, group_by_chunk,
-                        labels_differ, overlapping_chunks, pack_cells, rows_of, unpack_cells)
+from nets.cells import (CLASS_IDS, NEIGHBOURS26, NO_CORRECTION, ChunkCells, build_chunk, class_columns,
+                        group_by_chunk, labels_differ, overlapping_chunks, pack_cells, rows_of, unpack_cells)
 from nets.label_arrays import PREFIX, has_label_arrays, rows_from_arrays, rows_to_arrays  # noqa: F401 (re-exported)
 from nets.label_moves import chunks_of, gather, moved_chunks, moved_values
-from nets.vertex_labels import interpolated_labels
+from nets.vertex_labels import point_labels
 
 _OFFSETS6 = np.array([(1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)], np.int32)
-_OFFSETS26 = np.array([(x, y, z) for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1)
-                       if (x, y, z) != (0, 0, 0)], np.int32)
 
 
 @dataclass(frozen=True)
@@ -298,24 +296,10 @@ class LabelStore:
         """(NYU40 uint16, confidence float32) per point: the cells' probabilities interpolated at the
         point (`nets.vertex_labels`; a correction wins in its cells; 0 below `min_point_conf`); where no
         cell around the point holds a label, the nearest labelled cell among the 26 neighbours of its
-        cell (by distance to the cell centre); else (0, 0)."""
-        p = np.asarray(points_m, np.float64).reshape(-1, 3)
+        cell; else (0, 0)."""
         chunks = self._snapshot()
-        label, conf, found = interpolated_labels(p, self.grid.voxel_size_m, lambda c: self._cell_probs(c, chunks),
-                                                 self.config.min_point_conf)
-        miss = np.nonzero(~found)[0]
-        if len(miss) and chunks:
-            cells = self.cells_at(p[miss])
-            cand = (cells[:, None, :] + _OFFSETS26[None]).reshape(-1, 3)
-            lab, cf = (a.reshape(len(miss), 26) for a in self._labels_of(cand, chunks))
-            centres = (cand.reshape(len(miss), 26, 3) + 0.5) * self.grid.voxel_size_m
-            dist = np.linalg.norm(centres - p[miss][:, None, :], axis=2)
-            dist[lab == 0] = np.inf
-            best = dist.argmin(1)
-            hit = np.isfinite(dist[np.arange(len(miss)), best])
-            label[miss[hit]] = lab[hit, best[hit]]
-            conf[miss[hit]] = cf[hit, best[hit]]
-        return label, conf
+        return point_labels(points_m, self.grid.voxel_size_m, lambda c: self._cell_probs(c, chunks),
+                            lambda c: self._labels_of(c, chunks), self.config.min_point_conf)
 
     def brush(self, center_m, radius_m: float) -> np.ndarray:
         """(K,3) int32 stored cells whose centres lie within `radius_m` of `center_m`."""
@@ -347,9 +331,9 @@ class LabelStore:
         seed = self.cells_at(seed_point_m)
         lab, _ = self._labels_of(seed, chunks)
         if lab[0] != seed_label[0]:  # the label came from a neighbour: start there
-            near = (seed + _OFFSETS26).astype(np.int32)
+            near = (seed + NEIGHBOURS26).astype(np.int32)
             seed = near[self._labels_of(near, chunks)[0] == seed_label[0]][:1]
-        offsets = _OFFSETS6 if self.config.connectivity == 6 else _OFFSETS26
+        offsets = _OFFSETS6 if self.config.connectivity == 6 else NEIGHBOURS26
         visited = pack_cells(seed)
         frontier, found = seed, [seed]
         while len(frontier) and sum(map(len, found)) < max_cells:

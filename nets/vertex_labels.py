@@ -11,13 +11,33 @@ from typing import Callable
 
 import numpy as np
 
-from nets.cells import CLASS_IDS, NO_CORRECTION, pack_cells, unpack_cells
+from nets.cells import CLASS_IDS, NEIGHBOURS26, NO_CORRECTION, pack_cells, unpack_cells
 
 _CORNERS = np.array([(x, y, z) for x in (0, 1) for y in (0, 1) for z in (0, 1)], np.int64)
 
 #: lookup(cells (N,3) int32) -> (probs (N,20) float32 with the shown class favoured and corrections
 #: one-hot, present (N,) bool, corrected (N,) uint16 NO_CORRECTION where none)
 CellLookup = Callable[[np.ndarray], tuple]
+
+
+def point_labels(points_m: np.ndarray, cell_m: float, lookup: CellLookup, labels_of: Callable,
+                 min_conf: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(NYU40 uint16, confidence float32) per point: `interpolated_labels`; where none of the eight cells
+    around a point holds a label, the label of the nearest labelled cell (by distance to its centre) among
+    the 26 neighbours of the point's own cell (`labels_of(cells)` -> (label, confidence), 0 where none);
+    else (0, 0)."""
+    p = np.asarray(points_m, np.float64).reshape(-1, 3)
+    label, conf, found = interpolated_labels(p, cell_m, lookup, min_conf)
+    miss = np.nonzero(~found)[0]
+    if len(miss):
+        cand = (np.floor(p[miss] / cell_m).astype(np.int32)[:, None, :] + NEIGHBOURS26[None]).reshape(-1, 3)
+        lab, cf = (a.reshape(len(miss), -1) for a in labels_of(cand))
+        dist = np.linalg.norm((cand.reshape(len(miss), -1, 3) + 0.5) * cell_m - p[miss][:, None, :], axis=2)
+        dist[lab == 0] = np.inf
+        best = dist.argmin(1)
+        hit = np.isfinite(dist[np.arange(len(miss)), best])
+        label[miss[hit]], conf[miss[hit]] = lab[hit, best[hit]], cf[hit, best[hit]]
+    return label, conf
 
 
 def interpolated_labels(points_m: np.ndarray, cell_m: float, lookup: CellLookup, min_conf: float = 0.0,
