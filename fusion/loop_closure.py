@@ -4,8 +4,10 @@ The fusion thread offers every integrated frame (`on_integrated`); one far enoug
 becomes a `MapKeyframe` (reduced RGB-D, its pose, the odometry from the previous keyframe). The worker
 thread describes each keyframe (`fusion.loops`), and once the world is settled (gravity) looks for a
 loop among old keyframes and verifies it. An accepted loop whose drift is worth correcting is added to
-the pose graph (`fusion.pose_graph`), optimised, and when the result is plausible the map is rebuilt
-from the keyframes at the optimised poses (`fusion.map_rebuild`), all on the worker. The fusion thread
+the pose graph (`fusion.pose_graph`; odometry edges weighted by the distance walked), optimised (with the
+loops of keyframes still queued: one correction for them all), and when the result is plausible the map is
+rebuilt from the keyframes at the optimised poses (`fusion.map_rebuild`; keyframes taken meanwhile are
+added), all on the worker. The fusion thread
 never waits: at its next integrated frame `apply_ready` hands it the rebuilt map and a `MapCorrection`
 (per-keyframe pose changes, `fusion.map_correction`: labels, corrections and the GUI's camera path
 follow it) to swap in. A discarded optimisation logs one warning; the map stays. `offer` hands over a
@@ -50,14 +52,26 @@ class LoopClosureConfig:
     min_correction_deg: float = 0.75     #: ... in rotation
     worker_threads: int = 1              #: kernel threads of the worker (the live loop keeps the others)
     worker_duty: float = 0.25            #: share of wall time the worker computes while busy (it sleeps the rest)
-    odometry_weight: float = 0.1         #: odometry edges' ICP information is scaled by this (odometry drifts more
-    #:     than the alignment of two frames says; loops keep theirs)
+    odometry_info_per_m: float = 30.0    #: odometry edges' translation information (1/m^2) times the metres walked
+    odometry_rot_info_per_m: float = 120.0  #: ... and rotation information (1/rad^2) times the metres walked:
+    #:     odometry drifts with the distance walked, evenly, so a loop's error is spread along the path (the two
+    #:     clouds' ICP information says how well they overlap instead: on room 1 it left 8 cm where this leaves 1.7)
+    min_odometry_step_m: float = 0.02    #: a shorter keyframe step (a turn on the spot) counts as this long
     max_queued_frames: int = 30          #: keyframes queued with their full frame at most (beyond, the worker
     #:     describes the reduced images: memory stays bounded while it rebuilds)
     max_backlog: int = 20                #: keyframes queued beyond this are described but not searched for loops
+    max_deferred: int = 8                #: an accepted loop's correction waits for at most this many queued keyframes
+    #:     to be searched first (their loops join the same optimisation and rebuild: fewer, better corrections)
     worker_nice: int = 10                #: the worker thread runs this much nicer than fusion (where the OS allows)
     detect: LoopDetectConfig = field(default_factory=LoopDetectConfig)
     graph: PoseGraphConfig = field(default_factory=PoseGraphConfig)
+
+
+def odometry_information(T_prev_cur: np.ndarray, config: LoopClosureConfig) -> np.ndarray:
+    """(6,6) information of an odometry edge (Open3D's order: rotation, then translation), inversely
+    proportional to the distance walked along it."""
+    step_m = max(float(np.linalg.norm(np.asarray(T_prev_cur)[:3, 3])), config.min_odometry_step_m)
+    return np.diag([config.odometry_rot_info_per_m] * 3 + [config.odometry_info_per_m] * 3) / step_m
 
 
 @dataclass
@@ -100,7 +114,8 @@ class LoopCloser:
         self._thread: threading.Thread | None = None
         self._paced_at = time.perf_counter()
         self._detector = LoopDetector(config.detect)
-        self._info_cache: dict = {}
+        self._due: list[LoopEdge] = []               # accepted loops worth a correction, not yet optimised
+        self._deferred = 0                           # keyframes searched since the first of them
 
     # --- fusion thread ------------------------------------------------------------------------
     def start(self) -> None:
@@ -225,8 +240,9 @@ class LoopCloser:
             try:
                 kid, frame, settled = self._inbox.get(timeout=0.05)
             except queue.Empty:
+                self._correct_due(force=True)
                 with self._idle_lock:
-                    if self._ready is None and self._inbox.empty():
+                    if self._ready is None and self._inbox.empty() and not self._due:
                         self._idle.set()
                 continue
             self._paced_at = time.perf_counter()
@@ -237,6 +253,7 @@ class LoopCloser:
                 self._detector.describe(kid, frame)
                 if settled:
                     self._look_for_loop(kid)
+                self._correct_due(force=False)
             except Exception:  # a failure here must not take fusion down: the scan goes on without this loop
                 log.exception("loop closure failed on keyframe %d", kid)
 
@@ -281,7 +298,19 @@ class LoopCloser:
         self.loops.append(edge)
         if edge.drift_m < self.config.min_correction_m and edge.drift_deg < self.config.min_correction_deg:
             return
-        self._correct(kfs, poses, odom, moved, edge)
+        self._due.append(edge)
+
+    def _correct_due(self, force: bool) -> None:
+        """Optimise and rebuild for the loops accepted since the last correction: now when `force`d (the inbox
+        ran dry) or when `max_deferred` keyframes were searched since; otherwise later."""
+        if not self._due:
+            return
+        if not force and self._deferred < self.config.max_deferred and not self._inbox.empty():
+            self._deferred += 1
+            return
+        due, self._due, self._deferred = self._due, [], 0
+        kfs, poses, odom, _, moved = self._snapshot()
+        self._correct(kfs, poses, odom, moved, due)
 
     def _verified_loop(self, kid, kfs, kids, poses, path) -> LoopEdge | None:
         pos = {int(k): i for i, k in enumerate(kids)}
@@ -308,11 +337,7 @@ class LoopCloser:
         edges = []
         for i in range(1, len(kfs)):
             T_b_a = np.linalg.inv(odom[i])  # keyframe i-1's camera into keyframe i's
-            key = (kfs[i - 1].kid, kfs[i].kid)
-            if key not in self._info_cache:
-                self._pace()
-                self._info_cache[key] = self._detector.information(kfs[i - 1], kfs[i], T_b_a)
-            edges.append(GraphEdge(i - 1, i, T_b_a, self.config.odometry_weight * self._info_cache[key], loop=False))
+            edges.append(GraphEdge(i - 1, i, T_b_a, odometry_information(odom[i], self.config), loop=False))
         for e in self.loops:
             if e.old in pos and e.cur in pos:
                 edges.append(GraphEdge(pos[e.cur], pos[e.old], e.T_old_cur, e.information, loop=True))
@@ -323,19 +348,20 @@ class LoopCloser:
         """True while a correction is optimised, rebuilt or waits to be swapped in. Any thread."""
         return self._correcting.is_set() or self._ready is not None
 
-    def _correct(self, kfs, poses, odom, moved, edge: LoopEdge) -> None:
+    def _correct(self, kfs, poses, odom, moved, due: list[LoopEdge]) -> None:
         self._correcting.set()
         try:
-            self._optimise_and_rebuild(kfs, poses, odom, moved, edge)
+            self._optimise_and_rebuild(kfs, poses, odom, moved, due)
         finally:
             self._correcting.clear()
 
-    def _optimise_and_rebuild(self, kfs, poses, odom, moved, edge: LoopEdge) -> None:
+    def _optimise_and_rebuild(self, kfs, poses, odom, moved, due: list[LoopEdge]) -> None:
+        """The graph with the `due` loops optimised; a discarded or fully pruned result drops them (map kept)."""
         t0 = time.perf_counter()
         res = optimise(poses, self._edges(kfs, odom), self.config.graph)
         t1 = time.perf_counter()
         if res.poses is None or res.loops_kept == 0:
-            self.loops.remove(edge)
+            self.loops = [e for e in self.loops if all(e is not d for d in due)]
             if res.poses is None:
                 self.stats.discarded += 1
                 log.warning("loop closure: optimisation result discarded (%s); the map is kept", res.reason)
@@ -351,17 +377,35 @@ class LoopCloser:
     def _hand_over(self, kfs, poses, new_poses, moved, info: dict, pace=None) -> bool:
         """Rebuild the map with `kfs` at `new_poses` (pacing the worker) and leave it for the fusion thread's
         `apply_ready`; False when stopped or the world moved meanwhile (gravity): the result would be stale."""
-        t0 = time.perf_counter()
-        built = rebuild(kfs, new_poses, self._volume_cfg, self._mesh_cfg, pace or self._pace)
+        t0, pace = time.perf_counter(), pace or self._pace
+        built = rebuild(kfs, new_poses, self._volume_cfg, self._mesh_cfg, pace)
         if built is None or moved != self._world_moved:
             return False
         new_by_kid = {k.kid: T for k, T in zip(kfs, new_poses)}
         C_last = new_poses[-1] @ np.linalg.inv(poses[-1])
+        if not self._catch_up(built, new_by_kid, C_last, moved, pace):
+            return False
         with self._idle_lock:   # busy until it is applied (an offer comes while the worker may be idle)
             self._idle.clear()
             self._applied.clear()
             self._ready = (built, new_by_kid, C_last, info | dict(rebuild_s=time.perf_counter() - t0))
         return True
+
+    def _catch_up(self, built: RebuiltMap, new_by_kid: dict, C_last: np.ndarray, moved: int, pace) -> bool:
+        """Integrate into `built` the keyframes taken while it was rebuilt (moved like the newest one it holds),
+        so that the fusion thread's `apply_ready` has few left to add; False when stopped or stale."""
+        while True:
+            kfs, poses, _, _, now_moved = self._snapshot()
+            extra = [(k, C_last @ T) for k, T in zip(kfs, poses) if k.kid > built.kids[-1]]
+            if now_moved != moved:
+                return False
+            if not extra:
+                return True
+            for kf, T in extra:
+                if pace():
+                    return False
+                built.add(kf, T)
+                new_by_kid[kf.kid] = T
 
     def offer(self, new_poses: np.ndarray) -> bool:
         """Correct the map to put the keyframes held now at `new_poses` ((N,4,4), in order), as an accepted
