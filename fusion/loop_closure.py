@@ -51,7 +51,8 @@ class LoopClosureConfig:
     min_correction_m: float = 0.015      #: a loop whose drift is smaller only joins the graph (no rebuild)
     min_correction_deg: float = 0.75     #: ... in rotation
     worker_threads: int = 1              #: kernel threads of the worker (the live loop keeps the others)
-    worker_duty: float = 0.25            #: share of wall time the worker computes while busy (it sleeps the rest)
+    worker_duty: float = 0.25            #: share of a core the worker computes at most while busy (it sleeps the rest;
+    #:     its own thread's CPU time is counted, kernels it runs on other threads are not: worker_threads=1)
     odometry_info_per_m: float = 30.0    #: odometry edges' translation information (1/m^2) times the metres walked
     odometry_rot_info_per_m: float = 120.0  #: ... and rotation information (1/rad^2) times the metres walked:
     #:     odometry drifts with the distance walked, evenly, so a loop's error is spread along the path (the two
@@ -112,7 +113,7 @@ class LoopCloser:
         self._world_moved = 0                        # gravity changes: a result from before is stale
         self._next_kid = 0
         self._thread: threading.Thread | None = None
-        self._paced_at = time.perf_counter()
+        self._paced_at = 0.0                         # the worker thread's CPU time at its last pause
         self._detector = LoopDetector(config.detect)
         self._due: list[LoopEdge] = []               # accepted loops worth a correction, not yet optimised
         self._deferred = 0                           # keyframes searched since the first of them
@@ -245,7 +246,7 @@ class LoopCloser:
                     if self._ready is None and self._inbox.empty() and not self._due:
                         self._idle.set()
                 continue
-            self._paced_at = time.perf_counter()
+            self._paced_at = time.thread_time()
             try:
                 frame = frame if frame is not None else self._reduced_frame(kid)
                 if frame is None:
@@ -264,13 +265,14 @@ class LoopCloser:
         return None if kf is None else kf.frame()
 
     def _pace(self) -> bool:
-        """Sleep so that the worker computes `worker_duty` of the time since its last pause; True to stop."""
-        now = time.perf_counter()
+        """Sleep so that the worker computes `worker_duty` of the time since its last pause; True to stop.
+        Its busy time is its own CPU time, not wall time: time it waited for a core (a loaded machine, its
+        lower priority) is not paid for again by sleeping."""
+        busy = time.thread_time() - self._paced_at
         duty = min(max(self.config.worker_duty, 0.05), 1.0)
-        busy = now - self._paced_at
         if duty < 1.0:
             self._stop.wait(busy * (1.0 - duty) / duty)
-        self._paced_at = time.perf_counter()
+        self._paced_at = time.thread_time()
         return self._stop.is_set()
 
     def _snapshot(self):
