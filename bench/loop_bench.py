@@ -89,6 +89,7 @@ def _loop_report(pipeline: FusionPipeline, true_poses: np.ndarray) -> dict:
         false += m > FALSE_M or deg > FALSE_DEG
     return {"loops_verified": lc.stats.candidates, "loops_accepted": lc.stats.accepted, "false_loops_accepted": int(false),
             "corrections": lc.stats.corrections, "discarded": lc.stats.discarded, "pruned": lc.stats.pruned,
+            "searched_late": lc.stats.searched_late,
             "optimise_s": round(sum(e.optimise_s for e in lc.events), 2),
             "rebuild_s": round(sum(e.rebuild_s for e in lc.events), 2),
             "keyframes": lc.stats.keyframes, "keyframe_store_mb": round(lc.memory_bytes() / 2**20, 1)}

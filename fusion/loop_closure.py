@@ -60,7 +60,8 @@ class LoopClosureConfig:
     min_odometry_step_m: float = 0.02    #: a shorter keyframe step (a turn on the spot) counts as this long
     max_queued_frames: int = 30          #: keyframes queued with their full frame at most (beyond, the worker
     #:     describes the reduced images: memory stays bounded while it rebuilds)
-    max_backlog: int = 20                #: keyframes queued beyond this are described but not searched for loops
+    max_backlog: int = 20                #: keyframes queued beyond this are described now and searched for loops once
+    #:     the worker has caught up (newest first)
     max_deferred: int = 8                #: an accepted loop's correction waits for at most this many queued keyframes
     #:     to be searched first (their loops join the same optimisation and rebuild: fewer, better corrections)
     worker_nice: int = 10                #: the worker thread runs this much nicer than fusion (where the OS allows)
@@ -84,6 +85,7 @@ class LoopStats:
     corrections: int = 0      #: corrected maps applied
     discarded: int = 0        #: optimisations discarded (not converged or implausible)
     pruned: int = 0           #: optimisations whose line process dropped the new loop (map kept)
+    searched_late: int = 0    #: keyframes searched for loops only once the worker had caught up
     last_reason: str = ""     #: why the latest candidate was rejected
 
     def to_dict(self) -> dict:
@@ -117,6 +119,7 @@ class LoopCloser:
         self._detector = LoopDetector(config.detect)
         self._due: list[LoopEdge] = []               # accepted loops worth a correction, not yet optimised
         self._deferred = 0                           # keyframes searched since the first of them
+        self._skipped: list[int] = []                # keyframes not yet searched for loops (the worker was behind)
 
     # --- fusion thread ------------------------------------------------------------------------
     def start(self) -> None:
@@ -241,9 +244,10 @@ class LoopCloser:
             try:
                 kid, frame, settled = self._inbox.get(timeout=0.05)
             except queue.Empty:
+                self._search_skipped()
                 self._correct_due(force=True)
                 with self._idle_lock:
-                    if self._ready is None and self._inbox.empty() and not self._due:
+                    if self._ready is None and self._inbox.empty() and not self._due and not self._skipped:
                         self._idle.set()
                 continue
             self._paced_at = time.thread_time()
@@ -257,6 +261,18 @@ class LoopCloser:
                 self._correct_due(force=False)
             except Exception:  # a failure here must not take fusion down: the scan goes on without this loop
                 log.exception("loop closure failed on keyframe %d", kid)
+
+    def _search_skipped(self) -> None:
+        """Once the inbox is empty, look for the loops of keyframes that were only described while the worker
+        was behind (newest first), until a keyframe comes in."""
+        while self._skipped and self._inbox.empty() and not self._stop.is_set():
+            kid = self._skipped.pop()
+            self.stats.searched_late += 1
+            self._paced_at = time.thread_time()
+            try:
+                self._look_for_loop(kid)
+            except Exception:  # as for a queued keyframe: the scan goes on without this loop
+                log.exception("loop closure failed on skipped keyframe %d", kid)
 
     def _reduced_frame(self, kid: int) -> Frame | None:
         """The stored (reduced) images of keyframe `kid` as a frame; None when it was thinned out."""
@@ -291,7 +307,8 @@ class LoopCloser:
         if kid not in alive:
             return
         if self._inbox.qsize() > self.config.max_backlog:
-            log.debug("loop closure is %d keyframes behind: keyframe %d is only described", self._inbox.qsize(), kid)
+            log.debug("loop closure is %d keyframes behind: keyframe %d is searched later", self._inbox.qsize(), kid)
+            self._skipped.append(kid)
             return
         j = int(np.searchsorted(kids, kid)) + 1
         edge = self._verified_loop(kid, kfs[:j], kids[:j], poses[:j], path[:j])

@@ -76,6 +76,23 @@ def test_loop_found_and_map_corrected(drifting_scan):
         p.close()
 
 
+def test_keyframes_skipped_while_behind_are_searched_later(drifting_scan):
+    """A worker that is behind only describes keyframes (here: whenever another one is queued) and looks for
+    their loops once it has caught up: the loop is still found and the map corrected."""
+    frames, true, odo = drifting_scan
+    cfg = _config()
+    cfg = dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, max_backlog=0))
+    p = FusionPipeline(cfg)
+    try:
+        results = _run(p, frames)
+        stats = p.loops.stats
+        assert stats.searched_late > 0 and stats.accepted >= 1 and stats.corrections >= 1, stats
+        restated = np.array([p.loops.restate(r.index, r.T_world_cam) for r in results])
+        assert ate_rmse_m(restated, true) < ate_rmse_m(odo, true) / 2
+    finally:
+        p.close()
+
+
 def _lookalike(frame: Frame, other: Frame, index: int, timestamp_s: float, pose: np.ndarray) -> Frame:
     """The same foreground furniture (nearer 40% of the depth) in front of another room's background."""
     d = frame.depth_m
