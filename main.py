@@ -93,7 +93,7 @@ def _label_hook(mode: str | None, device: str, weights: Path | None = None):
 
 def _cmd_reconstruct(args) -> int:
     from fusion.errors import UserError
-    from fusion.loop_closure import LoopClosureConfig
+    from fusion.loop_config import LoopClosureConfig
     from fusion.pipeline import PipelineConfig
     from fusion.reconstruct import ReconstructRequest, reconstruct
     from fusion.volume import VolumeConfig

@@ -30,7 +30,7 @@ import numpy as np
 import open3d as o3d
 
 from bench.drift import DriftedFrames
-from fusion.loop_closure import LoopClosureConfig
+from fusion.loop_config import LoopClosureConfig
 from fusion.loops import LoopDetectConfig
 from fusion.pipeline import FusionPipeline, PipelineConfig
 from fusion.sources import open_source

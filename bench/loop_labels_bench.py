@@ -25,7 +25,7 @@ from scipy.spatial import cKDTree
 
 from bench.drift import drifted_poses
 from fusion.coarse import CoarseGridConfig, all_chunk_keys, coarse_region
-from fusion.loop_closure import LoopClosureConfig
+from fusion.loop_config import LoopClosureConfig
 from fusion.loops import LoopDetectConfig
 from fusion.pipeline import FusionPipeline, PipelineConfig
 from fusion.sources.synthetic import SyntheticSource

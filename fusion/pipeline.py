@@ -22,7 +22,8 @@ from fusion.dirty import DirtyChunks, chunk_keys_of_blocks
 from fusion.errors import SourceError, UserError
 from fusion.frame import Frame
 from fusion.gravity_settle import GravitySettler, SettleConfig, SettleStep, restate_stamp
-from fusion.loop_closure import LoopClosureConfig, LoopCloser, MapCorrection
+from fusion.loop_closure import LoopCloser, MapCorrection
+from fusion.loop_config import LoopClosureConfig
 from fusion.meshing import ChunkMesher, MeshConfig
 from fusion.snapshots import RegionSnapshot, SnapshotRequest, SnapshotServer  # noqa: F401 (SnapshotRequest re-exported)
 from fusion.tracking import Tracker, TrackerConfig, TrackState, relative_motion

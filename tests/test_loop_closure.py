@@ -10,7 +10,7 @@ import pytest
 
 from bench.drift import drifted_poses
 from fusion.frame import Frame
-from fusion.loop_closure import LoopClosureConfig
+from fusion.loop_config import LoopClosureConfig
 from fusion.loops import LoopDetectConfig, LoopDetector
 from fusion.pipeline import FusionPipeline, PipelineConfig
 from fusion.pose_graph import GraphEdge, PoseGraphConfig, optimise
@@ -173,7 +173,7 @@ def test_odometry_information_follows_the_distance_walked():
     """An odometry edge's information falls with the distance walked along it (drift grows with it), the
     same for every pair of keyframes, rotation first (Open3D's order); a turn on the spot counts as a
     short step, not as an infinitely certain one."""
-    from fusion.loop_closure import odometry_information
+    from fusion.loop_config import odometry_information
 
     cfg = LoopClosureConfig()
     step = np.eye(4)

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from fusion.coarse import CoarseGridConfig
-from fusion.loop_closure import LoopClosureConfig, MapCorrection
+from fusion.loop_closure import MapCorrection
+from fusion.loop_config import LoopClosureConfig
 from fusion.pipeline import FusionPipeline, PipelineConfig
 from fusion.sources.synthetic import SyntheticConfig, SyntheticSource
 from fusion.volume import VolumeConfig
-from nets.cells import CLASS_IDS, NO_CORRECTION
+from nets.cells import CLASS_IDS
 from nets.incremental import IncrementalLabeler
 from nets.infer import ChunkModel
 from nets.labels import LabelStore
