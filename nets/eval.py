@@ -104,9 +104,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     p.add_argument("--seeds", default="1000:1010", help="held-out rooms, FIRST:LAST or a,b,c")
     p.add_argument("--cache", type=Path, help="keep the held-out scans here")
-    p.add_argument("--turns", type=int, choices=range(1, 5), default=1, metavar="1..4",
-                   help="held-out scores of predictions averaged over this many quarter turns (4: as the final "
-                        "labels of `reconstruct --labels final`; 1: as the live labels)")
+    p.add_argument("--turns", type=int, choices=range(1, 5), default=None, metavar="1..4",
+                   help="predictions averaged over this many quarter turns (4: as the final labels of "
+                        "`reconstruct --labels final`, the default with --real-room-rescore; 1: as the live "
+                        "labels, the default for the held-out rooms)")
     p.add_argument("--mesh-seeds", default="", help="also reconstruct these rooms and score mesh.ply labels")
     p.add_argument("--mesh-frames", type=int, default=150)
     p.add_argument("--json", type=Path, default=None,
@@ -117,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="folder for the real room's frames and reconstructions (outside the repository; "
                         "default: a new temporary folder)")
     p.add_argument("--frames", type=int, default=RealRoomConfig.frames, help="real-room frames to render")
+    p.add_argument("--real-room-rescore", type=Path, default=None, metavar="DIR",
+                   help="relabel the reconstructions a real-room run saved in DIR with --weights (same geometry, "
+                        "only the labels differ) and score them")
     return p
 
 
@@ -132,6 +136,24 @@ def real_room_main(args) -> int:
     result = run_real_room(out, model, RealRoomConfig(frames=args.frames), args.real_room)
     result |= {"weights": str(args.weights), "eval_s": round(time.perf_counter() - t0, 1),
                "command": "python -m nets.eval " + " ".join(args.argv)}
+    return _report_real_room(result, args)
+
+
+def rescore_main(args) -> int:
+    """The saved reconstructions of a real-room run relabelled with --weights: a table, JSON."""
+    from nets.reconstruct_labels import FINAL_TURNS
+    from nets.real_room_rescore import rescore_real_room
+
+    points_path(args.real_room)  # a missing file fails here, before the weights load
+    model = ChunkModel.load(args.weights).with_turns(args.turns or FINAL_TURNS)
+    t0 = time.perf_counter()
+    result = rescore_real_room(args.real_room_rescore, model, RealRoomConfig(), args.real_room)
+    result |= {"weights": str(args.weights), "eval_s": round(time.perf_counter() - t0, 1),
+               "command": "python -m nets.eval " + " ".join(args.argv)}
+    return _report_real_room(result, args)
+
+
+def _report_real_room(result: dict, args) -> int:
     print(real_room_table(result))
     path = args.json or ROOT / "bench" / "results" / "real_room.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,8 +165,9 @@ def _held_out_main(args) -> int:
     model = ChunkModel.load(args.weights)
     t0 = time.perf_counter()
     samples = held_out_samples(_seeds(args.seeds), args.cache)
-    scores = summarise([sample_scores(model.net, s, turns=args.turns) for s in samples])
-    scores["turns"] = args.turns
+    turns = args.turns or 1
+    scores = summarise([sample_scores(model.net, s, turns=turns) for s in samples])
+    scores["turns"] = turns
     scores["eval_s"] = time.perf_counter() - t0
     scores["seeds"] = _seeds(args.seeds)
     json_path = args.json or ROOT / "bench" / "results" / "nets_eval.json"
@@ -164,6 +187,8 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if args.real_room_rescore is not None:
+            return rescore_main(args)
         return real_room_main(args) if args.real_room is not None else _held_out_main(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -273,19 +273,25 @@ def score_mesh(mesh_ply: Path, points: RoomPoints, T_gt_out: np.ndarray, cfg: Re
     from storage.plyio import read_labeled_ply
 
     mesh = read_labeled_ply(mesh_ply)
-    xyz = mesh["xyz_m"].astype(np.float64) @ T_gt_out[:3, :3].T + T_gt_out[:3, 3]
+    return score_vertices(mesh["xyz_m"], mesh["labels"], points, T_gt_out, cfg)
+
+
+def score_vertices(xyz_m: np.ndarray, labels: np.ndarray, points: RoomPoints, T_gt_out: np.ndarray,
+                   cfg: RealRoomConfig) -> dict:
+    """Scores of vertex labels (vertices mapped by T_gt_out) against their nearest point's label."""
+    xyz = np.asarray(xyz_m, np.float64).reshape(-1, 3) @ T_gt_out[:3, :3].T + T_gt_out[:3, 3]
     dist, idx = cKDTree(points.xyz_m).query(xyz, distance_upper_bound=cfg.match_distance_m)
     matched = np.isfinite(dist)
     gt = points.labels[idx[matched]]
     keep = gt > 0
-    scores = vertex_scores(mesh["labels"][matched][keep], gt[keep])
+    scores = vertex_scores(np.asarray(labels)[matched][keep], gt[keep])
     scores["vertices"] = int(len(xyz))
     scores["matched_share"] = float(matched.mean()) if len(xyz) else 0.0
-    scores["unlabeled_share"] = float(np.mean(mesh["labels"] == 0)) if len(xyz) else 0.0
+    scores["unlabeled_share"] = float(np.mean(np.asarray(labels) == 0)) if len(xyz) else 0.0
     return scores
 
 
-def _trajectory_scores(trajectory_txt: Path, poses_gt: np.ndarray, T_gt_out: np.ndarray) -> dict:
+def trajectory_scores(trajectory_txt: Path, poses_gt: np.ndarray, T_gt_out: np.ndarray) -> dict:
     """ATE (rigidly aligned) and the position error after the first-pose mapping alone, in metres."""
     _, poses = read_tum(trajectory_txt)
     n = min(len(poses), len(poses_gt))
@@ -312,7 +318,7 @@ def run_real_room(out_dir: Path, model, cfg: RealRoomConfig = RealRoomConfig(), 
         stats = reconstruct_variant(src, rec, mode, model, cfg)
         T_gt_out = output_to_gt(rec / "trajectory.txt", source.poses[0])
         result["variants"][mode] = (score_mesh(rec / "mesh.ply", points, T_gt_out, cfg)
-                                    | _trajectory_scores(rec / "trajectory.txt", source.poses, T_gt_out)
+                                    | trajectory_scores(rec / "trajectory.txt", source.poses, T_gt_out)
                                     | {"out": str(rec), "T_gt_out": T_gt_out.round(6).tolist(),
                                        "frames_dropped": stats["frames_dropped"]})
     return result

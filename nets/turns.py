@@ -3,9 +3,9 @@
 
 The nets' grid is gravity-aligned, so a quarter turn maps cells onto cells exactly (no resampling) and the
 per-cell features (signed distance, counts, colour) do not change. The nets were trained with these
-symmetries, but a net is never exactly invariant; on the real ScanNet room the four turns alone score
-0.304-0.341 mIoU and their mean 0.334 (see the model card). Costs `turns` forward passes, so it is meant
-for whole-scene passes (reconstruct's final labels, relabeling), not for the live labels.
+symmetries, but a net is never exactly invariant: on the real ScanNet room the mean of four turns scores
+0.334 mIoU against 0.310 for one pass with the stage 6/7 weights (`python -m nets.eval --real-room-rescore
+DIR --turns 4|1`, model card). Costs `turns` forward passes, so it is meant for whole-scene passes (reconstruct's final labels, relabeling), not for the live labels.
 
 Pure functions; any thread may call them.
 """

@@ -81,3 +81,30 @@ def test_smoke_untracked_output_maps_onto_the_points(smoke):
     assert np.median(tree.query(xyz)[0]) > 0.2
     assert np.median(tree.query(xyz @ T[:3, :3].T + T[:3, 3])[0]) < 0.03
     assert v["mapped_position_error_m"]["max"] < 0.05
+
+
+def test_rescore_relabels_the_saved_reconstructions_like_the_final_pass(smoke):
+    """Rerunning the final label pass on the saved sessions scores what the run scored (same geometry,
+    same weights and turns), and other turns change the labels, not the geometry."""
+    from nets.infer import ChunkModel
+    from nets.real_room_rescore import rescore_real_room
+    from nets.reconstruct_labels import FINAL_TURNS
+
+    out, result = smoke
+    model = ChunkModel.load()
+    again = rescore_real_room(out, model.with_turns(FINAL_TURNS), SMOKE)
+    one_pass = rescore_real_room(out, model, SMOKE)
+    assert again["turns"] == FINAL_TURNS and set(again["variants"]) == {"gt", "track"}
+    for mode, v in result["variants"].items():
+        assert again["variants"][mode]["vertices"] == v["vertices"]
+        assert abs(again["variants"][mode]["miou"] - v["miou"]) < 0.02
+        assert one_pass["variants"][mode]["vertices"] == v["vertices"]
+
+
+def test_rescore_of_a_folder_that_is_no_run_is_one_line_error(tmp_path, capsys):
+    from nets.eval import main
+
+    shared_data(ROOM)
+    assert main(["--real-room-rescore", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "not the output folder" in err
