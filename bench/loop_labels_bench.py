@@ -62,7 +62,7 @@ def _row(name: str, store: LabelStore, surface: cKDTree, painted: int, follow_s:
 
 
 def _camera_moves(events) -> list:
-    return [lambda p, e=e: e.corrections[cKDTree(e.keyframe_positions_m).query(p)[1]] for e in events]
+    return [e.camera_transforms for e in events]
 
 
 def run(args) -> dict:

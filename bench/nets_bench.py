@@ -1,4 +1,5 @@
-"""Owns the model benchmark: inference time per 1.6 m chunk (with its halo) and for a whole room, on CPU.
+"""Owns the model benchmark: inference time per 1.6 m chunk (with its halo) and for a whole room, on CPU,
+and the time to read labels at every mesh vertex (what the app and exports do after each label change).
 
 Prints a table and writes bench/results/nets.json. Run: `.venv/bin/python -m bench.nets_bench`.
 The room is a synthetic one fused from `--frames` frames at 1 cm with ground-truth poses; the shipped
@@ -22,6 +23,7 @@ from fusion.coarse import all_chunk_keys, coarse_region  # noqa: E402
 from fusion.pipeline import FusionPipeline, PipelineConfig  # noqa: E402
 from fusion.sources.synthetic import SyntheticSource  # noqa: E402
 from nets.infer import ChunkModel  # noqa: E402
+from nets.labels import LabelStore  # noqa: E402
 
 log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,8 +67,18 @@ def run(seed: int, frames: int, repeats: int) -> list[dict]:
     ms, _ = time_it(lambda: coarse_region(pipe.volume, [busiest], grid), repeats)
     rows.append({"case": "extract one chunk + halo", "threads": 1, "input_sites": len(chunk),
                  "output_sites": len(chunk), "ms": ms})
+    rows.append(_vertex_labels_row(model, whole, pipe.final_mesh().positions_m, repeats))
     pipe.close()
     return rows
+
+
+def _vertex_labels_row(model, whole, positions_m, repeats: int) -> dict:
+    """Labels interpolated at every mesh vertex (`LabelStore.labels_at`) of the room labelled in one pass."""
+    store = LabelStore(model.grid)
+    store.fuse(model.predict(whole))
+    ms, _ = time_it(lambda: store.labels_at(positions_m), repeats)
+    return {"case": "labels at mesh vertices", "threads": 1, "input_sites": len(positions_m),
+            "output_sites": len(positions_m), "ms": ms}
 
 
 def main(argv=None) -> int:

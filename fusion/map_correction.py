@@ -27,11 +27,17 @@ class MapCorrection:
     applied_s: float = 0.0               #: time.monotonic() when it was handed to the fusion thread to swap in:
     #:     what the fusion thread served before (snapshots for the nets) is of the old world, after of the new
 
-    def move_points(self, points_m: np.ndarray) -> np.ndarray:
-        """World points (N,3) of the old world moved with the keyframe whose camera was nearest to each
-        (for things located like cameras; surface points: `move_surface_points`)."""
+    def camera_transforms(self, points_m: np.ndarray) -> np.ndarray:
+        """(N,4,4) world change of each point (N,3) of the old world: the change of the keyframe whose camera
+        was nearest to it (for things located like cameras: poses, a loaded trajectory)."""
         pts = np.asarray(points_m, float).reshape(-1, 3)
-        return _apply(self.corrections[cKDTree(self.keyframe_positions_m).query(pts)[1]], pts) if len(pts) else pts.copy()
+        return self.corrections[cKDTree(self.keyframe_positions_m).query(pts)[1]] if len(pts) else np.zeros((0, 4, 4))
+
+    def move_points(self, points_m: np.ndarray) -> np.ndarray:
+        """World points (N,3) of the old world moved by `camera_transforms` (surface points:
+        `move_surface_points`)."""
+        pts = np.asarray(points_m, float).reshape(-1, 3)
+        return _apply(self.camera_transforms(pts), pts)
 
     def surface_transforms(self, points_m: np.ndarray) -> np.ndarray:
         """(N,4,4) world change of each point (N,3) of the old map's surface (label cells, user corrections):
@@ -51,8 +57,7 @@ class MapCorrection:
     def correction_near(self, point_m) -> np.ndarray:
         """The world change of the keyframe whose camera was nearest to `point_m` (old world): for a pose
         whose frame index is not known (a loaded trajectory)."""
-        _, nearest = cKDTree(self.keyframe_positions_m).query(np.asarray(point_m, float).reshape(3))
-        return self.corrections[int(nearest)]
+        return self.camera_transforms(point_m)[0]
 
     def correction_of(self, frame_index: int) -> np.ndarray:
         """The world change of a frame fused before `first_frame` (its keyframe's, or the nearest)."""

@@ -89,6 +89,11 @@ class CompletionStore:
                 self._chunks.clear()
                 self._version += 1
 
+    def chunk_keys(self) -> set:
+        """Keys of the chunks holding predicted sites."""
+        with self._lock:
+            return set(self._chunks)
+
     def n_sites(self) -> int:
         with self._lock:
             return sum(len(s.coords) for s in self._chunks.values())

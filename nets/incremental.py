@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fusion.pipeline import FusionPipeline
-from nets.completion import PREFIX as COMPLETION_PREFIX
 from nets.completion import CompletionStore
-from nets.cells import CLASS_IDS, group_by_chunk
+from nets.cells import CLASS_IDS
 from nets.labels import LabelStore
 from nets.scheduler import ChunkScheduler, InputMemory, SchedulerConfig
 
@@ -310,17 +309,13 @@ class IncrementalLabeler:
         events = list(loops.events) if loops is not None else []
         if len(events) > self._world_seen:
             self.labels.follow([e.surface_transforms for e in events])
-            gone = self._completion_keys() - self.labels.chunk_keys()
+            gone = self.completion.chunk_keys() - self.labels.chunk_keys()
             if gone:
                 self.completion.fuse(_EmptyPrediction(tuple(sorted(gone))))
             self.memory.clear()
             self._world_seen = len(events)
             log.info("labels follow the corrected map (%d corrections so far)", len(events))
         return events
-
-    def _completion_keys(self) -> set:
-        coords = self.completion.to_arrays()[f"{COMPLETION_PREFIX}coords"]
-        return {key for key, _ in group_by_chunk(coords, self.grid.chunk_voxels)}
 
     def _world_of(self, snap) -> int:
         """Map corrections swapped in before `snap` was served: the world its input is in (the stores are

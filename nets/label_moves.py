@@ -16,11 +16,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from nets.cells import NO_CORRECTION, build_chunk, empty_chunk, group_by_chunk, pack_cells
+from nets.cells import NEIGHBOURS26, NO_CORRECTION, build_chunk, empty_chunk, group_by_chunk, pack_cells
 
 Move = Callable[[np.ndarray], np.ndarray]   #: old world points (N,3) metres -> world change of each (N,4,4)
 FIELDS = ("coords", "probs", "weight", "corrected", "predicted")
-_NEAR = np.array([(x, y, z) for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1)], np.int32)
+_NEAR = np.vstack([np.zeros((1, 3), np.int32), NEIGHBOURS26])   #: a cell and its 26 neighbours
 
 
 @dataclass(frozen=True)
