@@ -63,35 +63,53 @@ class CoarseRegion:
 
 
 @numba.njit(cache=True, nogil=True)
+def _axis_cells(block_key, res, ratio, lo, out):
+    """Coarse cell (relative to lo) of each of a block's `res` fine voxels along one axis."""
+    for t in range(res):
+        out[t] = int(np.floor((block_key * res + t) * ratio + 1e-6)) - lo
+
+
+@numba.njit(cache=True, nogil=True)
 def _accumulate(bufs, keys, tsdf, weight, color, res, fine_m, coarse_m, trunc_m, lo, dims, acc):
-    """acc[x, y, z, :] += (n_obs, sum sdf, min |sdf| (slot 2), n_near, sum rgb near (3), sum rgb all (3))."""
+    """acc[x, y, z, :] += (n_obs, sum sdf, min |sdf| (slot 2), n_near, sum rgb near (3), sum rgb all (3)).
+    Cell indices are computed once per block and axis; voxels are visited in buffer order."""
     ratio = fine_m / coarse_m
+    ix, iy, iz = np.empty(res, np.int64), np.empty(res, np.int64), np.empty(res, np.int64)
     for j in range(len(bufs)):
         b = bufs[j]
+        _axis_cells(keys[j, 0], res, ratio, lo[0], ix)
+        _axis_cells(keys[j, 1], res, ratio, lo[1], iy)
+        _axis_cells(keys[j, 2], res, ratio, lo[2], iz)
         for z in range(res):
+            cz = iz[z]
+            if cz < 0 or cz >= dims[2]:
+                continue
             for y in range(res):
+                cy = iy[y]
+                if cy < 0 or cy >= dims[1]:
+                    continue
                 for x in range(res):
-                    w = weight[b, z, y, x]
-                    if w <= 0.0:
+                    cx = ix[x]
+                    if weight[b, z, y, x] <= 0.0 or cx < 0 or cx >= dims[0]:
                         continue
-                    cx = int(np.floor((keys[j, 0] * res + x) * ratio + 1e-6)) - lo[0]
-                    cy = int(np.floor((keys[j, 1] * res + y) * ratio + 1e-6)) - lo[1]
-                    cz = int(np.floor((keys[j, 2] * res + z) * ratio + 1e-6)) - lo[2]
-                    if cx < 0 or cy < 0 or cz < 0 or cx >= dims[0] or cy >= dims[1] or cz >= dims[2]:
-                        continue
-                    sdf = tsdf[b, z, y, x] * trunc_m
-                    a = acc[cx, cy, cz]
-                    a[0] += 1.0
-                    a[1] += sdf
-                    a[2] = min(a[2], abs(sdf))
-                    near = abs(sdf) <= fine_m
-                    if near:
-                        a[3] += 1.0
-                    for c in range(3):
-                        v = color[b, z, y, x, c]
-                        a[7 + c] += v
-                        if near:
-                            a[4 + c] += v
+                    _add_voxel(acc, cx, cy, cz, tsdf[b, z, y, x] * trunc_m, color[b, z, y, x], fine_m)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _add_voxel(acc, cx, cy, cz, sdf, rgb, fine_m):
+    """One observed fine voxel into its coarse cell (indexed in place: no per-voxel views)."""
+    a = abs(sdf)
+    acc[cx, cy, cz, 0] += 1.0
+    acc[cx, cy, cz, 1] += sdf
+    if a < acc[cx, cy, cz, 2]:
+        acc[cx, cy, cz, 2] = a
+    near = a <= fine_m
+    if near:
+        acc[cx, cy, cz, 3] += 1.0
+    for c in range(3):
+        acc[cx, cy, cz, 7 + c] += rgb[c]
+        if near:
+            acc[cx, cy, cz, 4 + c] += rgb[c]
 
 
 def _block_range(lo_cells: np.ndarray, hi_cells: np.ndarray, grid: CoarseGridConfig, block_m: float):
