@@ -241,7 +241,9 @@ def _latency(labeler, end_s: float) -> dict:
             "label_changes": len(lat), "label_changes_unlabelled_at_end": len(waiting),
             "label_latency_landed_s": ({f"p{p}": round(float(np.percentile(landed, p)), 3) for p in (50, 95)}
                                        if landed else None),
-            "chunks_inferred": stats["chunks_inferred"], "infer_ms_p50": stats["infer_ms_p50"]}
+            "chunks_inferred": stats["chunks_inferred"], "regions_inferred": stats["regions_inferred"],
+            "region": {k: stats[k] for k in stats if k.startswith(("infer_ms_p", "snapshot_wait_ms_p", "serve_ms_p",
+                                                                   "region_sites_p"))}}
 
 
 def run_open3d(frames, config: LiveBenchConfig) -> dict:
@@ -331,7 +333,8 @@ def pool(runs: list) -> dict | None:
     out = dict(runs[-1])
     for k in ("frames", "frames_fused", "frames_integrated", "frames_skipped", "slot_dropped", "tracking_losses",
               "frames_with_feature_check",
-              "tracking_failures", "label_changes", "label_changes_unlabelled_at_end", "chunks_inferred"):
+              "tracking_failures", "label_changes", "label_changes_unlabelled_at_end", "chunks_inferred",
+              "regions_inferred"):
         if k in out:
             out[k] = int(sum(r[k] for r in runs))
     out["fused_fps"] = round(float(np.mean([r["fused_fps"] for r in runs])), 3)
@@ -340,6 +343,9 @@ def pool(runs: list) -> dict | None:
         out[k] = max(vals) if vals else None
     if "latency_samples_s" in out:
         out["label_latency_s"] = _pct([v for r in runs for v in r["latency_samples_s"]])
+    if out.get("region"):  # per-region percentiles: the worst run's (each run's stay in `repeats`)
+        out["region"] = {k: max((r["region"][k] for r in runs if r["region"][k] is not None), default=None)
+                         for k in out["region"]}
     out["repeats"] = [{k: v for k, v in r.items() if k != "latency_samples_s"} for r in runs]
     out.pop("latency_samples_s", None)
     return out
@@ -387,6 +393,11 @@ def print_table(r: dict) -> None:
           f"({r['runs']['ours'].get('label_changes_unlabelled_at_end', 0)} still unlabelled at the end); "
           f"fusion with nets / without: {r['nets_fusion_ratio']:.2f}; vs Open3D: {fmt(r['fps_ratio_vs_open3d'], '{:.2f}')}x; "
           f"memory {r['memory']['rss_mb']:.0f} MB resident, volume {r['memory']['volume_mb']:.0f} MB")
+    reg = r["runs"]["ours"].get("region")
+    if reg:
+        print("per region (p50 / p95; the worst run): " + ", ".join(
+            f"{name} {fmt(reg[name + '_p50'], '{:.0f}')} / {fmt(reg[name + '_p95'], '{:.0f}')}"
+            for name in ("snapshot_wait_ms", "serve_ms", "infer_ms", "region_sites")))
 
 
 def run(spec: str, config: LiveBenchConfig, max_frames: int | None = None, gt_path: Path | None = None) -> dict:

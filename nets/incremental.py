@@ -72,6 +72,9 @@ class _Counters:
     def __init__(self, max_samples: int):
         self.latencies_s: deque[float] = deque(maxlen=max_samples)
         self.infer_ms: deque[float] = deque(maxlen=max_samples)
+        self.snapshot_wait_ms: deque[float] = deque(maxlen=max_samples)  # request -> served, per region
+        self.serve_ms: deque[float] = deque(maxlen=max_samples)          # fusion-thread time per region
+        self.region_sites: deque[int] = deque(maxlen=max_samples)
         self.chunks = self.sites = self.core_sites = self.regions = self.dropped = self.skipped = 0
         self.infer_s = 0.0
         self.queue, self.oldest_wait_s = 0, 0.0
@@ -298,7 +301,7 @@ class IncrementalLabeler:
                 self.completion.fuse(pred)
             self.memory.remember(region)
             latencies = self.scheduler.done(keys, snap.frames_integrated, time.monotonic())
-            self._count(keys, region, infer_ms, latencies)
+            self._count(keys, region, infer_ms, latencies, snap)
             done += len(keys)
         return done
 
@@ -327,9 +330,12 @@ class IncrementalLabeler:
         return max(self.memory.change(region, key) for key in region.keys) < self.config.skip_change_below
 
     # --- statistics ----------------------------------------------------------------------------
-    def _count(self, keys, region, infer_ms: float, latencies) -> None:
+    def _count(self, keys, region, infer_ms: float, latencies, snap) -> None:
         with self._stats_lock:
             c = self._counters
+            c.snapshot_wait_ms.append((snap.served_s - snap.request.requested_s) * 1e3)
+            c.serve_ms.append(snap.serve_ms)
+            c.region_sites.append(len(region))
             c.chunks += len(keys)
             c.sites += len(region)
             c.core_sites += int(np.count_nonzero(region.core))
@@ -380,7 +386,8 @@ class IncrementalLabeler:
         with self._stats_lock:
             c = self._counters
             lat = np.asarray(c.latencies_s, float)
-            inf = np.asarray(c.infer_ms, float)
+            spread = {"infer_ms": np.asarray(c.infer_ms, float), "snapshot_wait_ms": np.asarray(c.snapshot_wait_ms, float),
+                      "serve_ms": np.asarray(c.serve_ms, float), "region_sites": np.asarray(c.region_sites, float)}
             out = {"queue": c.queue, "oldest_wait_s": round(c.oldest_wait_s, 3),
                    "chunks_inferred": c.chunks, "sites_inferred": c.sites, "core_sites_inferred": c.core_sites,
                    "regions_inferred": c.regions, "stale_results_dropped": c.dropped,
@@ -388,7 +395,8 @@ class IncrementalLabeler:
                    "latency_samples": len(lat)}
         for p in (50, 95):
             out[f"latency_p{p}_s"] = round(float(np.percentile(lat, p)), 4) if len(lat) else None
-            out[f"infer_ms_p{p}"] = round(float(np.percentile(inf, p)), 2) if len(inf) else None
+            for name, a in spread.items():
+                out[f"{name}_p{p}"] = round(float(np.percentile(a, p)), 2) if len(a) else None
         out["running"] = self.running
         out["error"] = None if self.error is None else str(self.error)
         return out

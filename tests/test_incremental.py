@@ -121,7 +121,7 @@ def _check_requests(frames, pipeline):
 
 
 def test_big_regions_are_served_over_several_frames_within_the_budget(frames):
-    pipeline = make_pipeline(snapshot_budget_ms=1e-3)  # one chunk of work per frame
+    pipeline = make_pipeline(snapshot_budget_ms=1e-3, snapshot_budget_share=0.0)  # one chunk of work per frame
     try:
         pipeline.process(frames[0])
         present = set(all_chunk_keys(pipeline.volume, GRID))
