@@ -17,20 +17,19 @@ loop ends kept) of reduced RGB-D; sessions save and restore them (`to_arrays`, `
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
 from collections import deque
 
 import cv2
-import numba as nb
 import numpy as np
 
 from fusion.frame import Frame
 from fusion.keyframe_store import KeyframeStore
 from fusion.loop_arrays import edges_from_arrays
 from fusion.loop_config import LoopClosureConfig, LoopStats, odometry_information
+from fusion.loop_pacing import WorkerPacer, lower_worker_priority
 from fusion.loops import LoopDetector, LoopEdge, MapKeyframe
 from fusion.map_correction import MapCorrection  # noqa: F401 (re-exported: the pipeline's FrameResult carries it)
 from fusion.map_rebuild import RebuiltMap, rebuild
@@ -65,7 +64,7 @@ class LoopCloser:
         self._world_moved = 0                        # gravity changes: a result from before is stale
         self._next_kid = 0
         self._thread: threading.Thread | None = None
-        self._paced_at = 0.0                         # the worker thread's CPU time at its last pause
+        self._pace = WorkerPacer(config.worker_duty, self._stop)  # the worker's duty cycle (its thread only)
         self._detector = LoopDetector(config.detect)
         self._due: list[LoopEdge] = []               # accepted loops worth a correction, not yet optimised
         self._deferred = 0                           # keyframes searched since the first of them
@@ -184,12 +183,7 @@ class LoopCloser:
 
     # --- worker thread -------------------------------------------------------------------------
     def _run(self) -> None:
-        nb.set_num_threads(max(1, min(self.config.worker_threads, nb.config.NUMBA_NUM_THREADS)))
-        try:  # Linux: a thread id names one thread; the live loop's threads keep their priority
-            tid = threading.get_native_id()
-            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + self.config.worker_nice))
-        except (AttributeError, OSError):
-            log.debug("loop closure: the worker's priority could not be lowered")
+        lower_worker_priority(self.config.worker_threads, self.config.worker_nice)
         while not self._stop.is_set():
             try:
                 kid, frame, settled = self._inbox.get(timeout=0.05)
@@ -200,7 +194,7 @@ class LoopCloser:
                     if self._ready is None and self._inbox.empty() and not self._due and not self._skipped:
                         self._idle.set()
                 continue
-            self._paced_at = time.thread_time()
+            self._pace.restart()
             try:
                 frame = frame if frame is not None else self._reduced_frame(kid)
                 if frame is None:
@@ -218,7 +212,7 @@ class LoopCloser:
         while self._skipped and self._inbox.empty() and not self._stop.is_set():
             kid = self._skipped.pop()
             self.stats.searched_late += 1
-            self._paced_at = time.thread_time()
+            self._pace.restart()
             try:
                 self._look_for_loop(kid)
             except Exception:  # as for a queued keyframe: the scan goes on without this loop
@@ -229,17 +223,6 @@ class LoopCloser:
         with self._lock:
             kf = next((k for k in self._store.kfs if k.kid == kid), None)
         return None if kf is None else kf.frame()
-
-    def _pace(self) -> bool:
-        """Sleep so that the worker computes `worker_duty` of the time since its last pause; True to stop.
-        Its busy time is its own CPU time, not wall time: time it waited for a core (a loaded machine, its
-        lower priority) is not paid for again by sleeping."""
-        busy = time.thread_time() - self._paced_at
-        duty = min(max(self.config.worker_duty, 0.05), 1.0)
-        if duty < 1.0:
-            self._stop.wait(busy * (1.0 - duty) / duty)
-        self._paced_at = time.thread_time()
-        return self._stop.is_set()
 
     def _snapshot(self):
         with self._lock:

@@ -35,16 +35,18 @@ class RebuiltMap:
         touched = self.volume.integrate(kf.frame(), T_world_cam)
         if mesh:
             self.mesher.update(touched)
+            self.mesher.flush()
         self.kids.append(kf.kid)
         self.poses = np.concatenate([self.poses, np.asarray(T_world_cam, float)[None]])
 
 
 def rebuild(keyframes: list[MapKeyframe], poses: np.ndarray, volume_config: VolumeConfig,
-            mesh_config: MeshConfig, pace=lambda: False) -> RebuiltMap | None:
+            mesh_config: MeshConfig, pace=lambda: False, mesh_batch_blocks: int = 256) -> RebuiltMap | None:
     """A fresh volume with every keyframe integrated at its pose, meshed. `pace()` is called between
-    keyframes (it may sleep to leave the live loop its share of the CPU); True stops early (None)."""
+    keyframes and between batches of `mesh_batch_blocks` blocks meshed (0: all at once; it may sleep to leave the live loop
+    its share of the CPU; meshing a whole room at once is a second of CPU or more); True stops early (None)."""
     vol = TsdfVolume(volume_config)
-    mesher = ChunkMesher(vol, dataclasses.replace(mesh_config, threads=1, max_blocks_per_update=0,
+    mesher = ChunkMesher(vol, dataclasses.replace(mesh_config, threads=1, max_blocks_per_update=max(0, mesh_batch_blocks),
                                                   min_interval_updates=1))
     out = RebuiltMap(vol, mesher, [], np.zeros((0, 4, 4)))
     for kf, T in zip(keyframes, poses):
@@ -52,6 +54,11 @@ def rebuild(keyframes: list[MapKeyframe], poses: np.ndarray, volume_config: Volu
             mesher.close()
             return None
         out.add(kf, T, mesh=False)
-    mesher.update(vol.active_keys())  # once at the end: meshing after every keyframe re-meshes blocks many times
-    mesher.flush()
+    # once at the end (meshing after every keyframe re-meshes blocks many times), one batch per update
+    mesher.update(vol.active_keys())
+    while mesher.pending_blocks:
+        if pace():
+            mesher.close()
+            return None
+        mesher.update(np.zeros((0, 3), np.int32))
     return out

@@ -1,0 +1,69 @@
+"""Map rebuild from keyframes: meshed in paced batches it is the same map as meshed at once; a stop during
+meshing abandons it; the worker's pacer says when to stop."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from fusion.loop_pacing import WorkerPacer
+from fusion.loops import MapKeyframe
+from fusion.map_rebuild import rebuild
+from fusion.meshing import MeshConfig
+from fusion.sources.synthetic import SyntheticSource
+from fusion.volume import VolumeConfig
+
+VOLUME = VolumeConfig(voxel_size_m=0.02, initial_blocks=500)
+
+
+def _keyframes(n: int = 6):
+    src = SyntheticSource(0, n_frames=60)
+    kfs, poses = [], []
+    for kid, i in enumerate(range(0, 60, 60 // n)):
+        f = src.frame(i)
+        depth_mm = np.round(f.depth_m * 1000).astype(np.uint16)
+        kfs.append(MapKeyframe(kid, f.index, f.timestamp_s, f.color, depth_mm, f.intrinsics))
+        poses.append(src.poses[i])
+    return kfs, np.array(poses)
+
+
+def _sorted_vertices(built) -> np.ndarray:
+    v = built.mesher.full_mesh().positions_m
+    return v[np.lexsort(v.T[::-1])]
+
+
+def test_batched_meshing_gives_the_map_meshed_at_once():
+    kfs, poses = _keyframes()
+    calls = []
+    batched = rebuild(kfs, poses, VOLUME, MeshConfig(), pace=lambda: calls.append(1) and False, mesh_batch_blocks=16)
+    whole = rebuild(kfs, poses, VOLUME, MeshConfig(), mesh_batch_blocks=0)
+    try:
+        assert batched.kids == whole.kids == [k.kid for k in kfs]
+        assert len(calls) > len(kfs) + 1          # paced between keyframes and between mesh batches
+        a, b = _sorted_vertices(batched), _sorted_vertices(whole)
+        assert len(a) > 1000 and a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    finally:
+        batched.mesher.close()
+        whole.mesher.close()
+
+
+def test_stop_while_meshing_abandons_the_rebuild():
+    kfs, poses = _keyframes(3)
+    calls = []
+
+    def pace():  # stops at the second mesh batch
+        calls.append(1)
+        return len(calls) > len(kfs) + 1
+
+    assert rebuild(kfs, poses, VOLUME, MeshConfig(), pace=pace, mesh_batch_blocks=8) is None
+    assert len(calls) == len(kfs) + 2
+
+
+def test_pacer_reports_a_stop():
+    stop = threading.Event()
+    pace = WorkerPacer(1.0, stop)
+    assert pace() is False
+    stop.set()
+    assert pace() is True
+    assert WorkerPacer(0.25, stop)() is True   # a set stop ends its sleep at once
