@@ -261,7 +261,7 @@ class FusionWorker:
         self.poses: list[np.ndarray] = []
         self._pose_frames: list[int] = []   # frame index of each pose
         self._positions = np.zeros((0, 3), np.float32)
-        self.last_frame = None
+        self.last_frame = self.thumbs_of = None  # thumbs_of: the frame whose thumbnails were published last
         self.frames_read = self._integrated = self._rejected = self._saved_integrated = 0
         self._frame_times: list[float] = []
         self._tracking, self._retime_s, self._index_offset = "", None, 0  # "": no frame fused yet

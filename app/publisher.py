@@ -79,8 +79,9 @@ def build_snapshot(worker, label_keys: set) -> DisplaySnapshot:
         for key in p.dirty.take("mesh") | label_keys:
             chunks[key] = chunk_display(p, nets, key, cfg.lod_cell_voxels)
     frame, poses = worker.last_frame, worker.poses
-    thumbs = (None, None) if frame is None else thumbnails(frame, cfg.thumb_width_px,
-                                                           worker.pipeline_config.volume.depth_max_m)
+    thumbs = (None, None)  # None: the GUI keeps what it shows (a status-only snapshot repaints nothing)
+    if frame is not None and frame is not worker.thumbs_of:
+        thumbs, worker.thumbs_of = thumbnails(frame, cfg.thumb_width_px, worker.pipeline_config.volume.depth_max_m), frame
     return DisplaySnapshot(
         seq=worker.frames_read, status=worker_status(worker), chunks=chunks, reset=worker.reset_pending,
         completion=nets.completion_display(), T_world_cam=poses[-1] if poses else None, up=worker.up,

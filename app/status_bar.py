@@ -85,7 +85,9 @@ class StatusBar(QStatusBar):
         L["fusion"].setText(fusion_text(s))
         L["dropped"].setText(f"{s.frames_dropped} dropped")
         L["tracking"].setText(tracking_text(s.tracking))
-        L["tracking"].setStyleSheet(f"color: {TRACKING_COLORS.get(s.tracking, '#888')}; font-weight: bold")
+        style = f"color: {TRACKING_COLORS.get(s.tracking, '#888')}; font-weight: bold"
+        if L["tracking"].styleSheet() != style:  # setting a style sheet repaints even when it is the same
+            L["tracking"].setStyleSheet(style)
         L["gravity"].setText(gravity_text(s.gravity))
         L["memory"].setText(f"{s.n_blocks} blocks · {s.volume_mb:.0f} MB volume · {s.process_mb:.0f} MB in all")
         text = nets_text(s.nets)

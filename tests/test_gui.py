@@ -113,3 +113,36 @@ def test_autosave_during_a_scan_writes_a_session_that_loads(make_window, qtbot, 
         assert loaded.settings.get("autosave") is True
     finally:
         loaded.pipeline.close()
+
+
+def test_an_idle_window_repaints_nothing(make_window, qtbot):
+    """Once a scan has finished and nothing changes, the status snapshots that keep arriving repaint no
+    widget: not the 3D view, not the status bar, not the camera thumbnails (idle CPU near zero)."""
+    from PyQt6.QtCore import QEvent, QObject
+    from PyQt6.QtWidgets import QApplication
+
+    class PaintCounter(QObject):
+        def __init__(self, watched):
+            super().__init__()
+            self.watched, self.paints = watched, []
+
+        def eventFilter(self, obj, ev):
+            if ev.type() == QEvent.Type.Paint and obj in self.watched:
+                self.paints.append(obj)
+            return False
+
+    w = make_window()
+    scan(qtbot, w, "synthetic:3", frames=6)
+    applied = []
+    w.snapshot_applied.connect(applied.append)
+    qtbot.waitUntil(lambda: len(applied) >= 2, timeout=20000)  # what the scan's end changed has landed
+    watched = [*w.status_bar.labels.values(), w.panel.color_thumb, w.panel.depth_thumb]
+    counter, view_paints = PaintCounter(watched), len(w.viewport.paint_ms)
+    QApplication.instance().installEventFilter(counter)
+    try:
+        start = len(applied)
+        qtbot.waitUntil(lambda: len(applied) >= start + 3, timeout=20000)  # three status-only snapshots
+    finally:
+        QApplication.instance().removeEventFilter(counter)
+    assert all(s.chunks == {} and s.color_thumb is None for s in applied[start:])
+    assert counter.paints == [] and len(w.viewport.paint_ms) == view_paints
