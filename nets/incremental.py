@@ -39,6 +39,8 @@ class LabelerConfig:
 
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     max_regions_in_flight: int = 1       #: snapshot requests outstanding at once (1: each region takes all it can)
+    prefetch: bool = True                #: live: request the next region as soon as a snapshot arrives, so that
+    #:     fusion serves it while this one is inferred (the snapshot wait overlaps inference)
     poll_s: float = 0.02                 #: longest idle wait before looking at the dirty sets again
     torch_threads: int = 0               #: torch intra-op threads; 0: CPU cores - 1 (at least 1)
     behind_queue_chunks: int = 12        #: "behind" when this many chunks are queued...
@@ -283,6 +285,9 @@ class IncrementalLabeler:
             if snap.request.tag != gen or self._requested.pop(keys, None) != gen:
                 continue
             region = snap.region
+            if live and self.config.prefetch:  # the next region is served while this one is inferred
+                self._poll()
+                self._request(gen, force=False)
             if live and self._unchanged(region):
                 self._count_skipped(keys, self.scheduler.done(keys, snap.frames_integrated, time.monotonic(),
                                                               inferred=False))

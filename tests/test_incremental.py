@@ -18,7 +18,7 @@ from storage.session import load_session
 from fusion.sources.synthetic import SyntheticConfig, SyntheticSource
 from synth.render import RenderConfig
 from fusion.volume import VolumeConfig
-from nets.incremental import IncrementalLabeler
+from nets.incremental import IncrementalLabeler, LabelerConfig
 from nets.infer import ChunkModel
 from nets.labels import CLASS_IDS, has_label_arrays
 from nets.scheduler import ChunkScheduler, SchedulerConfig
@@ -272,6 +272,35 @@ def test_threaded_worker_reinfers_a_chunk_changed_meanwhile(frames, model, pipel
             pipeline.serve_requests()
             time.sleep(0.01)
         assert all(rec.count(k) >= 2 for k in first), (first, rec.calls)
+    finally:
+        release.set()
+        labeler.stop()
+        assert labeler.join(5.0)
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_the_next_region_is_requested_while_one_is_inferred(frames, model, pipeline, prefetch):
+    """With prefetch the worker asks for the next ready region before it infers the one it got, so
+    fusion serves it meanwhile; without, it asks only after the inference."""
+    entered, release, outstanding = threading.Event(), threading.Event(), []
+
+    def block(region):
+        if len(rec.calls) == 1:
+            outstanding.append(len(labeler._requested))  # the worker's own requests not yet served
+            entered.set()
+            release.wait(10.0)
+
+    rec = Recording(model, block)
+    one_chunk_groups = SchedulerConfig(settle_s=0.0, max_wait_s=0.0, max_group_extent_chunks=1, ride_along=False)
+    labeler = IncrementalLabeler(pipeline, rec, config=LabelerConfig(prefetch=prefetch, scheduler=one_chunk_groups))
+    pipeline.process(frames[0])
+    assert len(all_chunk_keys(pipeline.volume, GRID)) >= 2
+    labeler.start()
+    try:
+        assert serve_until(pipeline, entered.is_set, time.monotonic() + 20)
+        assert outstanding == [1 if prefetch else 0]
+        release.set()
+        assert serve_until(pipeline, lambda: len(set(rec.calls)) >= 2, time.monotonic() + 20)
     finally:
         release.set()
         labeler.stop()
