@@ -78,7 +78,7 @@ def pack_mesh(positions_m, colors, normals, faces, labels=None, confidence=None,
     if coarse is not None and len(coarse):
         v, faces, coarse = _coarse_vertices_first(v, faces, coarse)
     return MeshDisplay(v, np.ascontiguousarray(faces, np.uint32).ravel(), lo, hi,
-                       None if coarse is None else coarse.ravel())
+                       None if coarse is None else np.ascontiguousarray(coarse, np.uint32).ravel())
 
 
 def _coarse_vertices_first(v: np.ndarray, faces: np.ndarray, coarse: np.ndarray):

@@ -52,6 +52,7 @@ def test_pack_mesh_label_colours_and_simplified_surface():
     assert tuple(mesh.vertices["lab"][-1, :3]) == (0, 0, 0)
     assert mesh.vertices["lab"][0, 3] == 128 and tuple(mesh.vertices["rgb"][0]) == (90, 90, 90, 255)
     assert len(mesh.indices) == 3 * len(faces)
+    assert mesh.indices.dtype == mesh.coarse_indices.dtype == np.uint32  # what the viewport draws
     coarse = mesh.coarse_indices.reshape(-1, 3)
     assert 0 < len(coarse) < len(faces) / 8
     assert coarse.max() < len(pos)  # indexes the same vertex buffer...
