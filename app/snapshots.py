@@ -73,24 +73,8 @@ def pack_mesh(positions_m, colors, normals, faces, labels=None, confidence=None,
     v["lab"][:, 3] = np.clip(np.round(conf * 255), 0, 255).astype(np.uint8)
     pos = np.asarray(positions_m, np.float32)
     lo, hi = (pos.min(0), pos.max(0)) if n else (np.zeros(3, np.float32), np.zeros(3, np.float32))
-    faces = np.asarray(faces)
-    coarse = None if lod_cell_m is None else cluster_faces(pos, faces, lod_cell_m, keep)
-    if coarse is not None and len(coarse):
-        v, faces, coarse = _coarse_vertices_first(v, faces, coarse)
-    return MeshDisplay(v, np.ascontiguousarray(faces, np.uint32).ravel(), lo, hi,
-                       None if coarse is None else np.ascontiguousarray(coarse, np.uint32).ravel())
-
-
-def _coarse_vertices_first(v: np.ndarray, faces: np.ndarray, coarse: np.ndarray):
-    """The vertices the simplified surface uses moved to the front (faces renumbered): a draw of the
-    simplified surface then spans only those, and a software renderer, which transforms every vertex in
-    a draw's index range, does a fraction of the work."""
-    used = np.zeros(len(v), bool)
-    used[coarse] = True
-    order = np.concatenate([np.flatnonzero(used), np.flatnonzero(~used)])
-    rank = np.empty(len(v), np.int64)
-    rank[order] = np.arange(len(v))
-    return v[order], rank[faces], rank[coarse]
+    coarse = None if lod_cell_m is None else cluster_faces(pos, np.asarray(faces), lod_cell_m, keep).ravel()
+    return MeshDisplay(v, np.ascontiguousarray(faces, np.uint32).ravel(), lo, hi, coarse)
 
 
 @dataclass(frozen=True)
