@@ -77,6 +77,7 @@ class _Counters:
         self.snapshot_wait_ms: deque[float] = deque(maxlen=max_samples)  # request -> served, per region
         self.serve_ms: deque[float] = deque(maxlen=max_samples)          # fusion-thread time per region
         self.region_sites: deque[int] = deque(maxlen=max_samples)
+        self.queue_wait_ms: deque[float] = deque(maxlen=max_samples)    # first change -> request, per chunk
         self.chunks = self.sites = self.core_sites = self.regions = self.dropped = self.skipped = 0
         self.infer_s = 0.0
         self.queue, self.oldest_wait_s = 0, 0.0
@@ -305,8 +306,10 @@ class IncrementalLabeler:
                     continue
                 self.completion.fuse(pred)
             self.memory.remember(region)
+            queued = [snap.request.requested_s - e.since_s for e in map(self.scheduler.in_flight.get, keys)
+                      if e is not None and e.marks]
             latencies = self.scheduler.done(keys, snap.frames_integrated, time.monotonic())
-            self._count(keys, region, infer_ms, latencies, snap)
+            self._count(keys, region, infer_ms, latencies, snap, queued)
             done += len(keys)
         return done
 
@@ -335,9 +338,10 @@ class IncrementalLabeler:
         return max(self.memory.change(region, key) for key in region.keys) < self.config.skip_change_below
 
     # --- statistics ----------------------------------------------------------------------------
-    def _count(self, keys, region, infer_ms: float, latencies, snap) -> None:
+    def _count(self, keys, region, infer_ms: float, latencies, snap, queued_s) -> None:
         with self._stats_lock:
             c = self._counters
+            c.queue_wait_ms.extend(q * 1e3 for q in queued_s)
             c.snapshot_wait_ms.append((snap.served_s - snap.request.requested_s) * 1e3)
             c.serve_ms.append(snap.serve_ms)
             c.region_sites.append(len(region))
@@ -392,7 +396,8 @@ class IncrementalLabeler:
             c = self._counters
             lat = np.asarray(c.latencies_s, float)
             spread = {"infer_ms": np.asarray(c.infer_ms, float), "snapshot_wait_ms": np.asarray(c.snapshot_wait_ms, float),
-                      "serve_ms": np.asarray(c.serve_ms, float), "region_sites": np.asarray(c.region_sites, float)}
+                      "serve_ms": np.asarray(c.serve_ms, float), "region_sites": np.asarray(c.region_sites, float),
+                      "queue_wait_ms": np.asarray(c.queue_wait_ms, float)}
             out = {"queue": c.queue, "oldest_wait_s": round(c.oldest_wait_s, 3),
                    "chunks_inferred": c.chunks, "sites_inferred": c.sites, "core_sites_inferred": c.core_sites,
                    "regions_inferred": c.regions, "stale_results_dropped": c.dropped,
