@@ -19,6 +19,7 @@ import numpy as np
 
 from app.messages import plain_error
 from app.nets_hookup import NetsHookup
+from app.camera_path import CameraPath
 from app.publisher import publish
 from app.scan_world import continued_index, follow_gravity, follow_loops, land_loop_correction
 from app.snapshots import DisplayOutbox, Event
@@ -111,7 +112,7 @@ class FusionWorker:
                 self.step(wait=True)
         except Exception as exc:  # a bug, not a user mistake: keep the app alive and say so
             log.exception("fusion worker failed")
-            self._event("error", f"fusion stopped: {type(exc).__name__}: {exc}", "see the log; Reset to go on")
+            self.tell("error", f"fusion stopped: {type(exc).__name__}: {exc}", "see the log; Reset to go on")
             self._publish(force=True)
         finally:
             self.shutdown()
@@ -169,10 +170,10 @@ class FusionWorker:
         try:
             COMMANDS[name](self, *args)
         except UserError as exc:
-            self._event("error", str(exc))
+            self.tell("error", str(exc))
         except Exception as exc:  # an SDK or Open3D failure: report it, keep the worker alive
             log.exception("command %s failed", name)
-            self._event("error", f"{name} failed: {plain_error(exc)}")
+            self.tell("error", f"{name} failed: {plain_error(exc)}")
         self._changed = True
 
     # --- commands (fusion thread) ------------------------------------------------------------
@@ -191,7 +192,7 @@ class FusionWorker:
         self._autosaver.start(time.monotonic())
         self._retime_s, self._continuable = None, False
         self.state = "running"
-        self._event("info", f"fusing {spec}")
+        self.tell("info", f"fusing {spec}")
 
     def _cmd_pause(self) -> None:
         self.state = "paused" if self.state == "running" else self.state
@@ -204,13 +205,13 @@ class FusionWorker:
             self._close_source()
             self._settle_gravity()
             self.state = "idle"
-            self._event("info", "stopped; the model stays (save, export or correct it; Start scans anew)")
+            self.tell("info", "stopped; the model stays (save, export or correct it; Start scans anew)")
 
     def _cmd_reset(self) -> None:
         """An empty model; a running source goes on into it."""
         self._fresh_model()
         going_on = f": fusing {self.source_spec} goes on" if self.source is not None else ": Start scans anew"
-        self._event("info", "reset: the model is empty" + going_on)
+        self.tell("info", "reset: the model is empty" + going_on)
 
     def _fresh_model(self) -> None:
         self._take_pipeline(lambda: FusionPipeline(self.pipeline_config))
@@ -236,10 +237,10 @@ class FusionWorker:
             raise UserError("recording needs a live RealSense camera as the source")
         if path is None:
             done = self.source.stop_recording()
-            self._event("info", f"recording saved to {done}" if done else "not recording")
+            self.tell("info", f"recording saved to {done}" if done else "not recording")
         else:
             used = self.source.start_recording(Path(path))
-            self._event("info", f"recording to {used}")
+            self.tell("info", f"recording to {used}")
 
     def _cmd_load(self, session, name: str = "") -> None:
         """Take over a LoadedSession's pipeline (scanning may go on into it with Start: the loaded tracker
@@ -247,27 +248,26 @@ class FusionWorker:
         self._close_source()
         self.pipeline_config = session.pipeline.config
         self._take_pipeline(lambda: session.pipeline, session.extras)
-        self.stamps = [float(t) for t in session.timestamps_s]
-        self.poses = [np.asarray(T) for T in session.poses]
-        self._pose_frames = [-1] * len(self.poses)  # fused before any frame of this run (loop corrections move them)
+        self.path.load(session.poses, session.timestamps_s)
         self.frames_read = self._integrated = self._saved_integrated = len(self.poses)
         self.source_spec = name or "saved session"
         self._up_from(self.poses[0] if self.poses else None)
         self._continuable, self.state = True, "idle"
 
+    @property
+    def poses(self) -> list:
+        """The camera path's poses (the list `path` holds; read only)."""
+        return self.path.poses
+
     # --- fusing -------------------------------------------------------------------------------
     def _new_scan(self) -> None:
-        self.stamps: list[float] = []
-        self.poses: list[np.ndarray] = []
-        self._pose_frames: list[int] = []   # frame index of each pose
-        self._positions = np.zeros((0, 3), np.float32)
+        self.path = CameraPath()
         self.last_frame = self.thumbs_of = None  # thumbs_of: the frame whose thumbnails were published last
         self.frames_read = self._integrated = self._rejected = self._saved_integrated = 0
         self._frame_times: list[float] = []
         self._tracking, self._retime_s, self._index_offset = "", None, 0  # "": no frame fused yet
         self.up: np.ndarray | None = None
         self._continuable, self.reset_pending, self._changed = False, True, True
-        self._world_changes = self._loops_seen = 0  # gravity changes and loop corrections the poses have followed
         self._last_pub = self._last_status = 0.0
 
     def _fuse_next(self) -> None:
@@ -317,18 +317,16 @@ class FusionWorker:
         follow_loops(self)
         last = res.T_world_cam if res.T_world_cam is not None else (self.poses[-1] if self.poses else None)
         if last is not None:
-            self.stamps.append(res.timestamp_s)
-            self.poses.append(np.asarray(last))
-            self._pose_frames.append(res.index)
+            self.path.append(last, res.timestamp_s, res.index)
         self._track_events(res)
         self._changed = True
 
     def _track_events(self, res) -> None:
         """Say when tracking is lost and when it is found again (also a loaded session's first frames)."""
         if res.state == "lost" and self._tracking != "lost":
-            self._event("warning", "tracking " + LOST_MESSAGE)
+            self.tell("warning", "tracking " + LOST_MESSAGE)
         elif res.state == "ok" and (self._tracking == "lost" or res.reason == "relocalised"):
-            self._event("info", "relocalised: scanning resumes")
+            self.tell("info", "relocalised: scanning resumes")
         self._tracking = res.state
 
     def mark_saved(self) -> None:
@@ -352,7 +350,7 @@ class FusionWorker:
         self._close_source()
         self._settle_gravity()
         self.state = "idle" if event.level == "error" else "finished"
-        self._event(event.level, event.text, event.hint)
+        self.tell(event.level, event.text, event.hint)
 
     def _close_source(self) -> None:
         if self._it is not None and hasattr(self._it, "close"):
@@ -376,7 +374,8 @@ class FusionWorker:
             self._autosaver.close()
         self._autosaver = None
 
-    def _event(self, level: str, text: str, hint: str = "") -> None:
+    def tell(self, level: str, text: str, hint: str = "") -> None:
+        """An event for the user (status bar, dialogs) and the log. Fusion thread."""
         (log.warning if level != "info" else log.info)("%s%s", text, f" ({hint})" if hint else "")
         self.events.append(Event(level, text, hint))
         self._changed = True
@@ -387,7 +386,7 @@ class FusionWorker:
 
     def trajectory(self) -> tuple[np.ndarray, np.ndarray]:
         """(T,) timestamps in seconds and (T,4,4) T_world_cam of this scan (fusion thread)."""
-        return np.array(self.stamps, float), np.array(self.poses, float).reshape(-1, 4, 4)
+        return np.array(self.path.stamps, float), np.array(self.poses, float).reshape(-1, 4, 4)
 
     # --- publishing ---------------------------------------------------------------------------
     def _publish(self, force: bool = False) -> None:

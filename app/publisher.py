@@ -85,19 +85,10 @@ def build_snapshot(worker, label_keys: set) -> DisplaySnapshot:
     return DisplaySnapshot(
         seq=worker.frames_read, status=worker_status(worker), chunks=chunks, reset=worker.reset_pending,
         completion=nets.completion_display(), T_world_cam=poses[-1] if poses else None, up=worker.up,
-        trajectory_m=camera_positions(worker),
+        trajectory_m=worker.path.positions_m(),
         intrinsics=None if frame is None else dataclasses.astuple(frame.intrinsics),
         color_thumb=thumbs[0], depth_thumb=thumbs[1], class_counts=nets.class_counts(),
         events=tuple(worker.events), label_version=nets.seen_version)
-
-
-def camera_positions(worker) -> np.ndarray:
-    """(T,3) float32 camera positions of the worker's scan (cached on it and grown incrementally)."""
-    n, cached = len(worker.poses), worker._positions
-    if len(cached) != n:
-        new = np.array([T[:3, 3] for T in worker.poses[len(cached):]], np.float32).reshape(-1, 3)
-        worker._positions = np.concatenate([cached, new]) if len(cached) < n else new
-    return worker._positions
 
 
 def publish(worker, force: bool = False) -> None:

@@ -1,33 +1,20 @@
-"""Owns how the fusion worker's record of a scan (the camera path) follows the pipeline's world when it
+"""Owns how the fusion worker's record of a scan (its `CameraPath`) follows the pipeline's world when it
 changes: gravity settling rebuilds it, a loop closure corrects it (and the user is told), and a scan
 continued into a loaded session numbers its frames after the earlier ones (the loop closer orders
 keyframes and corrections by frame index). Functions of the worker; the fusion thread only."""
 from __future__ import annotations
 
-import numpy as np
-
-
 def follow_gravity(worker) -> None:
     """Poses kept before the pipeline rebuilt its world (gravity settling) move into the new one."""
-    changes = worker.pipeline.gravity.changes
-    for _, C in changes[worker._world_changes:]:
-        worker.poses = [C @ T for T in worker.poses]
-        worker._positions = np.zeros((0, 3), np.float32)
-    worker._world_changes = len(changes)
+    worker.path.follow_gravity(worker.pipeline.gravity.changes)
 
 
 def follow_loops(worker) -> None:
     """Map corrections of loop closure not followed yet: the camera path so far moves with each, and the
-    user is told (labels follow on the nets' side, the mesh through the pipeline's dirty chunks). A pose
-    of a loaded trajectory (frame index unknown, -1) moves with the keyframe nearest to it."""
+    user is told (labels follow on the nets' side, the mesh through the pipeline's dirty chunks)."""
     loops = worker.pipeline.loops if worker.pipeline is not None else None
-    for event in loops.events[worker._loops_seen:] if loops is not None else []:
-        worker.poses = [T if i >= event.first_frame else
-                        (event.correction_of(i) if i >= 0 else event.correction_near(T[:3, 3])) @ T
-                        for i, T in zip(worker._pose_frames, worker.poses)]
-        worker._positions = np.zeros((0, 3), np.float32)
-        worker._loops_seen += 1
-        worker._event("info", f"loop closed: map corrected (moved up to {event.max_shift_m * 100:.1f} cm)")
+    for event in worker.path.follow_loops(loops.events) if loops is not None else []:
+        worker.tell("info", f"loop closed: map corrected (moved up to {event.max_shift_m * 100:.1f} cm)")
 
 
 def land_loop_correction(worker) -> None:

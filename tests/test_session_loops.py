@@ -135,7 +135,7 @@ def test_gui_worker_continues_a_loaded_scan_after_its_frames_and_its_path_follow
         second.command("load", load_session(tmp_path / "a.session"), "a")
         second.command("start", "synthetic:3", 4)
         _run_worker(second)
-        assert second._pose_frames[:8] == [-1] * 8 and second._pose_frames[8:] == [8, 9, 10, 11]
+        assert second.path.frames[:8] == [-1] * 8 and second.path.frames[8:] == [8, 9, 10, 11]
         index = second.pipeline.loops.to_arrays()["index"]
         assert len(index) > 3 and (np.diff(index) > 0).all()     # the continued part's keyframes come after
         before = second.trajectory()[1]
