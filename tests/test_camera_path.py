@@ -15,10 +15,6 @@ def _at(x: float) -> np.ndarray:
     return T
 
 
-def _shift(dx: float) -> np.ndarray:
-    return _at(dx)
-
-
 @dataclass
 class FakeCorrection:
     """A loop correction: frames before first_frame move by dx (by their index), loaded ones by near_dx."""
@@ -28,10 +24,10 @@ class FakeCorrection:
     near_dx: float
 
     def correction_of(self, frame_index: int) -> np.ndarray:
-        return _shift(self.dx)
+        return _at(self.dx)
 
     def correction_near(self, point_m) -> np.ndarray:
-        return _shift(self.near_dx)
+        return _at(self.near_dx)
 
 
 def test_poses_follow_each_world_change_once():
@@ -41,7 +37,7 @@ def test_poses_follow_each_world_change_once():
         path.append(_at(1.0 + i), 1.0 + i, i)
     assert path.frames == [LOADED, 0, 1, 2]
     np.testing.assert_allclose(path.positions_m()[:, 0], [0, 1, 2, 3])
-    changes = [(2, _shift(10.0))]
+    changes = [(2, _at(10.0))]
     path.follow_gravity(changes)
     path.follow_gravity(changes)  # already followed
     np.testing.assert_allclose(path.positions_m()[:, 0], [10, 11, 12, 13])
