@@ -351,6 +351,9 @@ class FusionWorker:
         self._settle_gravity()
         self.state = "idle" if event.level == "error" else "finished"
         self.tell(event.level, event.text, event.hint)
+        said = self.nets.final_pass(lambda: self._publish(force=True)) if event.level != "error" else None
+        if said:
+            self.tell(*said)
 
     def _close_source(self) -> None:
         if self._it is not None and hasattr(self._it, "close"):

@@ -355,6 +355,7 @@ class MainWindow(QMainWindow):
         self.actions_by_name["start"].setEnabled(self.panel.start_btn.isEnabled())
         self.status_bar.show_status(s, self.viewport.paint_stats())
         self.status_bar.set_busy("autosave", "autosaving…" if s.autosaving else None)
+        self.status_bar.set_busy("final", "final labels…" if s.nets.get("final_pass") else None)
         self.status_bar.set_busy("nets", "loading the labeling nets…" if s.nets.get("loading") else None)
         for ev in snap.events:
             self.show_event(ev.level, ev.text, ev.hint)

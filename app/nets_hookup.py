@@ -25,6 +25,7 @@ from nets.adapt_config import AdaptConfig
 from nets.completion import CompletionStore
 from nets.incremental import IncrementalLabeler, LabelerConfig
 from nets.labels import LabelStore, LabelStoreConfig, has_label_arrays
+from nets.turns import FINAL_TURNS
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,9 @@ class NetsConfig:
     counts_interval_s: float = 0.5        #: class amounts recounted at most this often
     completion_interval_s: float = 1.0    #: the completion overlay re-meshed at most this often
     adapt: AdaptConfig = field(default_factory=AdaptConfig)  #: a learning round (budget, anchor pull, ...)
+    #: when a source ends the whole scene is relabeled with each prediction the mean over this many quarter
+    #: turns, as `reconstruct --labels final` does (1: the live labels stay)
+    final_turns: int = FINAL_TURNS
 
 
 class NetsHookup:
@@ -65,6 +69,7 @@ class NetsHookup:
         self._learner = None                  # nets.adapt.CorrectionLearner of this scan (made with the model)
         self._adapted_blob = None             # the session's adapted weights, until the model has loaded
         self._blob_cache: tuple | None = None  # (model, weights array) last saved
+        self._final_running = False            # the final pass runs (the status bar shows it)
 
     @property
     def store(self) -> LabelStore:
@@ -180,6 +185,25 @@ class NetsHookup:
         returns the chunks inferred, 0 when the nets are off."""
         return 0 if self._labeler is None else self._labeler.drain(timeout_s)
 
+    def final_pass(self, announce) -> tuple[str, str] | None:
+        """After a source ended: relabel the whole scene as `reconstruct --labels final` does (fusion thread
+        only; announce() first publishes the status saying so). Returns (level, text) for the user, None
+        when the nets are off or `final_turns` is 1."""
+        turns = self.config.final_turns
+        if self._labeler is None or turns <= 1:
+            return None
+        self._final_running = True
+        announce()
+        t0 = time.perf_counter()
+        try:
+            n = self._labeler.final_pass(turns)
+        except Exception as exc:  # the live labels stay
+            log.exception("the final label pass failed")
+            return "warning", f"final labels failed ({type(exc).__name__}: {exc}); the live labels stay"
+        finally:
+            self._final_running = False
+        return "info", f"final labels: {n} chunks relabeled, {turns} quarter turns averaged ({time.perf_counter() - t0:.1f} s)"
+
     def label_changes_pending(self) -> bool:
         """Labels changed since the display last took them (any thread; for tests and scripts)."""
         return self.store.version != self._seen_version
@@ -226,7 +250,8 @@ class NetsHookup:
     def status(self) -> dict:
         """enabled, message and whatever the labeler's stats() reports (queue, latency)."""
         loading = self._loader is not None and self._loader.is_alive()
-        out = {"enabled": self._labeler is not None, "loading": loading, "message": self.message}
+        out = {"enabled": self._labeler is not None, "loading": loading, "message": self.message,
+               "final_pass": self._final_running}
         if self._labeler is not None:
             try:
                 out |= dict(self._labeler.stats())

@@ -367,7 +367,7 @@ class CorrectionLearner:
             if not adapted:
                 model = self.base
         t0 = time.perf_counter()
-        relabel(model, region, store)
+        relabel(model.with_turns(self.config.relabel_turns), region, store)
         self.model, self.adapted = model, adapted
         return self._done(RoundResult(steps, learn_s, time.perf_counter() - t0, len(corr), trained, False,
                                       adapted, loss))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nets.turns import FINAL_TURNS
+
 ADAPTED_WEIGHTS = "adapted_weights"   #: a session's extras key holding the adapted weights file's bytes
 
 
@@ -47,3 +49,6 @@ class AdaptConfig:
     head_lr: float = 1e-2           #: "head": Adam learning rate
     head_anchor_weight: float = 1e-2  #: "head": L2 pull of the head toward the anchor's
     seed: int = 0                   #: sampling seed (a round is repeatable on one thread)
+    #: after a round the scene is labeled as the final labels are: each prediction the mean over this many
+    #: quarter turns (1: one pass)
+    relabel_turns: int = FINAL_TURNS

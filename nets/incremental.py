@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fusion.coarse import all_chunk_keys
 from fusion.pipeline import FusionPipeline
 from nets.completion import CompletionStore
 from nets.cells import CLASS_IDS
@@ -238,12 +239,34 @@ class IncrementalLabeler:
         """Label everything: pause the worker (if it runs), `step(refresh_halo=True)` in the calling
         thread (the fusion thread), settle the labels (plain argmax, no hysteresis: what a single pass
         over the current volume gives), resume the worker. Returns the chunks inferred."""
+        return self._paused(timeout_s, lambda: self.step(refresh_halo=True))
+
+    def final_pass(self, turns: int, timeout_s: float = 10.0) -> int:
+        """Relabel the whole scene with each prediction the mean over `turns` quarter turns, as
+        `reconstruct --labels final` labels it after its last frame (better labels, too slow for live):
+        one pass over every chunk (`nets.adapt.relabel`: the earlier evidence is replaced, corrections
+        kept), in the calling thread (the fusion thread) with the worker paused; every chunk then counts as
+        inferred from the current volume. Returns the chunks relabeled."""
+        from nets.adapt import relabel, scene_region
+
+        def relabel_all() -> int:
+            self._sync_generation()
+            self._poll()
+            region = scene_region(self.pipeline.volume, self.grid)
+            relabel(self.model.with_turns(turns), region, self.labels)
+            latencies = self.scheduler.mark_inferred(region.keys, self._seen_count, time.monotonic())
+            self._count_skipped((), latencies)
+            return len(region.keys)
+        return self._paused(timeout_s, relabel_all)
+
+    def _paused(self, timeout_s: float, work) -> int:
+        """work() in the calling thread with the worker stopped (restarted after), then settle the labels."""
         was_running = self.running
         if was_running:
             self.stop()
             if not self.join(timeout_s):
                 raise RuntimeError(f"labeling worker did not stop within {timeout_s} s")
-        done = self.step(refresh_halo=True)
+        done = work()
         self.labels.settle()
         if was_running:
             self.start()

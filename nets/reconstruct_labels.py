@@ -19,10 +19,10 @@ import numpy as np
 from fusion.meshing import MeshArrays
 from fusion.pipeline import FrameResult, FusionPipeline
 from nets.incremental import IncrementalLabeler, LabelerConfig
+from nets.turns import FINAL_TURNS  # noqa: F401 (re-exported: the final pass's turns)
 
 log = logging.getLogger(__name__)
 MODES = ("incremental", "final")
-FINAL_TURNS = 4  #: quarter turns averaged in the final pass
 
 
 class ReconstructLabels:

@@ -20,6 +20,7 @@ import numpy as np
 from fusion.errors import UserError
 from nets.adapt import AdaptConfig, CorrectionLearner, relabel, scene_region
 from nets.corrections_file import apply_corrections, read_corrections
+from nets.turns import FINAL_TURNS
 from nets.labels import LabelStore, has_label_arrays
 from nets.session_weights import EXTRA_NAME, weights_array, write_weights_file
 
@@ -112,7 +113,7 @@ def _store(extras: dict, base, region) -> LabelStore:
             raise UserError(f"the session's labels cannot be read: {exc}") from None
     log.info("the session holds no labels: labeling it with the base weights first")
     store = LabelStore(base.grid)
-    relabel(base, region, store)
+    relabel(base.with_turns(FINAL_TURNS), region, store)
     return store
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from nets.cells import pack_cells
 
 MAX_TURNS = 4
+FINAL_TURNS = 4  #: turns averaged wherever the whole scene is labeled at once (final labels, relabeling)
 
 
 def turn_cells(cells: np.ndarray, quarter_turns: int) -> np.ndarray:

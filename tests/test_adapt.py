@@ -59,8 +59,9 @@ def _majority(labels: np.ndarray) -> int:
 
 
 def _labelled_store(model, region) -> LabelStore:
+    """The scene labeled as a learning round labels it (the final labels' quarter turns)."""
     store = LabelStore(model.grid)
-    relabel(model, region, store)
+    relabel(model.with_turns(AdaptConfig().relabel_turns), region, store)
     return store
 
 

@@ -146,3 +146,23 @@ def test_an_idle_window_repaints_nothing(make_window, qtbot):
         QApplication.instance().removeEventFilter(counter)
     assert all(s.chunks == {} and s.color_thumb is None for s in applied[start:])
     assert counter.paints == [] and len(w.viewport.paint_ms) == view_paints
+
+
+def test_a_finished_scan_gets_the_final_labels(make_window, qtbot):
+    """When the source ends, the whole scene is relabeled as `reconstruct --labels final` does (four
+    quarter turns averaged) and the user is told when it is done."""
+    w = make_window(nets=True)
+    scan(qtbot, w, "synthetic:3", frames=4)
+    qtbot.waitUntil(lambda: w.status.nets.get("enabled"), timeout=30000)  # the model has loaded: the next scan labels
+    said = []
+    w.snapshot_applied.connect(lambda s: said.extend(e.text for e in s.events))
+    w.start_scan(12)
+
+    def final_after_the_end() -> str | None:
+        end = [i for i, t in enumerate(said) if t == "source finished after 12 frames"]
+        return next((t for t in said[end[0]:] if t.startswith("final labels:")), None) if end else None
+
+    qtbot.waitUntil(lambda: final_after_the_end() is not None, timeout=60000)
+    assert "4 quarter turns" in final_after_the_end()
+    qtbot.waitUntil(lambda: not w.status.nets.get("final_pass"), timeout=20000)  # its busy bar goes
+    assert w.nets.store.class_counts()

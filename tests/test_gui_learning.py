@@ -54,8 +54,10 @@ def test_learn_relabel_undo_cancel_export(make_window, qtbot, tmp_path):
     assert not learner.adapted and w.nets._labeler.model is learner.base
     after_undo_coords, after_undo = store.cells()
     fresh = LabelStore(store.grid)  # what the base weights give on this scene, in one pass
-    relabel(learner.base, w.worker.call(lambda worker: worker.nets.scene_region()).result(timeout=60), fresh)
-    assert np.array_equal(fresh.cells()[0], after_undo_coords) and np.array_equal(fresh.cells()[1], after_undo)
+    relabel(learner.base.with_turns(learner.config.relabel_turns),  # as a round labels the scene
+            w.worker.call(lambda worker: worker.nets.scene_region()).result(timeout=60), fresh)
+    assert np.array_equal(fresh.cells()[0], after_undo_coords)  # the untrained model's four-turn means tie
+    assert np.mean(fresh.cells()[1] == after_undo) > 0.99, np.mean(fresh.cells()[1] == after_undo)  # in a few cells
     assert np.array_equal(after_undo_coords, coords) and np.mean(after_undo == base) > 0.95  # live-fused labels
 
     w.undo.redo()

@@ -228,6 +228,40 @@ def test_incremental_labels_match_a_final_pass(frames, model, weights):
         p_fin.close()
 
 
+def test_a_final_pass_after_live_labels_gives_the_final_labels(frames, confident_model):
+    """final_pass(4) after live labeling labels the scene as `reconstruct --labels final` does (a fresh
+    labeler with the four-turn model, one pass over the same volume), corrections kept; the live worker
+    resumes with its one-pass model and finds nothing left to do."""
+    pipeline = make_pipeline()
+    try:
+        live = IncrementalLabeler(pipeline, confident_model)
+        step_through(frames[:16], live, pipeline, every=2)
+        cell = live.labels.cells()[0][:1]
+        live.labels.apply(live.labels.correct(cell, 7))
+        pipeline.process(frames[16])  # a change not labelled yet
+        live.start()
+        assert live.final_pass(4) > 0 and live.running and live.model is confident_model
+        stats = live.stats()
+        assert stats["queue"] == 0 and stats["latency_samples"] > 0
+        fresh = IncrementalLabeler(pipeline, confident_model.with_turns(4))
+        fresh.scheduler.requeue(sorted(all_chunk_keys(pipeline.volume, GRID)), time.monotonic(), 0)
+        fresh.step()
+        cells, final = fresh.labels.cells()
+        got, _ = live.labels.labels_of_cells(cells)
+        single = IncrementalLabeler(pipeline, confident_model)
+        single.scheduler.requeue(sorted(all_chunk_keys(pipeline.volume, GRID)), time.monotonic(), 0)
+        single.step()
+        one_pass, _ = single.labels.labels_of_cells(cells)
+        corrected = np.all(cells == cell[0], axis=1)
+        assert len(cells) > 1000 and np.all(got[corrected] == 7)
+        assert np.mean(got[~corrected] == final[~corrected]) >= 0.99
+        assert np.mean(one_pass == final) < 0.95  # the four turns do change the labels
+    finally:
+        live.stop()
+        live.join(5.0)
+        pipeline.close()
+
+
 def test_chunk_changed_during_inference_is_inferred_again(frames, model, pipeline):
     pipeline.process(frames[0])
     todo = iter(frames[1:3])
