@@ -41,6 +41,15 @@ from fusion.volume import VolumeConfig
 log = logging.getLogger(__name__)
 
 
+def reduced_keyframe(kid: int, frame: Frame) -> MapKeyframe:
+    """Keyframe `kid` of a frame as the loop closer stores it: colour and depth at half size."""
+    depth = downsample_depth(np.ascontiguousarray(frame.depth_m, np.float32))
+    h, w = depth.shape
+    color = cv2.resize(np.ascontiguousarray(frame.color), (w, h), interpolation=cv2.INTER_AREA)
+    return MapKeyframe(kid, frame.index, frame.timestamp_s, color, np.round(depth * 1000).astype(np.uint16),
+                       frame.intrinsics.scaled(0.5))
+
+
 class LoopCloser:
     """Loop closure. Thread: the fusion thread calls every public method; `start` runs the worker."""
 
@@ -95,12 +104,8 @@ class LoopCloser:
         self.start()
 
     def _reduce(self, frame: Frame) -> MapKeyframe:
-        depth = downsample_depth(np.ascontiguousarray(frame.depth_m, np.float32))
-        h, w = depth.shape
-        color = cv2.resize(np.ascontiguousarray(frame.color), (w, h), interpolation=cv2.INTER_AREA)
         kid, self._next_kid = self._next_kid, self._next_kid + 1
-        return MapKeyframe(kid, frame.index, frame.timestamp_s, color, np.round(depth * 1000).astype(np.uint16),
-                           frame.intrinsics.scaled(0.5))
+        return reduced_keyframe(kid, frame)
 
     def apply_ready(self, frame_index: int) -> tuple[RebuiltMap, MapCorrection] | None:
         """A corrected map waiting to be swapped in while frame `frame_index` is fused (its pose and the
@@ -218,6 +223,25 @@ class LoopCloser:
             except Exception:  # as for a queued keyframe: the scan goes on without this loop
                 log.exception("loop closure failed on skipped keyframe %d", kid)
 
+    def _pace_describing(self) -> bool:
+        """The worker's pace while it rebuilds a map: first describe one queued keyframe (its search waits until
+        the worker has caught up), so that keyframes taken meanwhile are described from their full frames; once
+        more than `max_queued_frames` wait, later ones come reduced, and described from 320x240 images room 2's
+        loops of frames 411-426 with frame 0 find too few ORB matches to be proposed at all."""
+        try:
+            kid, frame, settled = self._inbox.get_nowait()
+        except queue.Empty:
+            return self._pace()
+        try:
+            frame = frame if frame is not None else self._reduced_frame(kid)
+            if frame is not None:
+                self._detector.describe(kid, frame)
+                if settled:
+                    self._skipped.append(kid)
+        except Exception:  # as for a queued keyframe: the scan goes on without this loop
+            log.exception("loop closure failed to describe keyframe %d", kid)
+        return self._pace()
+
     def _reduced_frame(self, kid: int) -> Frame | None:
         """The stored (reduced) images of keyframe `kid` as a frame; None when it was thinned out."""
         with self._lock:
@@ -322,7 +346,7 @@ class LoopCloser:
                 log.info("loop closure: the optimisation pruned the loop edge; the map is kept")
             return
         info = dict(max_shift_m=res.max_shift_m, loops=res.loops_kept, optimise_s=t1 - t0)
-        if self._hand_over(kfs, poses, res.poses, moved, info):
+        if self._hand_over(kfs, poses, res.poses, moved, info, pace=self._pace_describing):
             while not self._applied.wait(0.05) and not self._stop.is_set():
                 pass
 
