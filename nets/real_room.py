@@ -250,12 +250,14 @@ def output_to_gt(trajectory_txt: Path, T_gt_first_cam: np.ndarray) -> np.ndarray
 
 
 def vertex_scores(pred: np.ndarray, gt: np.ndarray) -> dict:
-    """ScanNet-20 IoU per class present in `gt` (NYU40 ids, none 0), mIoU and accuracy; a prediction
-    outside the 20 classes (unlabeled, ceiling) only counts as a miss."""
+    """ScanNet-20 IoU per class present in `gt` (NYU40 ids; ground truth outside the 20 classes is left
+    out), mIoU and accuracy; a prediction outside the 20 classes (unlabeled, ceiling) only counts as a miss."""
     k = len(CLASS_IDS)
     lut = np.full(65536, k, np.int64)
     lut[CLASS_IDS] = np.arange(k)
     g, p = lut[np.asarray(gt, np.int64)], lut[np.asarray(pred, np.int64)]
+    scored = g < k  # ground truth outside the 20 classes (the ceiling, unlabeled) is not scored, as ScanNet's
+    g, p = g[scored], p[scored]
     conf = np.zeros((k, k + 1), np.int64)
     np.add.at(conf, (g, p), 1)
     tp = np.diag(conf[:, :k]).astype(float)

@@ -23,6 +23,8 @@ def test_vertex_scores_by_hand():
     assert s["miou"] == pytest.approx((2 / 3 + 1 / 3) / 3)
     assert s["accuracy"] == pytest.approx(3 / 6)
     assert s["confusion"][2] == {2: 1, 0: 1}
+    with_ceiling = vertex_scores(np.append(pred, 1), np.append(gt, 22))  # ground-truth ceiling: not scored
+    assert with_ceiling["class_iou"] == s["class_iou"] and with_ceiling["vertices_scored"] == 6
 
 
 def test_missing_room_is_one_line_error(tmp_path, capsys):
