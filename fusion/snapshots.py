@@ -12,6 +12,7 @@ one consistent state of the volume.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import deque
@@ -55,7 +56,7 @@ class CoarseCache:
         self.volume = volume
         self.chunk_size_m = chunk_size_m
         self.touched_at: dict[tuple, int] = {}            # chunk -> frames integrated when last touched
-        self.entries: dict[CoarseGridConfig, dict] = {}   # grid -> chunk -> (count, coords, features)
+        self.entries: dict[CoarseGridConfig, dict] = {}   # grid (halo 0) -> chunk -> (count, coords, features)
         self._seeded = False  # chunks of blocks that existed before the first integration (a loaded session)
 
     def touch(self, blocks: np.ndarray) -> None:
@@ -75,7 +76,7 @@ class CoarseCache:
 
     def stale(self, key: tuple, grid: CoarseGridConfig, since_count: int) -> bool:
         """Missing, or computed before `since_count` and touched after it was computed."""
-        entry = self.entries.get(grid, {}).get(key)
+        entry = self.entries.get(_cells_only(grid), {}).get(key)
         return entry is None or (entry[0] < since_count and entry[0] < self.touched_at.get(key, -1))
 
     def refresh(self, key: tuple, grid: CoarseGridConfig) -> None:
@@ -89,11 +90,11 @@ class CoarseCache:
             coords, feats = r.coords, r.features
         else:
             coords, feats = np.zeros((0, 3), np.int32), np.zeros((0, len(FEATURES)), np.float32)
-        self.entries.setdefault(grid, {})[key] = (self.volume.frames_integrated, coords, feats)
+        self.entries.setdefault(_cells_only(grid), {})[key] = (self.volume.frames_integrated, coords, feats)
 
     def assemble(self, keys: tuple, grid: CoarseGridConfig) -> tuple[CoarseRegion, int]:
         """The region of `keys` from cached entries (all present), and the oldest frame count it reflects."""
-        entries = self.entries[grid]
+        entries = self.entries[_cells_only(grid)]
         now = self.volume.frames_integrated
         near = self.near(keys, grid)
         count = min(now if entries[k][0] >= self.touched_at.get(k, -1) else entries[k][0] for k in near)
@@ -103,6 +104,11 @@ class CoarseCache:
         coords, feats, core = coords[in_region], feats[in_region], core[in_region]
         order = np.lexsort(coords.T[::-1])  # x, then y, then z: coarse_region's order
         return CoarseRegion(keys, coords[order], feats[order], core[order], grid), count
+
+
+def _cells_only(grid: CoarseGridConfig) -> CoarseGridConfig:
+    """What a chunk's cached sites depend on: the grid without its halo (regions of any halo share them)."""
+    return dataclasses.replace(grid, halo_voxels=0)
 
 
 class SnapshotServer:

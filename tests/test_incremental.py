@@ -341,6 +341,35 @@ def test_the_next_region_is_requested_while_one_is_inferred(frames, model, pipel
         assert labeler.join(5.0)
 
 
+def test_live_regions_carry_a_shorter_halo_than_the_drain(frames, model, pipeline):
+    """Live requests carry `live_halo_cells` of context; step/drain (and the final pass) the model's full
+    receptive field; both are assembled from the same cached chunk summaries."""
+    regions = []
+    rec = Recording(model, regions.append)
+    one_chunk = SchedulerConfig(settle_s=0.0, max_wait_s=0.0, max_group_extent_chunks=1, ride_along=False)
+    labeler = IncrementalLabeler(pipeline, rec, config=LabelerConfig(live_halo_cells=8, scheduler=one_chunk))
+    pipeline.process(frames[0])
+    labeler.start()
+    try:
+        assert serve_until(pipeline, lambda: len(regions) >= 3, time.monotonic() + 30)
+    finally:
+        labeler.stop()
+        assert labeler.join(5.0)
+    live = list(regions)
+    pipeline.process(frames[1])
+    labeler.drain()
+    drained = regions[len(live):]
+
+    def reach(region) -> int:  # farthest a site lies outside the region's chunks, in cells
+        n = GRID.chunk_voxels
+        lo, hi = np.asarray(region.keys).min(0) * n, (np.asarray(region.keys).max(0) + 1) * n
+        return int(np.max(np.maximum(lo - region.coords, region.coords - (hi - 1)).clip(0)))
+
+    assert drained and all(r.grid.halo_voxels == 8 for r in live)
+    assert all(r.grid.halo_voxels == model.grid.halo_voxels for r in drained)
+    assert 0 < max(map(reach, live)) <= 8 < max(map(reach, drained)) <= model.grid.halo_voxels
+
+
 def test_start_stop_reset_100_times_leaves_no_thread_and_no_stale_result(frames, model, pipeline):
     labeler = IncrementalLabeler(pipeline, model)
     pipeline.process(frames[0])
