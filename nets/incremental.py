@@ -18,15 +18,14 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from fusion.coarse import all_chunk_keys
 from fusion.pipeline import FusionPipeline
 from nets.completion import CompletionStore
 from nets.cells import CLASS_IDS
+from nets.labeler_stats import LabelerStats
 from nets.labels import LabelStore
 from nets.scheduler import ChunkScheduler, InputMemory, SchedulerConfig
 
@@ -73,21 +72,6 @@ def torch_threads(config: LabelerConfig) -> int:
     return config.torch_threads or max(1, (os.cpu_count() or 2) - 1)
 
 
-class _Counters:
-    """Work and latency counters (guarded by the labeler's stats lock)."""
-
-    def __init__(self, max_samples: int):
-        self.latencies_s: deque[float] = deque(maxlen=max_samples)
-        self.infer_ms: deque[float] = deque(maxlen=max_samples)
-        self.snapshot_wait_ms: deque[float] = deque(maxlen=max_samples)  # request -> served, per region
-        self.serve_ms: deque[float] = deque(maxlen=max_samples)          # fusion-thread time per region
-        self.region_sites: deque[int] = deque(maxlen=max_samples)
-        self.queue_wait_ms: deque[float] = deque(maxlen=max_samples)    # first change -> request, per chunk
-        self.chunks = self.sites = self.core_sites = self.regions = self.dropped = self.skipped = 0
-        self.infer_s = 0.0
-        self.queue, self.oldest_wait_s = 0, 0.0
-
-
 class IncrementalLabeler:
     """Re-infers changed chunks of `pipeline` with `model` and fuses them into `labels`/`completion`.
 
@@ -111,8 +95,7 @@ class IncrementalLabeler:
         self._gen_lock = threading.Lock()
         self._generation = 0
         self._seen_generation = 0
-        self._stats_lock = threading.Lock()
-        self._counters = _Counters(config.latency_samples)
+        self.counters = LabelerStats(config.latency_samples)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._seen_count = 0          # stamps up to this frame count were consumed
@@ -163,8 +146,7 @@ class IncrementalLabeler:
             self.labels.clear()
             self.completion.clear()
         self.pipeline.cancel_requests(old)
-        with self._stats_lock:
-            self._counters = _Counters(self.config.latency_samples)
+        self.counters = LabelerStats(self.config.latency_samples)
         if not self.running:
             self._sync_generation()
 
@@ -261,7 +243,7 @@ class IncrementalLabeler:
             region = scene_region(self.pipeline.volume, self.grid)
             relabel(self.model.with_turns(turns), region, self.labels)
             latencies = self.scheduler.mark_inferred(region.keys, self._seen_count, time.monotonic())
-            self._count_skipped((), latencies)
+            self.counters.skipped_chunks((), latencies)
             return len(region.keys)
         return self._paused(timeout_s, relabel_all)
 
@@ -319,26 +301,26 @@ class IncrementalLabeler:
                 self._poll()
                 self._request(gen, force=False)
             if live and self._unchanged(region):
-                self._count_skipped(keys, self.scheduler.done(keys, snap.frames_integrated, time.monotonic(),
-                                                              inferred=False))
+                self.counters.skipped_chunks(keys, self.scheduler.done(keys, snap.frames_integrated, time.monotonic(),
+                                                                       inferred=False))
                 continue
             t0 = time.perf_counter()
             pred = self.model.predict(region) if region.core.any() else _EmptyPrediction(keys)
             infer_ms = (time.perf_counter() - t0) * 1e3
             with self._gen_lock:
                 if gen != self._generation:   # reset while inferring: a stale result
-                    self._count_dropped()
+                    self.counters.dropped_result()
                     continue
                 if self.labels.fuse(pred, world=self._world_of(snap)) is None:  # the map moved under it
                     self.scheduler.cancel(keys)
-                    self._count_dropped()
+                    self.counters.dropped_result()
                     continue
                 self.completion.fuse(pred)
             self.memory.remember(region)
             queued = [snap.request.requested_s - e.since_s for e in map(self.scheduler.in_flight.get, keys)
                       if e is not None and e.marks]
             latencies = self.scheduler.done(keys, snap.frames_integrated, time.monotonic())
-            self._count(keys, region, infer_ms, latencies, snap, queued)
+            self.counters.region(keys, region, infer_ms, latencies, snap, queued)
             done += len(keys)
         return done
 
@@ -367,36 +349,11 @@ class IncrementalLabeler:
         return max(self.memory.change(region, key) for key in region.keys) < self.config.skip_change_below
 
     # --- statistics ----------------------------------------------------------------------------
-    def _count(self, keys, region, infer_ms: float, latencies, snap, queued_s) -> None:
-        with self._stats_lock:
-            c = self._counters
-            c.queue_wait_ms.extend(q * 1e3 for q in queued_s)
-            c.snapshot_wait_ms.append((snap.served_s - snap.request.requested_s) * 1e3)
-            c.serve_ms.append(snap.serve_ms)
-            c.region_sites.append(len(region))
-            c.chunks += len(keys)
-            c.sites += len(region)
-            c.core_sites += int(np.count_nonzero(region.core))
-            c.regions += 1
-            c.infer_ms.append(infer_ms)
-            c.infer_s += infer_ms / 1e3
-            c.latencies_s.extend(latencies)
-
-    def _count_skipped(self, keys, latencies) -> None:
-        with self._stats_lock:
-            self._counters.skipped += len(keys)
-            self._counters.latencies_s.extend(latencies)
-
-    def _count_dropped(self) -> None:
-        with self._stats_lock:
-            self._counters.dropped += 1
-
     def _publish_queue(self) -> None:
         now = time.monotonic()
         oldest = self.scheduler.oldest_since_s()
         queue, wait = self.scheduler.queue_length(), 0.0 if oldest is None else now - oldest
-        with self._stats_lock:
-            self._counters.queue, self._counters.oldest_wait_s = queue, wait
+        self.counters.set_queue(queue, wait)
         cfg = self.config
         behind = queue >= cfg.behind_queue_chunks or wait >= cfg.behind_wait_s
         if behind and now - self._last_behind_log_s >= cfg.behind_log_interval_s:
@@ -405,8 +362,7 @@ class IncrementalLabeler:
 
     def latency_samples_s(self) -> list[float]:
         """Every label latency measured so far (s), oldest first: one per labelled change. Any thread."""
-        with self._stats_lock:
-            return list(self._counters.latencies_s)
+        return self.counters.latencies_s()
 
     def unlabelled_waits_s(self, now_s: float | None = None) -> list[float]:
         """How long each change not labelled yet has waited by `now_s` (time.monotonic()), including
@@ -420,22 +376,7 @@ class IncrementalLabeler:
         return [now_s - e.since_s for e in self.scheduler.waiting() if e.marks]
 
     def stats(self) -> dict:
-        """Queue length, oldest wait (s), label latency p50/p95 (s), work counters. Any thread."""
-        with self._stats_lock:
-            c = self._counters
-            lat = np.asarray(c.latencies_s, float)
-            spread = {"infer_ms": np.asarray(c.infer_ms, float), "snapshot_wait_ms": np.asarray(c.snapshot_wait_ms, float),
-                      "serve_ms": np.asarray(c.serve_ms, float), "region_sites": np.asarray(c.region_sites, float),
-                      "queue_wait_ms": np.asarray(c.queue_wait_ms, float)}
-            out = {"queue": c.queue, "oldest_wait_s": round(c.oldest_wait_s, 3),
-                   "chunks_inferred": c.chunks, "sites_inferred": c.sites, "core_sites_inferred": c.core_sites,
-                   "regions_inferred": c.regions, "stale_results_dropped": c.dropped,
-                   "chunks_skipped_unchanged": c.skipped, "infer_s_total": round(c.infer_s, 3),
-                   "latency_samples": len(lat)}
-        for p in (50, 95):
-            out[f"latency_p{p}_s"] = round(float(np.percentile(lat, p)), 4) if len(lat) else None
-            for name, a in spread.items():
-                out[f"{name}_p{p}"] = round(float(np.percentile(a, p)), 2) if len(a) else None
-        out["running"] = self.running
-        out["error"] = None if self.error is None else str(self.error)
-        return out
+        """Queue length, oldest wait (s), label latency p50/p95 (s), work counters and where the time of a
+        region goes (`nets.labeler_stats`). Any thread."""
+        return self.counters.summary() | {"running": self.running,
+                                          "error": None if self.error is None else str(self.error)}
