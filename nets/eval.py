@@ -141,7 +141,7 @@ def real_room_main(args) -> int:
 
 def rescore_main(args) -> int:
     """The saved reconstructions of a real-room run relabelled with --weights: a table, JSON."""
-    from nets.reconstruct_labels import FINAL_TURNS
+    from nets.turns import FINAL_TURNS
     from nets.real_room_rescore import rescore_real_room
 
     points_path(args.real_room)  # a missing file fails here, before the weights load

@@ -51,8 +51,9 @@ class LabelerConfig:
     #:     inference (share of sites added/removed + mean feature change) keep their labels; step/drain infer all
     worker_nice: int = 5                 #: niceness added to the worker thread (Linux) so fusion keeps its CPU share
     #: live regions carry this many cells of context around their chunks (0: the model's receptive field, as
-    #: step/drain and the final pass always do). Measured on the real room's scan: 16 cells label a region's
-    #: chunks 97-100 % as the full 28 do, and infer in 0.5-0.75 of the time; the final pass relabels exactly
+    #: step/drain and the final pass always do). A one-off probe on the real room's scan (a throwaway script,
+    #: no project command): 16 cells labeled a region's chunks 97-100 % as the full 28 do, in 0.5-0.75 of the
+    #: inference time; the final pass relabels exactly
     live_halo_cells: int = 16
 
 
@@ -242,7 +243,7 @@ class IncrementalLabeler:
             self._poll()
             region = scene_region(self.pipeline.volume, self.grid)
             relabel(self.model.with_turns(turns), region, self.labels)
-            latencies = self.scheduler.mark_inferred(region.keys, self._seen_count, time.monotonic())
+            latencies = self.scheduler.done(region.keys, self._seen_count, time.monotonic())  # none in flight
             self.counters.skipped_chunks((), latencies)
             return len(region.keys)
         return self._paused(timeout_s, relabel_all)

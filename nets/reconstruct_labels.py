@@ -19,7 +19,7 @@ import numpy as np
 from fusion.meshing import MeshArrays
 from fusion.pipeline import FrameResult, FusionPipeline
 from nets.incremental import IncrementalLabeler, LabelerConfig
-from nets.turns import FINAL_TURNS  # noqa: F401 (re-exported: the final pass's turns)
+from nets.turns import FINAL_TURNS
 
 log = logging.getLogger(__name__)
 MODES = ("incremental", "final")

@@ -182,22 +182,6 @@ class ChunkScheduler:
             self.inferred_s[key] = now_s
         return latencies
 
-    def mark_inferred(self, keys, snapshot_count: int, now_s: float) -> list[float]:
-        """`keys` were inferred outside the scheduler (a whole-scene pass on a snapshot of `snapshot_count`
-        frames) and are up to date: pending marks the pass covered are dropped. Returns the label latency of
-        each change it covered. Not while any of them is in flight."""
-        latencies = []
-        for key in map(tuple, keys):
-            e = self.pending.get(key)
-            if e is not None and e.count <= snapshot_count:
-                del self.pending[key]
-                if e.marks:
-                    latencies.append(now_s - e.since_s)
-            self.deferred.discard(key)
-            self.inferred_at[key] = max(self.inferred_at.get(key, 0), snapshot_count)
-            self.inferred_s[key] = now_s
-        return latencies
-
     def cancel(self, keys=None) -> None:
         """Put in-flight chunks (all, or `keys`) back into pending (their request was dropped)."""
         for key in list(self.in_flight if keys is None else map(tuple, keys)):

@@ -90,7 +90,7 @@ def test_rescore_relabels_the_saved_reconstructions_like_the_final_pass(smoke):
     same weights and turns), and other turns change the labels, not the geometry."""
     from nets.infer import ChunkModel
     from nets.real_room_rescore import rescore_real_room
-    from nets.reconstruct_labels import FINAL_TURNS
+    from nets.turns import FINAL_TURNS
 
     out, result = smoke
     model = ChunkModel.load()

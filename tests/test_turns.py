@@ -6,7 +6,8 @@ from fusion.coarse import CoarseGridConfig, CoarseRegion, chunk_keys_of_cells
 from fusion.pipeline import FusionPipeline, PipelineConfig
 from fusion.volume import VolumeConfig
 from nets.infer import ChunkModel
-from nets.reconstruct_labels import FINAL_TURNS, label_hook_factory
+from nets.reconstruct_labels import label_hook_factory
+from nets.turns import FINAL_TURNS
 from nets.turns import matching_rows, turn_cells, unturn_cells
 
 
