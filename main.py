@@ -136,15 +136,15 @@ def _cmd_record(args) -> int:
     return 0
 
 
-def _session_labels(extras: dict, positions_m):
-    """Per-vertex NYU40 labels from the session's label store; None when it has none."""
+def _session_labels(extras: dict, mesh):
+    """Per-vertex NYU40 labels of the whole mesh from the session's label store; None when it has none."""
     from fusion.errors import UserError
     from nets.labels import LabelStore, has_label_arrays
 
     if not has_label_arrays(extras):
         return None
     try:
-        return LabelStore.from_arrays(extras).labels_at(positions_m)[0]
+        return LabelStore.from_arrays(extras).mesh_labels(mesh)
     except ValueError as exc:
         raise UserError(f"the session's labels cannot be read: {exc}") from None
 
@@ -159,7 +159,7 @@ def _cmd_export(args) -> int:
         final = session.pipeline.final_mesh()
     finally:
         session.pipeline.close()
-    labels = _session_labels(session.extras, final.positions_m)
+    labels = _session_labels(session.extras, final)
     if labels is None:
         log.info("labels are all 0 (unlabeled): the session holds no labels (reconstructed with --labels none)")
     mesh = LabeledMesh.from_mesh(final, labels)

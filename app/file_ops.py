@@ -167,7 +167,7 @@ class FileOps:
 
         def labels(job):
             m = job.ctx["mesh"]
-            job.ctx["labeled"] = LabeledMesh.from_mesh(m, w.nets.labels_at(m.positions_m)[0])
+            job.ctx["labeled"] = LabeledMesh.from_mesh(m, w.nets.mesh_labels(m))
 
         def write(job):
             job.ctx["result"] = write_export(path, job.ctx["labeled"], extras, job.ctx["stamps"], job.ctx["poses"])

@@ -168,6 +168,10 @@ class NetsHookup:
             return np.zeros(0, np.uint16), np.zeros(0, np.float32)
         return self.store.labels_at(positions_m)
 
+    def mesh_labels(self, mesh) -> np.ndarray:
+        """Labels of a whole mesh for export, refined at surface segments (`LabelStore.mesh_labels`)."""
+        return self.store.mesh_labels(mesh)
+
     def changed_boxes(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """(lo_m, hi_m) boxes of the nets chunks whose labels changed since the last call."""
         version, keys = self.store.changed_since(self._seen_version)

@@ -126,8 +126,8 @@ class WindowProbe:
         if self.inner is not None:
             self.inner.finish(interrupted)
 
-    def vertex_labels(self, positions_m):
-        return self.inner.vertex_labels(positions_m) if self.inner else np.zeros(len(positions_m), np.uint16)
+    def vertex_labels(self, mesh):
+        return self.inner.vertex_labels(mesh) if self.inner else np.zeros(len(mesh.positions_m), np.uint16)
 
     def completed_mesh(self):
         return self.inner.completed_mesh() if self.inner else (MeshArrays.empty(), np.zeros(0, np.uint16))

@@ -39,7 +39,7 @@ class LabelHook(Protocol):
 
     def on_frame(self, result: FrameResult) -> None: ...          # after each processed frame
     def finish(self, interrupted: bool) -> None: ...              # after the last frame (drain)
-    def vertex_labels(self, positions_m: np.ndarray) -> np.ndarray: ...  # (N,) uint16 NYU40
+    def vertex_labels(self, mesh: MeshArrays) -> np.ndarray: ...  # (N,) uint16 NYU40 per vertex of the whole mesh
     def completed_mesh(self) -> tuple[MeshArrays, np.ndarray]: ...      # mesh, (V,) uint16 labels
     def extras(self) -> dict: ...                                  # arrays for the session
     def stats(self) -> dict: ...                                   # goes into stats.json["label_work"]
@@ -218,7 +218,7 @@ def write_outputs(req: ReconstructRequest, source, pipeline: FusionPipeline, run
     """Write mesh.ply, completed.ply, trajectory.txt, stats.json and the session file `session` into
     req.out_dir (atomically); labels and completion come from `hook` (none: all 0, empty)."""
     mesh = pipeline.final_mesh()
-    labels = (hook.vertex_labels(mesh.positions_m) if hook is not None
+    labels = (hook.vertex_labels(mesh) if hook is not None
               else np.zeros(len(mesh.positions_m), np.uint16))
     write_labeled_ply(req.out_dir / "mesh.ply", mesh.positions_m, mesh.colors, labels, mesh.faces)
     completed_vertices = _write_completed(req.out_dir / "completed.ply", hook)

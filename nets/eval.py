@@ -35,7 +35,7 @@ from synth.world import build_world
 from nets.data import CLASS_IDS, IGNORE, Sample, closest_surface, make_sample, nyu40_to_class_index
 from nets.infer import DEFAULT_WEIGHTS, ChunkModel
 from nets.metrics import sample_scores, summarise
-from nets.real_room import DATA_DIR, RealRoomConfig, points_path, run_real_room
+from nets.real_room import DATA_DIR, RealRoomConfig, points_path, run_real_room, vertex_scores
 from nets.real_room import table as real_room_table
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,8 @@ def held_out_samples(seeds, cache: Path | None) -> list[Sample]:
 
 
 def mesh_label_accuracy(mesh_ply: Path, seed: int) -> dict:
-    """Share of mesh.ply vertices whose label equals the closest ground-truth triangle's class."""
+    """Share of mesh.ply vertices whose label equals the closest ground-truth triangle's class, and the
+    per-vertex ScanNet-20 mIoU (`nets.real_room.vertex_scores`: the ceiling and other classes left out)."""
     mesh = read_labeled_ply(mesh_ply)
     world = build_world(seed)
     _, gt_class = closest_surface(world.vertices, world.triangles, nyu40_to_class_index(world.tri_labels),
@@ -67,7 +68,8 @@ def mesh_label_accuracy(mesh_ply: Path, seed: int) -> dict:
     gt = CLASS_IDS[gt_class[keep].astype(np.int64)]
     pred = np.asarray(mesh["labels"])[keep]
     return {"vertices": int(keep.sum()), "accuracy": float(np.mean(pred == gt)) if keep.any() else float("nan"),
-            "unlabeled_share": float(np.mean(pred == 0)) if keep.any() else float("nan")}
+            "unlabeled_share": float(np.mean(pred == 0)) if keep.any() else float("nan"),
+            "miou": vertex_scores(pred, gt)["miou"]}
 
 
 def reconstruct_and_score(seed: int, out_dir: Path, frames: int, weights: Path) -> dict:
@@ -176,7 +178,7 @@ def _held_out_main(args) -> int:
                           for s in _seeds(args.mesh_seeds)}
     print(table(scores))
     for seed, m in scores.get("mesh", {}).items():
-        print(f"mesh.ply labels, room {seed}: {m['accuracy']:.3f} of {m['vertices']} vertices")
+        print(f"mesh.ply labels, room {seed}: accuracy {m['accuracy']:.3f}, mIoU {m['miou']:.3f} of {m['vertices']} vertices")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(json_path, json.dumps(scores, indent=2, default=float))
     return 0

@@ -30,6 +30,7 @@ from nets.cells import (CLASS_IDS, NEIGHBOURS26, NO_CORRECTION, ChunkCells, buil
                         group_by_chunk, labels_differ, overlapping_chunks, pack_cells, rows_of, unpack_cells)
 from nets.label_arrays import PREFIX, has_label_arrays, rows_from_arrays, rows_to_arrays  # noqa: F401 (re-exported)
 from nets.label_moves import chunks_of, gather, moved_chunks, moved_values
+from nets.segment_vote import SegmentVoteConfig, surface_segments, vote
 from nets.vertex_labels import point_labels
 
 _OFFSETS6 = np.array([(1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)], np.int32)
@@ -297,9 +298,25 @@ class LabelStore:
         point (`nets.vertex_labels`; a correction wins in its cells; 0 below `min_point_conf`); where no
         cell around the point holds a label, the nearest labelled cell among the 26 neighbours of its
         cell; else (0, 0)."""
-        chunks = self._snapshot()
+        return self._point_labels(points_m, self._snapshot())
+
+    def _point_labels(self, points_m, chunks: dict) -> tuple[np.ndarray, np.ndarray]:
         return point_labels(points_m, self.grid.voxel_size_m, lambda c: self._cell_probs(c, chunks),
                             lambda c: self._labels_of(c, chunks), self.config.min_point_conf)
+
+    def mesh_labels(self, mesh, vote_config: SegmentVoteConfig = SegmentVoteConfig()) -> np.ndarray:
+        """(N,) uint16 NYU40 label per vertex of a whole mesh (`MeshArrays`): `labels_at`, then refined
+        at surface segments (`nets.segment_vote`) unless that is disabled; corrections keep their class."""
+        if not len(mesh.positions_m):
+            return np.zeros(0, np.uint16)
+        chunks = self._snapshot()
+        labels, conf = self._point_labels(mesh.positions_m, chunks)
+        if not vote_config.enabled:
+            return labels
+        keys, of_point = np.unique(pack_cells(self.cells_at(mesh.positions_m)), return_inverse=True)
+        fixed = (self._cell_probs(unpack_cells(keys).astype(np.int32), chunks)[2] != NO_CORRECTION)[of_point]
+        segments = surface_segments(mesh.normals, mesh.colors, mesh.faces, vote_config)
+        return vote(labels, conf, segments, fixed, vote_config)
 
     def brush(self, center_m, radius_m: float) -> np.ndarray:
         """(K,3) int32 stored cells whose centres lie within `radius_m` of `center_m`."""

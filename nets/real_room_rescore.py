@@ -25,10 +25,10 @@ def relabelled_vertices(session_dir: Path, model) -> tuple[np.ndarray, np.ndarra
 
     pipeline = load_session(session_dir).pipeline
     try:
-        positions = np.asarray(pipeline.final_mesh().positions_m, np.float64)
+        mesh = pipeline.final_mesh()
         store = LabelStore(model.grid)
         relabel(model, scene_region(pipeline.volume, model.grid), store)
-        return positions, store.labels_at(positions)[0]
+        return np.asarray(mesh.positions_m, np.float64), store.mesh_labels(mesh)
     finally:
         pipeline.close()
 

@@ -57,8 +57,8 @@ class ReconstructLabels:
         self._drain_s = time.perf_counter() - t0
         log.info("labels: %s, %d chunks inferred after the last frame in %.1f s", self.mode, n, self._drain_s)
 
-    def vertex_labels(self, positions_m: np.ndarray) -> np.ndarray:
-        return self.labeler.labels.labels_at(positions_m)[0]
+    def vertex_labels(self, mesh) -> np.ndarray:
+        return self.labeler.labels.mesh_labels(mesh)
 
     def completed_mesh(self) -> tuple[MeshArrays, np.ndarray]:
         done = self.labeler.completion.mesh()

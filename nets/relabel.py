@@ -123,7 +123,7 @@ def _write(out: Path, req: RelabelRequest, session, mesh, store: LabelStore, lea
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    labels = store.labels_at(mesh.positions_m)[0]
+    labels = store.mesh_labels(mesh)
     written = export_mesh(out / "mesh.ply", LabeledMesh.from_mesh(mesh, labels), session.timestamps_s, session.poses)
     meta = {"adapted_from": str(req.weights or "shipped"), "corrected_cells": learner.last.corrected_cells,
             "steps": learner.last.steps}
