@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import resource
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -41,6 +39,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as main.py sets it for th
 
 import numpy as np  # noqa: E402
 
+from bench.report import finish  # noqa: E402
 from fusion.errors import UserError  # noqa: E402
 from fusion.sources.capture import CaptureThread, NewestSlot  # noqa: E402
 from fusion.trajectory import ate_rmse_m  # noqa: E402
@@ -454,15 +453,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     log.setLevel(logging.INFO)
     args = _parse(argv)
-    try:
-        r = run(args.source, _check(args), args.max_frames, args.gt)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print_table(r)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(r, indent=2) + "\n")
-    return 0
+    return finish(lambda: run(args.source, _check(args), args.max_frames, args.gt), print_table, args.out)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ table and writes bench/results/viewport.json. Thread: the GUI thread (this proce
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import resource
@@ -31,6 +30,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as main.py sets it for th
 
 import numpy as np  # noqa: E402
 
+from bench.report import finish  # noqa: E402
 from fusion.errors import UserError  # noqa: E402
 
 log = logging.getLogger("bench")
@@ -174,17 +174,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "viewport.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def checked_run() -> dict:
         if args.frames < 1 or args.idle_s <= 0:
             raise UserError("--frames must be at least 1 and --idle-s positive")
-        r = run(args.source, ViewportBenchConfig(frames=args.frames, idle_s=args.idle_s))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print_table(r)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(r, indent=2) + "\n")
-    return 0
+        return run(args.source, ViewportBenchConfig(frames=args.frames, idle_s=args.idle_s))
+
+    return finish(checked_run, print_table, args.out)
 
 
 if __name__ == "__main__":
