@@ -25,6 +25,7 @@ from nets.adapt_config import AdaptConfig
 from nets.completion import CompletionStore
 from nets.incremental import IncrementalLabeler, LabelerConfig
 from nets.labels import LabelStore, LabelStoreConfig, has_label_arrays
+from nets.segment_vote import RefinedLabels
 from nets.turns import FINAL_TURNS
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ class NetsHookup:
         self._adapted_blob = None             # the session's adapted weights, until the model has loaded
         self._blob_cache: tuple | None = None  # (model, weights array) last saved
         self._final_running = False            # the final pass runs (the status bar shows it)
+        self._refined: RefinedLabels | None = None  # the final pass's labels refined at surface segments
+        self._refined_news = False             # ... not shown yet
 
     @property
     def store(self) -> LabelStore:
@@ -94,6 +97,7 @@ class NetsHookup:
             self._learner, self._adapted_blob = None, (extras or {}).get(ADAPTED_NAME)
         self._seen_version, self._counts_version = -1, -1
         self._completion_version = 0 if completion.version == 0 else -1
+        self._refined, self._refined_news = None, False
         self._pipeline = pipeline
         if self.enabled:
             self._start_labeler()
@@ -163,10 +167,17 @@ class NetsHookup:
         self._model = model
 
     # --- display queries (fusion thread) ------------------------------------------------------
-    def labels_at(self, positions_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if len(positions_m) == 0:
+    def display_labels(self, mesh) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, confidence) of a mesh chunk's vertices as shown: the store's `labels_at`, or, after the
+        final pass and until the labels change again, the labels an export writes (refined at surface
+        segments)."""
+        if len(mesh.positions_m) == 0:
             return np.zeros(0, np.uint16), np.zeros(0, np.float32)
-        return self.store.labels_at(positions_m)
+        labels, conf = self.store.labels_at(mesh.positions_m)
+        refined = self._refined
+        if refined is not None and refined.version == self.store.version:
+            labels = refined.overlay(labels, mesh.vertex_keys)
+        return labels, conf
 
     def mesh_labels(self, mesh) -> np.ndarray:
         """Labels of a whole mesh for export, refined at surface segments (`LabelStore.mesh_labels`)."""
@@ -176,6 +187,9 @@ class NetsHookup:
         """(lo_m, hi_m) boxes of the nets chunks whose labels changed since the last call."""
         version, keys = self.store.changed_since(self._seen_version)
         self._seen_version = version
+        if self._refined_news:  # every chunk shows the refined labels now
+            self._refined_news = False
+            return [(np.full(3, -np.inf), np.full(3, np.inf))]
         size = self.config.grid.chunk_size_m
         return [(np.asarray(k, float) * size, (np.asarray(k, float) + 1) * size) for k in keys]
 
@@ -201,12 +215,21 @@ class NetsHookup:
         t0 = time.perf_counter()
         try:
             n = self._labeler.final_pass(turns)
+            self._refine()
         except Exception as exc:  # the live labels stay
             log.exception("the final label pass failed")
             return "warning", f"final labels failed ({type(exc).__name__}: {exc}); the live labels stay"
         finally:
             self._final_running = False
         return "info", f"final labels: {n} chunks relabeled, {turns} quarter turns averaged ({time.perf_counter() - t0:.1f} s)"
+
+    def _refine(self) -> None:
+        """Refine the whole mesh's labels as an export does, to be shown until they change (fusion thread)."""
+        mesh = self._pipeline.final_mesh()
+        store = self.store
+        version = store.version
+        self._refined = RefinedLabels.of_mesh(mesh, store.mesh_labels(mesh), version)
+        self._refined_news = True
 
     def label_changes_pending(self) -> bool:
         """Labels changed since the display last took them (any thread; for tests and scripts)."""

@@ -28,7 +28,7 @@ def seam_vertices(vertex_keys: np.ndarray, chunk_key: tuple, chunk_voxels: int) 
 def chunk_display(pipeline, nets, key: tuple, lod_cell_voxels: float) -> MeshDisplay:
     """One mesh chunk with the label store's labels, plus its simplified surface (seams kept)."""
     mesh = pipeline.mesher.chunk_mesh(key)
-    labels, conf = nets.labels_at(mesh.positions_m)
+    labels, conf = nets.display_labels(mesh)
     cfg = pipeline.config
     keep = seam_vertices(mesh.vertex_keys, key, cfg.mesh.chunk_blocks * cfg.volume.block_resolution)
     return pack_mesh(mesh.positions_m, mesh.colors, mesh.normals, mesh.faces, labels, conf,

@@ -109,3 +109,29 @@ def vote(labels: np.ndarray, conf: np.ndarray, segments: np.ndarray, fixed: np.n
     out = labels.copy()
     out[take] = best[seg[take]]
     return out
+
+
+@dataclass(frozen=True)
+class RefinedLabels:
+    """A whole mesh's refined labels by vertex key (immutable), valid while the label store is still at
+    `version`: the display shows them on its mesh chunks, which share the whole mesh's vertex keys."""
+
+    version: int
+    keys: np.ndarray     #: (N,) int64 sorted vertex keys
+    labels: np.ndarray   #: (N,) uint16 NYU40 label of each
+
+    @staticmethod
+    def of_mesh(mesh, labels: np.ndarray, version: int) -> "RefinedLabels":
+        order = np.argsort(np.asarray(mesh.vertex_keys, np.int64), kind="stable")
+        return RefinedLabels(version, np.asarray(mesh.vertex_keys, np.int64)[order], np.asarray(labels)[order])
+
+    def overlay(self, labels: np.ndarray, vertex_keys: np.ndarray) -> np.ndarray:
+        """`labels` with every vertex found here given its refined label."""
+        out = np.array(labels, copy=True)
+        if not len(self.keys) or not len(out):
+            return out
+        keys = np.asarray(vertex_keys, np.int64)
+        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        hit = self.keys[at] == keys
+        out[hit] = self.labels[at[hit]]
+        return out

@@ -7,6 +7,7 @@ import logging
 import numpy as np
 from PyQt6.QtCore import Qt
 
+from nets.segment_vote import RefinedLabels
 from tests.gui_support import make_window, palette_share, pixels, require_display, scan, shown, surface_mask  # noqa: F401
 
 require_display()
@@ -162,7 +163,21 @@ def test_a_finished_scan_gets_the_final_labels(make_window, qtbot):
         end = [i for i, t in enumerate(said) if t == "source finished after 12 frames"]
         return next((t for t in said[end[0]:] if t.startswith("final labels:")), None) if end else None
 
+    sent = []  # mesh chunks the view received after the final pass
+    w.snapshot_applied.connect(lambda s: final_after_the_end() and sent.extend(s.chunks))
     qtbot.waitUntil(lambda: final_after_the_end() is not None, timeout=60000)
     assert "4 quarter turns" in final_after_the_end()
     qtbot.waitUntil(lambda: not w.status.nets.get("final_pass"), timeout=20000)  # its busy bar goes
     assert w.nets.store.class_counts()
+    # the view then shows what an export writes (labels refined at surface segments) on every chunk
+    p = w.worker.pipeline
+    qtbot.waitUntil(lambda: set(sent) >= set(p.mesher.chunks), timeout=20000)
+    final = p.final_mesh()
+    exported = RefinedLabels.of_mesh(final, w.nets.store.mesh_labels(final), 0)
+    refined_somewhere = False
+    for key in p.mesher.chunks:
+        chunk = p.mesher.chunk_mesh(key)
+        shown = w.nets.display_labels(chunk)[0]
+        assert np.array_equal(shown, exported.overlay(np.zeros_like(shown), chunk.vertex_keys))
+        refined_somewhere |= not np.array_equal(shown, w.nets.store.labels_at(chunk.positions_m)[0])
+    assert refined_somewhere
