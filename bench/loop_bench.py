@@ -101,16 +101,24 @@ def _surface(mesh, world, doubled_m: float) -> dict:
             "vertices": int(len(d))}
 
 
+def _false(edges: list, true_poses: np.ndarray) -> int:
+    """Edges whose relative pose is off the true one by more than FALSE_M or FALSE_DEG."""
+    false = 0
+    for e in edges:
+        truth = np.linalg.inv(true_poses[e.old_frame]) @ true_poses[e.cur_frame]
+        m, deg = relative_motion(truth, e.T_old_cur)
+        false += m > FALSE_M or deg > FALSE_DEG
+    return int(false)
+
+
 def _loop_report(pipeline: FusionPipeline, true_poses: np.ndarray) -> dict:
     if pipeline.loops is None:
         return {}
     lc = pipeline.loops
-    false = 0
-    for e in lc.accepted:
-        truth = np.linalg.inv(true_poses[e.old_frame]) @ true_poses[e.cur_frame]
-        m, deg = relative_motion(truth, e.T_old_cur)
-        false += m > FALSE_M or deg > FALSE_DEG
-    return {"loops_verified": lc.stats.candidates, "loops_accepted": lc.stats.accepted, "false_loops_accepted": int(false),
+    return {"loops_verified": lc.stats.candidates, "loops_accepted": lc.stats.accepted,
+            "false_loops_accepted": _false(lc.accepted, true_poses),
+            "map_aligned": lc.stats.map_aligned, "map_rejected": lc.stats.map_rejected,
+            "false_map_edges": _false(lc.map_edges, true_poses),
             "corrections": lc.stats.corrections, "discarded": lc.stats.discarded, "pruned": lc.stats.pruned,
             "searched_late": lc.stats.searched_late,
             "optimise_s": round(sum(e.optimise_s for e in lc.events), 2),
@@ -268,7 +276,7 @@ def real_row(path: Path, voxel_m: float, stress: bool) -> dict:
 COLUMNS = ("name", "frames", "drift_max_m", "ate_off_m", "ate_on_m", "surface_mean_mm_exact", "surface_mean_mm_off",
            "surface_mean_mm_on", "doubled_share_exact", "doubled_share_off", "doubled_share_on", "two_layer_share_exact", "two_layer_share_off",
            "two_layer_share_on", "loops_verified",
-           "loops_accepted", "false_loops_accepted", "corrections", "keyframes_moved", "optimise_s", "rebuild_s", "slowdown_while_correcting", "slowdown_overall", "slowdown_rebuild_interleaved",
+           "loops_accepted", "false_loops_accepted", "map_aligned", "map_rejected", "false_map_edges", "corrections", "keyframes_moved", "optimise_s", "rebuild_s", "slowdown_while_correcting", "slowdown_overall", "slowdown_rebuild_interleaved",
            "slowdown_rebuild_interleaved_se", "rebuild_worker_core_share",
            "fusion_loop_ms_max")
 

@@ -22,7 +22,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from bench.drift import DriftedFrames
-from fusion.loop_closure import reduced_keyframe
+from fusion.keyframe_store import reduced_keyframe
 from fusion.loop_config import LoopClosureConfig
 from fusion.loops import LoopDetectConfig, LoopDetector, depth_points
 from fusion.sources.synthetic import SyntheticSource

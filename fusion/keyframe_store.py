@@ -1,16 +1,28 @@
-"""Owns the loop closer's keyframe store: the keyframes (reduced RGB-D) with their current poses, the
-odometry between them, the path walked and the depth each saw, grown by one keyframe at a time, thinned
-beyond a cap, saved to and restored from flat arrays (`fusion.loop_arrays`).
+"""Owns the loop closer's keyframe store: the keyframes (reduced RGB-D: `reduced_keyframe`) with their current
+poses, the odometry between them, the path walked and the depth each saw, grown by one keyframe at a time,
+thinned beyond a cap, saved to and restored from flat arrays (`fusion.loop_arrays`).
 Not thread-safe by itself: the loop closer guards it with its lock (the fusion thread writes, the worker
 reads copies)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from fusion import loop_arrays
+from fusion.frame import Frame
 from fusion.loops import MapKeyframe
+from fusion.tracking import downsample_depth
+
+
+def reduced_keyframe(kid: int, frame: Frame) -> MapKeyframe:
+    """Keyframe `kid` of a frame as the loop closer stores it: colour and depth at half size."""
+    depth = downsample_depth(np.ascontiguousarray(frame.depth_m, np.float32))
+    h, w = depth.shape
+    color = cv2.resize(np.ascontiguousarray(frame.color), (w, h), interpolation=cv2.INTER_AREA)
+    return MapKeyframe(kid, frame.index, frame.timestamp_s, color, np.round(depth * 1000).astype(np.uint16),
+                       frame.intrinsics.scaled(0.5))
 
 
 def view_depth_m(kf: MapKeyframe, default_m: float = 2.0) -> float:

@@ -3,11 +3,12 @@
 The fusion thread offers every integrated frame (`on_integrated`); one far enough from the last keyframe
 becomes a `MapKeyframe` (reduced RGB-D, its pose, the odometry from the previous keyframe). The worker
 thread describes each keyframe (`fusion.loops`), and once the world is settled (gravity) looks for a
-loop among old keyframes and verifies it. An accepted loop whose drift is worth correcting is added to
-the pose graph (`fusion.pose_graph`; odometry edges weighted by the distance walked), optimised (with the
-loops of keyframes still queued: one correction for them all), and when the result is plausible the map is
-rebuilt from the keyframes at the optimised poses (`fusion.map_rebuild`; keyframes taken meanwhile are
-added), all on the worker. The fusion thread
+loop among old keyframes and verifies it; once a correction has landed, a keyframe without a verified loop
+is aligned to the corrected map of old keyframes instead (`fusion.loop_map_align`: an edge like a loop's).
+An accepted loop whose drift is worth correcting is added to the pose graph (`fusion.pose_graph`; odometry
+edges weighted by the distance walked), optimised (with the loops of keyframes still queued: one correction
+for them all), and when the result is plausible the map is rebuilt from the keyframes at the optimised
+poses (`fusion.map_rebuild`; keyframes taken meanwhile are added), all on the worker. The fusion thread
 never waits: at its next integrated frame `apply_ready` hands it the rebuilt map and a `MapCorrection`
 (per-keyframe pose changes, `fusion.map_correction`: labels, corrections and the GUI's camera path
 follow it) to swap in. A discarded optimisation logs one warning; the map stays. `offer` hands over a
@@ -22,32 +23,23 @@ import threading
 import time
 from collections import deque
 
-import cv2
 import numpy as np
 
 from fusion.frame import Frame
-from fusion.keyframe_store import KeyframeStore
+from fusion.keyframe_store import KeyframeStore, reduced_keyframe
 from fusion.loop_arrays import edges_from_arrays
-from fusion.loop_config import LoopClosureConfig, LoopStats, odometry_information
+from fusion.loop_config import LoopClosureConfig, LoopStats, graph_edges
+from fusion.loop_map_align import AlignQueue, MapAligner
 from fusion.loop_pacing import WorkerPacer, lower_worker_priority
 from fusion.loops import LoopDetector, LoopEdge, MapKeyframe
 from fusion.map_correction import MapCorrection  # noqa: F401 (re-exported: the pipeline's FrameResult carries it)
 from fusion.map_rebuild import RebuiltMap, rebuild
 from fusion.meshing import MeshConfig
-from fusion.pose_graph import GraphEdge, optimise
-from fusion.tracking import downsample_depth, relative_motion
+from fusion.pose_graph import optimise
+from fusion.tracking import relative_motion
 from fusion.volume import VolumeConfig
 
 log = logging.getLogger(__name__)
-
-
-def reduced_keyframe(kid: int, frame: Frame) -> MapKeyframe:
-    """Keyframe `kid` of a frame as the loop closer stores it: colour and depth at half size."""
-    depth = downsample_depth(np.ascontiguousarray(frame.depth_m, np.float32))
-    h, w = depth.shape
-    color = cv2.resize(np.ascontiguousarray(frame.color), (w, h), interpolation=cv2.INTER_AREA)
-    return MapKeyframe(kid, frame.index, frame.timestamp_s, color, np.round(depth * 1000).astype(np.uint16),
-                       frame.intrinsics.scaled(0.5))
 
 
 class LoopCloser:
@@ -75,9 +67,12 @@ class LoopCloser:
         self._thread: threading.Thread | None = None
         self._pace = WorkerPacer(config.worker_duty, self._stop)  # the worker's duty cycle (its thread only)
         self._detector = LoopDetector(config.detect)
+        self._aligner = MapAligner(config.map_align, self._detector.cloud_of, config.detect.depth_max_m)
+        self.map_edges: list[LoopEdge] = []           #: every keyframe aligned to the corrected map (for benchmarks)
         self._due: list[LoopEdge] = []               # accepted loops worth a correction, not yet optimised
         self._deferred = 0                           # keyframes searched since the first of them
         self._skipped: list[int] = []                # keyframes not yet searched for loops (the worker was behind)
+        self._unaligned = AlignQueue(config.map_align.retry_keyframes)  # keyframes without a loop, to align to the map
 
     # --- fusion thread ------------------------------------------------------------------------
     def start(self) -> None:
@@ -194,9 +189,11 @@ class LoopCloser:
                 kid, frame, settled = self._inbox.get(timeout=0.05)
             except queue.Empty:
                 self._search_skipped()
+                self._align_unaligned()
                 self._correct_due(force=True)
                 with self._idle_lock:
-                    if self._ready is None and self._inbox.empty() and not self._due and not self._skipped:
+                    if (self._ready is None and self._inbox.empty() and not self._due and not self._skipped
+                            and not self._unaligned.due(self.stats.corrections)):
                         self._idle.set()
                 continue
             self._pace.restart()
@@ -270,7 +267,13 @@ class LoopCloser:
         j = int(np.searchsorted(kids, kid)) + 1
         edge = self._verified_loop(kid, kfs[:j], kids[:j], poses[:j], path[:j])
         if edge is None:
+            if self.config.map_align.enabled:
+                self._unaligned.add(kid)
             return
+        self._add_edge(edge)
+
+    def _add_edge(self, edge: LoopEdge) -> None:
+        """A verified loop or map edge joins the graph; its correction is due when its drift is worth one."""
         self.loops.append(edge)
         if edge.drift_m < self.config.min_correction_m and edge.drift_deg < self.config.min_correction_deg:
             return
@@ -308,16 +311,33 @@ class LoopCloser:
             log.debug("loop candidate frame %d / %d rejected: %s", kfs[j].index, kfs[i].index, verdict.reason)
         return None
 
-    def _edges(self, kfs, odom) -> list[GraphEdge]:
-        pos = {k.kid: i for i, k in enumerate(kfs)}
-        edges = []
-        for i in range(1, len(kfs)):
-            T_b_a = np.linalg.inv(odom[i])  # keyframe i-1's camera into keyframe i's
-            edges.append(GraphEdge(i - 1, i, T_b_a, odometry_information(odom[i], self.config), loop=False))
-        for e in self.loops:
-            if e.old in pos and e.cur in pos:
-                edges.append(GraphEdge(pos[e.cur], pos[e.old], e.T_old_cur, e.information, loop=True))
-        return edges
+    def _align_unaligned(self) -> None:
+        """Align keyframes without a loop to the corrected map of old keyframes (`fusion.loop_map_align`), oldest
+        first, while no keyframe comes in; an aligned one joins the graph like a loop."""
+        for kid in self._unaligned.due(self.stats.corrections):
+            if not self._inbox.empty() or self._pace():
+                return
+            self._unaligned.tried(kid, self.stats.corrections)
+            kfs, poses, _, path, _ = self._snapshot()
+            j = next((i + 1 for i, k in enumerate(kfs) if k.kid == kid), 0)
+            if j == 0 or path[j - 1] < self.config.detect.min_walk_m:   # gone, or no keyframe far enough back
+                self._unaligned.drop(kid)
+                continue
+            try:
+                v = self._aligner.align_newest(kfs[:j], poses[:j], path[:j], {e.cur for e in self.loops},
+                                               self.config.detect.min_walk_m)
+            except Exception:  # as for a loop: the scan goes on without this edge
+                log.exception("map alignment failed on keyframe %d", kid)
+                continue
+            self.verdicts.append((kfs[j - 1].index, -1 if v.edge is None else v.edge.old_frame, v.reason))
+            self.stats.map_rejected += v.edge is None
+            if v.edge is not None:
+                self.stats.map_aligned += 1
+                self.map_edges.append(v.edge)
+                self._unaligned.drop(kid)
+                self._add_edge(v.edge)
+                log.info("keyframe of frame %d aligned to the map (frame %d; correction %.3f m / %.2f deg)",
+                         v.edge.cur_frame, v.edge.old_frame, v.edge.drift_m, v.edge.drift_deg)
 
     @property
     def correcting(self) -> bool:
@@ -334,7 +354,7 @@ class LoopCloser:
     def _optimise_and_rebuild(self, kfs, poses, odom, moved, due: list[LoopEdge]) -> None:
         """The graph with the `due` loops optimised; a discarded or fully pruned result drops them (map kept)."""
         t0 = time.perf_counter()
-        res = optimise(poses, self._edges(kfs, odom), self.config.graph)
+        res = optimise(poses, graph_edges(kfs, odom, self.loops, self.config), self.config.graph)
         t1 = time.perf_counter()
         if res.poses is None or res.loops_kept == 0:
             self.loops = [e for e in self.loops if all(e is not d for d in due)]

@@ -1,5 +1,5 @@
-"""Owns the loop closer's settings (`LoopClosureConfig`), its counters (`LoopStats`) and the information of
-the pose graph's odometry edges. Plain data and a pure function: any thread may use them.
+"""Owns the loop closer's settings (`LoopClosureConfig`), its counters (`LoopStats`) and the pose graph's edges
+(`graph_edges`; the information of odometry edges). Plain data and pure functions: any thread may use them.
 """
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fusion.loop_map_align import MapAlignConfig
 from fusion.loops import LoopDetectConfig
-from fusion.pose_graph import PoseGraphConfig
+from fusion.pose_graph import GraphEdge, PoseGraphConfig
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class LoopClosureConfig:
     #:     to be searched first (their loops join the same optimisation and rebuild: fewer, better corrections)
     worker_nice: int = 10                #: the worker thread runs this much nicer than fusion (where the OS allows)
     detect: LoopDetectConfig = field(default_factory=LoopDetectConfig)
+    map_align: MapAlignConfig = field(default_factory=MapAlignConfig)  #: keyframes without a loop, once a correction
+    #:     has landed: aligned to the corrected map of old keyframes (`fusion.loop_map_align`)
     graph: PoseGraphConfig = field(default_factory=PoseGraphConfig)
 
 
@@ -43,6 +46,16 @@ def odometry_information(T_prev_cur: np.ndarray, config: LoopClosureConfig) -> n
     proportional to the distance walked along it."""
     step_m = max(float(np.linalg.norm(np.asarray(T_prev_cur)[:3, 3])), config.min_odometry_step_m)
     return np.diag([config.odometry_rot_info_per_m] * 3 + [config.odometry_info_per_m] * 3) / step_m
+
+
+def graph_edges(kfs: list, odom: list, loops: list, config: LoopClosureConfig) -> list[GraphEdge]:
+    """The pose graph of keyframes `kfs` (with `odom`, each one's odometry from the previous one): odometry edges
+    between neighbours and the `loops` (loop and map edges, `LoopEdge`) whose two keyframes are both held."""
+    pos = {k.kid: i for i, k in enumerate(kfs)}
+    edges = [GraphEdge(i - 1, i, np.linalg.inv(odom[i]), odometry_information(odom[i], config), loop=False)
+             for i in range(1, len(kfs))]   # keyframe i-1's camera into keyframe i's
+    return edges + [GraphEdge(pos[e.cur], pos[e.old], e.T_old_cur, e.information, loop=True)
+                    for e in loops if e.old in pos and e.cur in pos]
 
 
 @dataclass
@@ -54,6 +67,8 @@ class LoopStats:
     corrections: int = 0      #: corrected maps applied
     discarded: int = 0        #: optimisations discarded (not converged or implausible)
     pruned: int = 0           #: optimisations whose line process dropped the new loop (map kept)
+    map_aligned: int = 0      #: keyframes aligned to the corrected map (edges like loops)
+    map_rejected: int = 0     #: ... tried and not aligned
     searched_late: int = 0    #: keyframes searched for loops only once the worker had caught up
     last_reason: str = ""     #: why the latest candidate was rejected
 

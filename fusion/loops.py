@@ -149,21 +149,31 @@ def depth_points(kf: MapKeyframe, depth_max_m: float) -> np.ndarray:
     return kf.intrinsics.backproject(u, v, z[v, u]).astype(np.float32)
 
 
-def _consistency(points_src_m: np.ndarray, T_dst_src: np.ndarray, dst: MapKeyframe) -> tuple[float, np.ndarray]:
-    """(overlap, d): the share of src points that land on dst's valid depth, and for those their depth
-    minus dst's (negative: in front of dst's surface, where dst saw through)."""
+def depth_difference(points_src_m: np.ndarray, T_dst_src: np.ndarray, dst: MapKeyframe) -> np.ndarray:
+    """(N,) for each src point (src camera frame) moved into dst's camera frame by T_dst_src: its depth minus
+    dst's stored depth at the pixel it lands on (negative: in front of dst's surface, where dst saw through);
+    NaN where it lands on no valid depth of dst."""
     p = points_src_m @ T_dst_src[:3, :3].T + T_dst_src[:3, 3]
     i = dst.intrinsics
     z = p[:, 2]
-    front = z > 0.05
+    out = np.full(len(p), np.nan, np.float32)
+    front = np.nonzero(z > 0.05)[0]
     u = np.round(p[front, 0] / z[front] * i.fx + i.cx).astype(int)
     v = np.round(p[front, 1] / z[front] * i.fy + i.cy).astype(int)
     inside = (u >= 0) & (v >= 0) & (u < i.width) & (v < i.height)
     obs = np.zeros(len(u), np.float32)
     obs[inside] = dst.depth_mm[v[inside], u[inside]] / 1000.0
     seen = obs > 0
-    d = z[front][seen] - obs[seen]
-    return float(seen.sum()) / max(1, len(p)), d
+    out[front[seen]] = z[front[seen]] - obs[seen]
+    return out
+
+
+def _consistency(points_src_m: np.ndarray, T_dst_src: np.ndarray, dst: MapKeyframe) -> tuple[float, np.ndarray]:
+    """(overlap, d): the share of src points that land on dst's valid depth, and for those their depth
+    minus dst's (negative: in front of dst's surface, where dst saw through)."""
+    d = depth_difference(points_src_m, T_dst_src, dst)
+    d = d[np.isfinite(d)]
+    return float(len(d)) / max(1, len(points_src_m)), d
 
 
 class LoopDetector:
@@ -231,7 +241,7 @@ class LoopDetector:
         return Verdict(LoopEdge(old.kid, cur.kid, T_icp, n_inl, float(reg.fitness), float(reg.inlier_rmse), info,
                                 drift_m, drift_deg, old.index, cur.index))
 
-    def _cloud_of(self, kf: MapKeyframe) -> o3d.geometry.PointCloud:
+    def cloud_of(self, kf: MapKeyframe) -> o3d.geometry.PointCloud:
         if kf.kid not in self._clouds:
             self._clouds[kf.kid] = _cloud(depth_points(kf, self.config.depth_max_m), self.config.icp_voxel_m)
             while len(self._clouds) > self.config.max_clouds:
@@ -242,7 +252,7 @@ class LoopDetector:
     def _icp(self, old: MapKeyframe, cur: MapKeyframe, T_init: np.ndarray):
         """Point-to-plane ICP of cur's depth onto old's from T_init, coarse to fine; and the information matrix."""
         reg = o3d.pipelines.registration
-        src, dst = self._cloud_of(cur), self._cloud_of(old)
+        src, dst = self.cloud_of(cur), self.cloud_of(old)
         T, res = T_init, None
         for dist in self.config.icp_max_m:
             res = reg.registration_icp(src, dst, dist, T, reg.TransformationEstimationPointToPlane(),
@@ -255,7 +265,7 @@ class LoopDetector:
         """(6,6) information of the relative pose T_b_a (a's frame into b's) from the two depth clouds."""
         reg = o3d.pipelines.registration
         return np.asarray(reg.get_information_matrix_from_point_clouds(
-            self._cloud_of(a), self._cloud_of(b), self.config.icp_max_m[-1], T_b_a))
+            self.cloud_of(a), self.cloud_of(b), self.config.icp_max_m[-1], T_b_a))
 
     def _inconsistent(self, old: MapKeyframe, cur: MapKeyframe, T_old_cur: np.ndarray) -> str:
         """Why the two depth images disagree seen from each other ("" when they agree)."""

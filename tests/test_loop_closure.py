@@ -22,6 +22,7 @@ from fusion.volume import VolumeConfig
 STRIDE = 2          # every 2nd frame of room 0's path: it comes back to its start after about 110 frames
 FRAMES = 180
 DRIFT_DEG_PER_M = 3.0
+BLANK_FROM = 70     # frames from here on lose their colour in the map-alignment test
 
 
 def _config(min_walk_m: float = 2.5, **graph) -> PipelineConfig:
@@ -72,6 +73,28 @@ def test_loop_found_and_map_corrected(drifting_scan):
         assert ate_rmse_m(restated, true) < ate_rmse_m(odo, true) / 2
         # the live loop goes on in the corrected world: a frame after the correction lands near the truth
         assert len(p.volume.active_keys()) > 0 and p.mesher.full_mesh().faces.shape[0] > 0
+    finally:
+        p.close()
+
+
+def test_keyframes_without_loops_aligned_to_the_corrected_map(drifting_scan):
+    """After the loop is closed the colour goes blank (no ORB features: no loop can be proposed), while the camera
+    keeps seeing old ground: once a correction has landed those keyframes are aligned to the map instead, each
+    edge within 2 cm / 1 deg of the truth, and the end of the scan stays corrected."""
+    frames, true, odo = drifting_scan
+    blank = [f if f.index < BLANK_FROM else dataclasses.replace(f, color=np.full_like(f.color, 128)) for f in frames]
+    p = FusionPipeline(_config())
+    try:
+        results = _run(p, blank)
+        stats = p.loops.stats
+        assert stats.corrections >= 1 and stats.map_aligned >= 1, stats
+        assert all(e.cur_frame >= BLANK_FROM for e in p.loops.map_edges)
+        for e in p.loops.map_edges:
+            m, deg = relative_motion(np.linalg.inv(true[e.old_frame]) @ true[e.cur_frame], e.T_old_cur)
+            assert m < 0.02 and deg < 1.0, (e.cur_frame, e.old_frame, m, deg)
+        last = len(frames) - 1
+        after = relative_motion(true[last], p.loops.restate(last, results[last].T_world_cam))
+        assert after[1] < relative_motion(true[last], odo[last])[1] / 3, after
     finally:
         p.close()
 
