@@ -3,7 +3,7 @@
     python -m bench.corrections_bench [--cache /tmp/corr] [--seeds 1000,1001,1002] [--ks 1,3,5,10]
                                       [--budget-s 30] [--threads 2] [--method head|finetune]
                                       [--user careful|literal]
-                                      [--no-real-room] [--json FILE]
+                                      [--no-real-room] [--spread] [--json FILE]
 
 Scenes: the shared real ScanNet room (rendered and reconstructed with ground-truth poses and the shipped
 weights, `nets.real_room`; built once into CACHE/real, which must lie outside the repository) and
@@ -227,8 +227,53 @@ def touched_vertices(store: LabelStore, vertices_m: np.ndarray, corrected_packed
     return out
 
 
-def play(scene: Scene, model, k: int, cfg: AdaptConfig, user: str = "precise") -> dict:
-    """K clicks, one learning round; scores on the untouched vertices before and after."""
+def cell_truth(store: LabelStore, scene: Scene, coords: np.ndarray) -> np.ndarray:
+    """(N,) NYU40 truth of each cell: the most common truth of the scored vertices in it (0: none)."""
+    from nets.cells import pack_cells
+
+    ok = scene.gt > 0
+    pairs, counts = np.unique(np.stack([pack_cells(store.cells_at(scene.vertices_m[ok])), scene.gt[ok]], 1),
+                              axis=0, return_counts=True)
+    pairs = pairs[np.lexsort((-counts, pairs[:, 0]))]
+    first = np.r_[True, pairs[1:, 0] != pairs[:-1, 0]]
+    cells, truth = pairs[first, 0], pairs[first, 1]
+    key = pack_cells(coords)
+    pos = np.minimum(np.searchsorted(cells, key), len(cells) - 1)
+    return np.where(cells[pos] == key, truth[pos], 0).astype(np.uint16)
+
+
+def spread(scene: Scene, store: LabelStore, corrected: np.ndarray, model, cfg: AdaptConfig) -> dict:
+    """Why corrections do or do not spread, per corrected class c, in the features the head reads (the
+    anchor's): of the observed uncorrected cells truly c, the share whose nearest other cell among the
+    corrected and the confidently predicted ones (the pseudo-label pool) is a corrected one, and the share
+    of them in the pool with a class other than c (pseudo-labels that fight the correction)."""
+    from scipy.spatial import cKDTree
+
+    from nets.adapt import scene_features
+    from nets.cells import CLASS_IDS, pack_cells
+
+    sf = scene_features(model.net, scene.region)
+    truth = cell_truth(store, scene, sf.coords)
+    is_corr = np.isin(pack_cells(sf.coords), corrected) & sf.observed
+    anchor = np.append(CLASS_IDS, 0)[sf.probs.argmax(1)]
+    pool = sf.observed & ~is_corr & (sf.probs.max(1) >= cfg.pseudo_min_conf) & (anchor > 0)
+    seeds = np.flatnonzero(is_corr | pool)
+    tree = cKDTree(sf.features[seeds])
+    out = {}
+    for c in np.unique(store.labels_of_cells(sf.coords[is_corr])[0]):
+        same = np.flatnonzero(sf.observed & ~is_corr & (truth == c))
+        if not len(same):
+            continue
+        _, nn = tree.query(sf.features[same], k=2)
+        nearest = np.where(seeds[nn[:, 0]] == same, seeds[nn[:, 1]], seeds[nn[:, 0]])
+        out[int(c)] = {"untouched_cells": int(len(same)), "nearest_is_corrected": float(np.mean(is_corr[nearest])),
+                       "pseudo_other": float(np.mean(pool[same] & (anchor[same] != c)))}
+    return out
+
+
+def play(scene: Scene, model, k: int, cfg: AdaptConfig, user: str = "precise", diagnose: bool = False) -> dict:
+    """K clicks, one learning round; scores on the untouched vertices before and after (and, with
+    `diagnose`, `spread`'s figures)."""
     from nets.cells import pack_cells
 
     store = LabelStore.from_arrays(scene.store_arrays)
@@ -243,6 +288,7 @@ def play(scene: Scene, model, k: int, cfg: AdaptConfig, user: str = "precise") -
         corrected = np.union1d(corrected, pack_cells(cells))
         clicks.append({"point_m": point.round(3).tolist(), "label": label, "cells": int(len(cells))})
         pred = store.labels_at(scene.vertices_m)[0]
+    diagnosis = {"spread": spread(scene, store, corrected, model, cfg)} if diagnose else {}
     learner = CorrectionLearner(model, cfg)
     t0 = time.perf_counter()
     result = learner.learn(scene.region, store)
@@ -254,7 +300,7 @@ def play(scene: Scene, model, k: int, cfg: AdaptConfig, user: str = "precise") -
             "scored_vertices": int((scene.gt > 0).sum()), "miou_before": s0["miou"], "miou_after": s1["miou"],
             "gain": s1["miou"] - s0["miou"], "accuracy_before": s0["accuracy"], "accuracy_after": s1["accuracy"],
             "steps": result.steps, "learn_s": round(result.learn_s, 2), "relabel_s": round(result.relabel_s, 2),
-            "round_wall_s": round(wall_s, 2), "class_iou_before": s0["class_iou"], "class_iou_after": s1["class_iou"]}
+            "round_wall_s": round(wall_s, 2), "class_iou_before": s0["class_iou"], "class_iou_after": s1["class_iou"]} | diagnosis
 
 
 def table(rows: list[dict]) -> str:
@@ -281,6 +327,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--user", choices=USERS, default="precise",
                    help="how a click relabels: precise (the wrong region's cells), careful or literal (the app's "
                         "region tool; careful undoes floods that break more than they fix); see click()")
+    p.add_argument("--spread", action="store_true", help="also report, per corrected class, how near the room's "
+                   "other cells of that class lie to the corrected ones in the head's features (see spread())")
     p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "corrections.json")
     return p
 
@@ -305,8 +353,11 @@ def main(argv=None) -> int:
     for make in scenes:
         scene = make()
         for k in (int(v) for v in args.ks.split(",")):
-            rows.append(play(scene, model, k, cfg, args.user))
+            rows.append(play(scene, model, k, cfg, args.user, args.spread))
             print(table(rows[-1:]).splitlines()[1], flush=True)
+            for c, v in rows[-1].get("spread", {}).items():
+                print(f"    class {c}: {v['untouched_cells']} untouched cells, nearest is corrected "
+                      f"{v['nearest_is_corrected']:.3f}, pseudo-labeled another class {v['pseudo_other']:.3f}")
     print(table(rows))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     doc = {"command": "python -m bench.corrections_bench " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -111,6 +111,23 @@ def predict_scene(model: ChunkModel, region: CoarseRegion) -> RegionPrediction:
     return model.predict(whole)
 
 
+@dataclass(frozen=True)
+class SceneFeatures:
+    """The anchor's view of a whole scene (immutable): output sites (N,3), which are observed (N,), the
+    features the semantic head reads (N,C) and the anchor's class probabilities (N,21, "empty" last)."""
+
+    coords: np.ndarray
+    observed: np.ndarray
+    features: np.ndarray
+    probs: np.ndarray
+
+
+def scene_features(net: SemanticCompletionNet, region: CoarseRegion) -> SceneFeatures:
+    """What the "head" method trains on (one pass of the frozen net); for diagnostics (bench.corrections_bench)."""
+    p = _prefix(net.eval(), region)
+    return SceneFeatures(p.coords, p.observed, p.features, torch.softmax(p.logits, 1).numpy())
+
+
 # --- the frozen prefix -----------------------------------------------------------------------
 @dataclass
 class _Prefix:

@@ -1,0 +1,59 @@
+"""The corrections benchmark's diagnosis (bench.corrections_bench): each cell's truth from its vertices, and
+how near the room's other cells of a corrected class lie to the corrected ones in the head's features."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.corrections_bench import Scene, cell_truth, spread
+from nets.adapt import AdaptConfig
+from nets.cells import pack_cells
+from nets.infer import DEFAULT_WEIGHTS, ChunkModel
+from nets.labels import LabelStore
+from tests.test_adapt import _labelled_store, _scene
+
+CABINET, OTHER = 3, 39
+
+
+@pytest.fixture(scope="module")
+def model():
+    if not DEFAULT_WEIGHTS.is_file():
+        pytest.skip("no shipped weights")
+    return ChunkModel.load()
+
+
+def _bench_scene(model, box_b_truth: int) -> tuple[Scene, dict]:
+    """test_adapt's floor with two identical boxes, one vertex at each cell's centre; box A is truly a
+    cabinet, box B truly `box_b_truth`."""
+    region, parts = _scene()
+    gt = np.full(len(region.coords), 2, np.uint16)
+    gt[parts["a"]], gt[parts["b"]] = CABINET, box_b_truth
+    verts = ((region.coords + 0.5) * model.grid.voxel_size_m).astype(np.float32)
+    return Scene("boxes", region, {}, verts, np.zeros((0, 3), np.int64), gt), parts
+
+
+def test_cell_truth_is_the_majority_of_a_cells_vertices(model):
+    region, _ = _scene()  # only carried along
+    store = LabelStore(model.grid)
+    cell = np.array([[3, 4, 0]], np.int32)
+    centre = (cell + 0.5) * model.grid.voxel_size_m
+    verts = np.concatenate([centre + d for d in (0.0, 0.01, -0.01, 0.015)]).astype(np.float32)
+    scene = Scene("one cell", region, {}, verts, np.zeros((0, 3), np.int64), np.array([5, 7, 7, 0], np.uint16))
+    truth = cell_truth(store, scene, np.concatenate([cell, cell + 1]))
+    assert truth.tolist() == [7, 0]
+
+
+def test_spread_finds_the_corrected_objects_twin_nearer_than_an_unlike_object(model):
+    """Box B is box A's exact copy: when it truly has box A's corrected class, its cells' nearest neighbours
+    in the head's features include corrected cells; the floor (truly floor) is never counted."""
+    scene, parts = _bench_scene(model, CABINET)
+    store = _labelled_store(model, scene.region)
+    cells_a = scene.region.coords[parts["a"]]
+    store.correct(cells_a, CABINET)
+    out = spread(scene, store, np.sort(pack_cells(cells_a)), model, AdaptConfig())
+    assert list(out) == [CABINET]
+    assert out[CABINET]["untouched_cells"] == len(parts["b"])
+    assert out[CABINET]["nearest_is_corrected"] > 0.9
+    assert 0.0 <= out[CABINET]["pseudo_other"] <= 1.0
+    scene_other, _ = _bench_scene(model, OTHER)
+    assert spread(scene_other, store, np.sort(pack_cells(cells_a)), model, AdaptConfig()) == {}
