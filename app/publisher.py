@@ -12,37 +12,26 @@ import numpy as np
 
 from app.snapshots import DisplaySnapshot, FusionStatus, MeshDisplay, pack_mesh
 from app.thumbnails import depth_colormap, downsample, process_memory_mb
-from fusion.meshing import unpack_keys
 
 log = logging.getLogger(__name__)
 
 
-def seam_vertices(vertex_keys: np.ndarray, chunk_key: tuple, chunk_voxels: int) -> np.ndarray:
-    """Vertices a chunk's mesh shares with its neighbours: surface-nets cells (the vertex keys are
-    global cell indices) one voxel below either face of the chunk, which both chunks mesh."""
-    cells = unpack_keys(np.asarray(vertex_keys, np.int64))
-    start = np.asarray(chunk_key, np.int64) * chunk_voxels
-    return np.any((cells == start - 1) | (cells == start + chunk_voxels - 1), axis=1)
-
-
 def chunk_display(pipeline, nets, key: tuple, lod_cell_voxels: float) -> MeshDisplay:
-    """One mesh chunk with the label store's labels, plus its simplified surface (seams kept)."""
+    """One mesh chunk with the label store's labels, plus its simplified surface (the vertices it shares
+    with neighbouring chunks kept as they are, so the chunks simplified on their own stay closed)."""
     mesh = pipeline.mesher.chunk_mesh(key)
     labels, conf = nets.display_labels(mesh)
-    cfg = pipeline.config
-    keep = seam_vertices(mesh.vertex_keys, key, cfg.mesh.chunk_blocks * cfg.volume.block_resolution)
+    keep = pipeline.mesher.shared_vertices(key, mesh.vertex_keys)
     return pack_mesh(mesh.positions_m, mesh.colors, mesh.normals, mesh.faces, labels, conf,
-                     lod_cell_voxels * cfg.volume.voxel_size_m, keep)
+                     lod_cell_voxels * pipeline.config.volume.voxel_size_m, keep)
 
 
 def label_dirty_chunks(pipeline, boxes: list) -> set:
     """Mesh chunks of `pipeline` overlapping any (lo_m, hi_m) box whose labels changed."""
     if not boxes or pipeline is None or not pipeline.mesher.chunks:
         return set()
-    cfg = pipeline.config
-    chunk_m = cfg.mesh.chunk_blocks * cfg.volume.block_size_m
     keys = np.array(list(pipeline.mesher.chunks), np.int64).reshape(-1, 3)
-    lo, hi = keys * chunk_m, (keys + 1) * chunk_m
+    lo, hi = pipeline.mesher.chunk_bounds_m(keys)
     hit = np.zeros(len(keys), bool)
     for b_lo, b_hi in boxes:
         hit |= np.all((lo < b_hi) & (hi > b_lo), axis=1)

@@ -6,7 +6,10 @@ ones that waited longest, and a block still being scanned at most once in `min_i
 updates (it changes a little every frame; re-meshing it every frame is wasted work). Cost follows the
 changed area and has a ceiling whatever the view; `flush` meshes everything pending.
 Chunks (cubes of `chunk_blocks`^3 blocks) group block meshes for display; the whole mesh is the union
-of block meshes with shared vertices merged.
+of block meshes with shared vertices merged. The chunk grid is offset by half a chunk from the world
+origin (`chunk_offset_blocks`), so the floor of a gravity-aligned world (z = 0) and surfaces on the
+origin's planes lie inside chunks, not along their faces, where the display's simplified surface must
+keep every vertex that two chunks share.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ NEIGHBOUR_OFFSETS = np.array(
 class MeshConfig:
     weight_min: float = 1.0      #: voxels observed with less integration weight are treated as unknown
     chunk_blocks: int = 4        #: chunk edge in blocks (display / dirty-chunk granularity)
+    chunk_offset_blocks: int = 2  #: chunk k spans blocks k * chunk_blocks - this offset onwards
     threads: int = 2             #: kernel threads (the kernel releases the GIL)
     max_blocks_per_update: int = 768  #: re-meshed per update at most (blocks without a mesh first); 0 = all
     min_interval_updates: int = 4     #: a block with a mesh is re-meshed at most once in this many updates
@@ -61,6 +65,15 @@ def pack_keys(keys: np.ndarray) -> np.ndarray:
 def unpack_keys(packed: np.ndarray) -> np.ndarray:
     mask = (1 << 21) - 1
     return (np.stack([packed >> 42, (packed >> 21) & mask, packed & mask], 1) - (1 << 20)).astype(np.int32)
+
+
+def border_vertices(vertex_keys: np.ndarray, start_voxel: np.ndarray, chunk_voxels: int) -> np.ndarray:
+    """Vertices of a chunk's mesh (the chunk's voxels start at `start_voxel`, (3,)) that a neighbouring
+    chunk's mesh may share: surface-nets cells (the vertex keys are global cell indices) one voxel below
+    either face of the chunk, which both chunks may use."""
+    cells = unpack_keys(np.asarray(vertex_keys, np.int64))
+    start = np.asarray(start_voxel, np.int64)
+    return np.any((cells == start - 1) | (cells == start + chunk_voxels - 1), axis=1)
 
 
 def concat_meshes(parts: list[MeshArrays], merge: bool) -> MeshArrays:
@@ -142,7 +155,7 @@ class ChunkMesher:
         run = lambda idx: (idx, mesh_blocks(tsdf, weight, color, nbr[idx], keys[idx], r, vsize,  # noqa: E731
                                             self.config.weight_min))
         results = list(self._pool.map(run, parts)) if self._pool and len(parts) > 1 else [run(parts[0])]
-        chunk_of = np.floor_divide(keys, self.config.chunk_blocks)
+        chunk_of = self.chunk_of_blocks(keys)
         for idx, (V, C, N, K, F, voff, foff) in results:
             for m, (key, chunk) in enumerate(zip(map(tuple, keys[idx]), map(tuple, chunk_of[idx]))):
                 v0, v1, f0, f1 = voff[m], voff[m + 1], foff[m], foff[m + 1]
@@ -154,9 +167,41 @@ class ChunkMesher:
                     blocks.pop(key, None)
         return set(map(tuple, chunk_of))
 
+    def chunk_of_blocks(self, block_keys: np.ndarray) -> np.ndarray:
+        """(N,3) int64 chunk key of each block key."""
+        return np.floor_divide(np.asarray(block_keys, np.int64) + self.config.chunk_offset_blocks, self.config.chunk_blocks)
+
+    def chunk_first_block(self, chunk_key) -> np.ndarray:
+        """(3,) int64 block key of a chunk's lowest corner."""
+        return np.asarray(chunk_key, np.int64) * self.config.chunk_blocks - self.config.chunk_offset_blocks
+
+    def chunk_bounds_m(self, chunk_keys) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) (N,3) metres of chunks."""
+        lo = self.chunk_first_block(np.asarray(chunk_keys, np.int64).reshape(-1, 3)) * self.volume.config.block_size_m
+        return lo, lo + self.config.chunk_blocks * self.volume.config.block_size_m
+
     def chunk_mesh(self, chunk_key: tuple) -> MeshArrays:
         """The mesh of one chunk (block meshes concatenated, shared vertices merged)."""
         return concat_meshes(list(self.chunks.get(tuple(chunk_key), {}).values()), merge=True)
+
+    def shared_vertices(self, chunk_key: tuple, vertex_keys: np.ndarray) -> np.ndarray:
+        """True for each vertex of a chunk's mesh (by key) that a neighbouring chunk's mesh uses too: a
+        border vertex (`border_vertices`) found in the block meshes of neighbouring chunks that touch the
+        chunk. A surface lying along a chunk face has all its vertices on the border, but shares only
+        the line where it meets surfaces of the next chunk."""
+        cb, r = self.config.chunk_blocks, self.volume.config.block_resolution
+        lo = self.chunk_first_block(chunk_key)
+        border = border_vertices(vertex_keys, lo * r, cb * r)
+        if not border.any():
+            return border
+        near = [m.vertex_keys for o in itertools.product((-1, 0, 1), repeat=3) if any(o)
+                for b, m in self.chunks.get(tuple(int(c) + d for c, d in zip(chunk_key, o)), {}).items()
+                if all(lo[i] - 1 <= b[i] <= lo[i] + cb for i in range(3))]
+        if near:
+            border[border] = np.isin(np.asarray(vertex_keys, np.int64)[border], np.concatenate(near))
+        else:
+            border[:] = False
+        return border
 
     def full_mesh(self) -> MeshArrays:
         """The whole surface: the union of all block meshes with shared vertices merged."""

@@ -92,13 +92,12 @@ def test_detail_choice_culls_and_spends_the_budget_on_near_chunks():
 
 
 def test_simplified_surfaces_keep_their_seams():
-    from app.publisher import seam_vertices
-    from fusion.meshing import pack_keys
+    from fusion.meshing import border_vertices, pack_keys
 
     pos, faces = _grid_mesh(41, 0.01)  # 0.4 m square, split at x = 0.2 m into two "chunks" of 20 voxels
     cells = np.floor(pos / 0.01 + 1e-6).astype(np.int32)
     cells[:, 0] -= 1  # the vertex at x = 0.2 m lies in the cell with min corner 19: shared by both chunks
-    keep = seam_vertices(pack_keys(cells), (0, 0, 0), 20)
+    keep = border_vertices(pack_keys(cells), np.zeros(3), 20)
     x, y = pos[:, 0], pos[:, 1]
     assert keep[np.isclose(x, 0.2)].all() and keep[np.isclose(y, 0.19)].all()  # cells 19 in x and in y
     assert not keep[np.isclose(x, 0.1) & ~np.isclose(y, 0.19)].any()

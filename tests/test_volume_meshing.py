@@ -7,7 +7,7 @@ import numpy as np
 import open3d as o3d
 import pytest
 
-from fusion.meshing import ChunkMesher, MeshConfig, pack_keys
+from fusion.meshing import ChunkMesher, MeshConfig, border_vertices, pack_keys, unpack_keys
 from fusion.volume import TsdfVolume, VolumeConfig
 from tests.scenes import (FLOOR_Y_M, SMALL, SMALL_SPHERE_CENTER, SMALL_SPHERE_RADIUS_M, SPHERE_CENTER,
                           SPHERE_RADIUS_M, VGA, WALL_Z_M, orbit)
@@ -92,6 +92,34 @@ def test_chunk_meshes_union_is_the_whole_mesh():
     for c in chunks:
         union |= _face_keys(mesher.chunk_mesh(c))
     assert union == _face_keys(whole)
+
+
+def test_shared_vertices_are_the_ones_two_chunk_meshes_use():
+    vol, touched = _fused(orbit(4, SMALL))
+    mesher = ChunkMesher(vol, MeshConfig(chunk_blocks=2, chunk_offset_blocks=1, threads=1))
+    for t in touched:
+        mesher.update(t)
+    mesher.flush()
+    meshes = {c: mesher.chunk_mesh(c) for c in mesher.chunks}
+    owners = {}
+    for c, m in meshes.items():
+        for k in m.vertex_keys.tolist():
+            owners.setdefault(k, set()).add(c)
+    lo, hi = mesher.chunk_bounds_m(list(meshes))
+    assert np.allclose(hi - lo, 2 * vol.config.block_size_m)
+    assert np.allclose(lo % (2 * vol.config.block_size_m), vol.config.block_size_m)  # offset by one block
+    n_shared = n_border_only = 0
+    r = vol.config.block_resolution
+    for c, m in meshes.items():
+        shared = mesher.shared_vertices(c, m.vertex_keys)
+        expected = np.array([len(owners[k]) > 1 for k in m.vertex_keys.tolist()])
+        assert np.array_equal(shared, expected)
+        n_shared += shared.sum()
+        n_border_only += (border_vertices(m.vertex_keys, mesher.chunk_first_block(c) * r, 2 * r) & ~shared).sum()
+        keys = mesher.chunk_of_blocks(unpack_keys(m.vertex_keys) // r)
+        assert np.all(np.abs(keys - np.asarray(c)) <= 1)  # a chunk's vertices lie in it or on its border
+    assert 0 < n_shared < sum(len(m.vertex_keys) for m in meshes.values()) / 4
+    assert n_border_only > 0  # on a chunk's border, but only that chunk's faces use them: simplified
 
 
 def test_mesh_matches_open3d_extraction():
