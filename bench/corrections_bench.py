@@ -3,7 +3,7 @@
     python -m bench.corrections_bench [--cache /tmp/corr] [--seeds 1000,1001,1002] [--ks 1,3,5,10]
                                       [--budget-s 30] [--threads 2] [--method head|finetune]
                                       [--user careful|literal]
-                                      [--no-real-room] [--spread] [--json FILE]
+                                      [--no-real-room] [--spread] [--set FIELD=VALUE] [--json FILE]
 
 Scenes: the shared real ScanNet room (rendered and reconstructed with ground-truth poses and the shipped
 weights, `nets.real_room`; built once into CACHE/real, which must lie outside the repository) and
@@ -245,8 +245,9 @@ def cell_truth(store: LabelStore, scene: Scene, coords: np.ndarray) -> np.ndarra
 def spread(scene: Scene, store: LabelStore, corrected: np.ndarray, model, cfg: AdaptConfig) -> dict:
     """Why corrections do or do not spread, per corrected class c, in the features the head reads (the
     anchor's): of the observed uncorrected cells truly c, the share whose nearest other cell among the
-    corrected and the confidently predicted ones (the pseudo-label pool) is a corrected one, and the share
-    of them in the pool with a class other than c (pseudo-labels that fight the correction)."""
+    corrected and the confidently predicted ones (the pseudo-label pool) is a corrected one (against
+    `chance`, the corrected cells' share of those), and the share of them in the pool with a class other
+    than c (pseudo-labels that fight the correction)."""
     from scipy.spatial import cKDTree
 
     from nets.adapt import scene_features
@@ -267,6 +268,7 @@ def spread(scene: Scene, store: LabelStore, corrected: np.ndarray, model, cfg: A
         _, nn = tree.query(sf.features[same], k=2)
         nearest = np.where(seeds[nn[:, 0]] == same, seeds[nn[:, 1]], seeds[nn[:, 0]])
         out[int(c)] = {"untouched_cells": int(len(same)), "nearest_is_corrected": float(np.mean(is_corr[nearest])),
+                       "chance": float(np.mean(is_corr[seeds])),
                        "pseudo_other": float(np.mean(pool[same] & (anchor[same] != c)))}
     return out
 
@@ -312,6 +314,16 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _setting(text: str) -> tuple[str, object]:
+    """FIELD=VALUE of AdaptConfig, VALUE converted to the field's type."""
+    name, _, value = text.partition("=")
+    fields = {f.name: type(f.default) for f in dataclasses.fields(AdaptConfig)}
+    if name not in fields or not value:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected FIELD=VALUE with FIELD one of {', '.join(fields)}")
+    kind = fields[name]
+    return name, (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.corrections_bench", description=__doc__.splitlines()[0])
     p.add_argument("--cache", type=Path, default=Path("/tmp/corr"), help="scenes are built once into this folder "
@@ -327,6 +339,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--user", choices=USERS, default="precise",
                    help="how a click relabels: precise (the wrong region's cells), careful or literal (the app's "
                         "region tool; careful undoes floods that break more than they fix); see click()")
+    p.add_argument("--set", type=_setting, action="append", default=[], metavar="FIELD=VALUE",
+                   help="override an AdaptConfig field for this run (repeatable), e.g. --set head_pseudo_weight=10")
     p.add_argument("--spread", action="store_true", help="also report, per corrected class, how near the room's "
                    "other cells of that class lie to the corrected ones in the head's features (see spread())")
     p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "corrections.json")
@@ -346,7 +360,8 @@ def main(argv=None) -> int:
         return 1
     torch.set_num_threads(args.threads)
     model = ChunkModel.load()
-    cfg = dataclasses.replace(AdaptConfig(), budget_s=args.budget_s, threads=args.threads, method=args.method)
+    cfg = dataclasses.replace(AdaptConfig(), budget_s=args.budget_s, threads=args.threads, method=args.method,
+                              **dict(args.set))
     scenes = [] if args.no_real_room else [lambda: real_room(cache, model)]
     scenes += [lambda s=int(s): synthetic_room(s, cache, model, args.frames) for s in args.seeds.split(",") if s]
     rows = []
@@ -357,7 +372,8 @@ def main(argv=None) -> int:
             print(table(rows[-1:]).splitlines()[1], flush=True)
             for c, v in rows[-1].get("spread", {}).items():
                 print(f"    class {c}: {v['untouched_cells']} untouched cells, nearest is corrected "
-                      f"{v['nearest_is_corrected']:.3f}, pseudo-labeled another class {v['pseudo_other']:.3f}")
+                      f"{v['nearest_is_corrected']:.3f} (chance {v['chance']:.3f}), pseudo-labeled another class "
+                      f"{v['pseudo_other']:.3f}")
     print(table(rows))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     doc = {"command": "python -m bench.corrections_bench " + " ".join(sys.argv[1:] if argv is None else argv),

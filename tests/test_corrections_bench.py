@@ -53,7 +53,16 @@ def test_spread_finds_the_corrected_objects_twin_nearer_than_an_unlike_object(mo
     out = spread(scene, store, np.sort(pack_cells(cells_a)), model, AdaptConfig())
     assert list(out) == [CABINET]
     assert out[CABINET]["untouched_cells"] == len(parts["b"])
-    assert out[CABINET]["nearest_is_corrected"] > 0.9
+    assert out[CABINET]["nearest_is_corrected"] > 0.9 > 0.5 > out[CABINET]["chance"]
     assert 0.0 <= out[CABINET]["pseudo_other"] <= 1.0
     scene_other, _ = _bench_scene(model, OTHER)
     assert spread(scene_other, store, np.sort(pack_cells(cells_a)), model, AdaptConfig()) == {}
+
+
+def test_set_overrides_one_config_field_with_its_type():
+    from bench.corrections_bench import _parser
+
+    args = _parser().parse_args(["--set", "head_pseudo_weight=10", "--set", "head_propagate=false"])
+    assert dict(args.set) == {"head_pseudo_weight": 10.0, "head_propagate": False}
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["--set", "no_such_field=1"])
