@@ -4,8 +4,8 @@ The frozen net runs once over the whole scene (`nets.adapt._prefix`); every site
 semantic head's input) are then fixed, and only the head (a linear layer, started from the anchor's) is
 trained, full batch, on:
 - the corrected cells (labeled examples; `correction_weight` in all, each corrected class weighs the same);
-- the anchor's confident predictions elsewhere, as pseudo-labels (`head_pseudo_weight` in all, at most
-  `head_pseudo_cells` of them): the regularisation that keeps the rest of the scene as it was;
+- the anchor's confident predictions elsewhere (`head_pseudo_min_conf`), as pseudo-labels (`head_pseudo_weight`
+  in all, at most `head_pseudo_cells` of them): the regularisation that keeps the rest of the scene as it was;
 - cells that are near copies of a correction's (`look_alike`, `head_propagate`, `head_margin`) take the
   class the user set instead of their pseudo-label (otherwise a look-alike's pseudo-labels, which outweigh
   the corrections, would keep the mistake on it; a loose margin relabels too much: see the config);
@@ -68,7 +68,7 @@ def head_targets(features: np.ndarray, logits: torch.Tensor, observed: np.ndarra
     anchor_cls = arg.numpy()
     corrected = np.zeros(len(features), bool)
     corrected[rows] = True
-    pool = np.flatnonzero(observed & ~corrected & (conf.numpy() >= cfg.pseudo_min_conf) & (anchor_cls != EMPTY))
+    pool = np.flatnonzero(observed & ~corrected & (conf.numpy() >= cfg.head_pseudo_min_conf) & (anchor_cls != EMPTY))
     if len(pool) > cfg.head_pseudo_cells:
         pool = rng.choice(pool, cfg.head_pseudo_cells, replace=False)
     pseudo = anchor_cls[pool].astype(np.int64)
