@@ -59,6 +59,7 @@ class Viewport(QOpenGLWidget):
         self.mode, self.lighting, self.follow, self.picking = "labels", True, False, False
         self.show_completion = True
         self.paint_ms: deque = deque(maxlen=config.paint_history)
+        self.paint_triangles: deque = deque(maxlen=config.paint_history)  #: triangles drawn by each timed paint
         self.gl_error = ""
         self._buffers: dict[tuple, MeshBuffer] = {}
         self._table: tuple | None = None   # (keys, lo, hi, full triangles) of the uploaded chunks
@@ -202,6 +203,7 @@ class Viewport(QOpenGLWidget):
         if self.config.finish_paint:
             GL.glFinish()
         self.paint_ms.append((time.perf_counter() - t0) * 1e3)
+        self.paint_triangles.append(self.last_draw.get("triangles", 0))
         self._adapt_budget(self.paint_ms[-1])
 
     def _draw_scene(self, w: int, h: int) -> None:

@@ -3,7 +3,8 @@ labels on), and it reports how long the 3D view's paints take while the scan run
 window uses once nothing changes.
 
 - paint time: every `paintGL` of the viewport from Start until the scan finished (its own clock, GL
-  finished inside the paint: `ViewportConfig.finish_paint`), p50 / p95 / max and the count;
+  finished inside the paint: `ViewportConfig.finish_paint`), p50 / p95 / max and the count, and the
+  triangles each paint drew;
 - idle: after the scan finished and the nets' queue emptied, the window's event loop runs alone for
   `--idle-s`; the process's CPU time over that window (in cores; 1.0 is one core busy) and the paints
   it made (none is expected: nothing changed).
@@ -132,6 +133,7 @@ def _measure(app, window, source: str, config: ViewportBenchConfig) -> dict:
         raise UserError("the compiled kernels did not get ready")
     window.panel.select_source(source)
     window.viewport.paint_ms.clear()
+    window.viewport.paint_triangles.clear()
     t0 = time.monotonic()
     window.start_scan(config.frames)
     if not _wait_until(app, lambda: window.status.state == "finished" or window.errors,
@@ -140,7 +142,7 @@ def _measure(app, window, source: str, config: ViewportBenchConfig) -> dict:
     if window.errors:
         raise UserError(f"{source}: {window.errors[0]}")
     scan_s = time.monotonic() - t0
-    scan_paints = list(window.viewport.paint_ms)
+    scan_paints, scan_triangles = list(window.viewport.paint_ms), list(window.viewport.paint_triangles)
     settled = _wait_until(app, lambda: window.status.nets.get("queue", 0) == 0, config.settle_timeout_s)
     _run_idle(1.0)  # the last snapshot and paint land
     paints_before, cpu_before, wall_before = len(window.viewport.paint_ms), _cpu_s(), time.monotonic()
@@ -149,7 +151,7 @@ def _measure(app, window, source: str, config: ViewportBenchConfig) -> dict:
     idle_wall = time.monotonic() - wall_before
     threads = {name: round((t - threads_before.get(name, 0.0)) / idle_wall, 4) for name, t in _thread_cpu_s().items()}
     return {"source": source, "frames": window.status.frames, "scan_s": round(scan_s, 2),
-            "paint_ms_scanning": _percentiles(scan_paints),
+            "paint_ms_scanning": _percentiles(scan_paints), "triangles_drawn_scanning": _percentiles(scan_triangles),
             "idle_cpu_cores": round((_cpu_s() - cpu_before) / idle_wall, 4),
             "idle_paints_per_s": round((len(window.viewport.paint_ms) - paints_before) / idle_wall, 3),
             "idle_s": round(idle_wall, 2), "idle_cpu_cores_by_thread": threads, "nets_settled_before_idle": settled,
@@ -164,6 +166,8 @@ def print_table(r: dict) -> None:
     fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
     print(f"{'':<25} | {fmt(p['p50'])} | {fmt(p['p95'])} | {fmt(p['max'])} | {p['n']} | "
           f"{r['idle_cpu_cores']:.3f} | {r['idle_paints_per_s']:.2f}")
+    t = r["triangles_drawn_scanning"]
+    print(f"triangles drawn per paint: p50 {t['p50'] or 0:,.0f}, p95 {t['p95'] or 0:,.0f}")
 
 
 def main(argv=None) -> int:
