@@ -194,14 +194,24 @@ class ChunkMesher:
         border = border_vertices(vertex_keys, lo * r, cb * r)
         if not border.any():
             return border
-        near = [m.vertex_keys for o in itertools.product((-1, 0, 1), repeat=3) if any(o)
-                for b, m in self.chunks.get(tuple(int(c) + d for c, d in zip(chunk_key, o)), {}).items()
-                if all(lo[i] - 1 <= b[i] <= lo[i] + cb for i in range(3))]
-        if near:
-            border[border] = np.isin(np.asarray(vertex_keys, np.int64)[border], np.concatenate(near))
-        else:
-            border[:] = False
+        cells = unpack_keys(np.asarray(vertex_keys, np.int64)[border])
+        # per axis, the neighbours' blocks along the chunk's low face, inside it, along its high face
+        # (a side only where border vertices lie on it)
+        spans = [[[lo[i] - 1]] * bool(np.any(cells[:, i] == lo[i] * r - 1)) + [list(range(lo[i], lo[i] + cb))]
+                 + [[lo[i] + cb]] * bool(np.any(cells[:, i] == (lo[i] + cb) * r - 1)) for i in range(3)]
+        near = [m.vertex_keys for sx, sy, sz in itertools.product(*spans) if len(sx) + len(sy) + len(sz) < 3 * cb
+                for b in itertools.product(sx, sy, sz) for m in [self._block_mesh(b)] if m is not None]
+        if not near:
+            return np.zeros_like(border)
+        near = np.sort(np.concatenate(near))   # (np.isin: the same, several times slower here)
+        mine = np.asarray(vertex_keys, np.int64)[border]
+        at = np.minimum(np.searchsorted(near, mine), len(near) - 1)
+        border[border] = near[at] == mine
         return border
+
+    def _block_mesh(self, block_key: tuple) -> MeshArrays | None:
+        c, o = self.config.chunk_blocks, self.config.chunk_offset_blocks
+        return self.chunks.get(tuple((int(b) + o) // c for b in block_key), {}).get(block_key)
 
     def full_mesh(self) -> MeshArrays:
         """The whole surface: the union of all block meshes with shared vertices merged."""

@@ -301,6 +301,9 @@ class LabelStore:
         return self._point_labels(points_m, self._snapshot())
 
     def _point_labels(self, points_m, chunks: dict) -> tuple[np.ndarray, np.ndarray]:
+        if not chunks:  # nothing labelled yet (the nets off, or not run): no lookups
+            n = len(np.asarray(points_m).reshape(-1, 3))
+            return np.zeros(n, np.uint16), np.zeros(n, np.float32)
         return point_labels(points_m, self.grid.voxel_size_m, lambda c: self._cell_probs(c, chunks),
                             lambda c: self._labels_of(c, chunks), self.config.min_point_conf)
 
