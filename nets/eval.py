@@ -135,10 +135,7 @@ def real_room_main(args) -> int:
     log.info("real room: frames and reconstructions go to %s", out)
     model = ChunkModel.load(args.weights)
     t0 = time.perf_counter()
-    result = run_real_room(out, model, RealRoomConfig(frames=args.frames), args.real_room)
-    result |= {"weights": str(args.weights), "eval_s": round(time.perf_counter() - t0, 1),
-               "command": "python -m nets.eval " + " ".join(args.argv)}
-    return _report_real_room(result, args)
+    return _report_real_room(run_real_room(out, model, RealRoomConfig(frames=args.frames), args.real_room), args, t0)
 
 
 def rescore_main(args) -> int:
@@ -150,12 +147,13 @@ def rescore_main(args) -> int:
     model = ChunkModel.load(args.weights).with_turns(args.turns or FINAL_TURNS)
     t0 = time.perf_counter()
     result = rescore_real_room(args.real_room_rescore, model, RealRoomConfig(), args.real_room)
-    result |= {"weights": str(args.weights), "eval_s": round(time.perf_counter() - t0, 1),
-               "command": "python -m nets.eval " + " ".join(args.argv)}
-    return _report_real_room(result, args)
+    return _report_real_room(result, args, t0)
 
 
-def _report_real_room(result: dict, args) -> int:
+def _report_real_room(result: dict, args, t0: float) -> int:
+    """Print and write a real-room result, with the weights, the time since t0 and the command."""
+    result = result | {"weights": str(args.weights), "eval_s": round(time.perf_counter() - t0, 1),
+                       "command": "python -m nets.eval " + " ".join(args.argv)}
     print(real_room_table(result))
     path = args.json or ROOT / "bench" / "results" / "real_room.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -178,7 +176,8 @@ def _held_out_main(args) -> int:
                           for s in _seeds(args.mesh_seeds)}
     print(table(scores))
     for seed, m in scores.get("mesh", {}).items():
-        print(f"mesh.ply labels, room {seed}: accuracy {m['accuracy']:.3f}, mIoU {m['miou']:.3f} of {m['vertices']} vertices")
+        print(f"mesh.ply labels, room {seed}: accuracy {m['accuracy']:.3f}, mIoU {m['miou']:.3f} "
+              f"of {m['vertices']} vertices")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(json_path, json.dumps(scores, indent=2, default=float))
     return 0
