@@ -302,7 +302,8 @@ def play(scene: Scene, model, k: int, cfg: AdaptConfig, user: str = "precise", d
             "scored_vertices": int((scene.gt > 0).sum()), "miou_before": s0["miou"], "miou_after": s1["miou"],
             "gain": s1["miou"] - s0["miou"], "accuracy_before": s0["accuracy"], "accuracy_after": s1["accuracy"],
             "steps": result.steps, "learn_s": round(result.learn_s, 2), "relabel_s": round(result.relabel_s, 2),
-            "round_wall_s": round(wall_s, 2), "class_iou_before": s0["class_iou"], "class_iou_after": s1["class_iou"]} | diagnosis
+            "round_wall_s": round(wall_s, 2), "class_iou_before": s0["class_iou"],
+            "class_iou_after": s1["class_iou"]} | diagnosis
 
 
 def table(rows: list[dict]) -> str:
