@@ -2,8 +2,9 @@
 
 `drifted_poses` composes the true relative motion between consecutive frames with a small bias per
 metre walked (a turn about the world's up axis and a stretch of the step), as visual odometry drifts.
-`DriftedFrames` hands a source's frames with those poses in place of the ground truth, so that
-`--poses gt` fuses with the drifting odometry while the true poses stay available for ATE.
+`pose_offset` is one pose error (where a map alignment starts). `DriftedFrames` hands a source's frames
+with drifted poses in place of the ground truth, so that `--poses gt` fuses with the drifting odometry
+while the true poses stay available for ATE.
 Pure functions; a `DriftedFrames` is used by one thread at a time, like its source.
 """
 from __future__ import annotations
@@ -28,6 +29,15 @@ def drifted_poses(poses: np.ndarray, yaw_deg_per_m: float, scale_error: float) -
         prev[:3, :3] = turn @ prev[:3, :3]
         out[k] = prev
     return out
+
+
+def pose_offset(m: float, deg: float) -> np.ndarray:
+    """A pose error (right-multiplied: in the camera's frame): m metres along (1, 0.3, 0.5), deg degrees about
+    the camera's vertical axis."""
+    T = np.eye(4)
+    T[:3, :3] = Rotation.from_euler("y", deg, degrees=True).as_matrix()
+    T[:3, 3] = np.array([1.0, 0.3, 0.5]) / np.linalg.norm([1.0, 0.3, 0.5]) * m
+    return T
 
 
 class DriftedFrames:

@@ -6,10 +6,14 @@ as the loop closer takes them) from frame `--from-frame` on, it prints:
   saw within 3 cm: near 0 is new ground (no loop can exist), near 1 a place seen before;
 - the best verification against every keyframe that far back, with the gates relaxed to `--min-matches`
   matches and inliers: accepted (with its error against the true relative pose) or the rejection that got
-  furthest (most RANSAC inliers).
+  furthest (most RANSAC inliers);
+- its alignment to the map of those keyframes at their true poses (`fusion.loop_map_align`, a corrected map),
+  from its true pose put `--map-offset-m` and `--map-offset-deg` off, with `--map-walked-m` walked since its
+  last loop edge: the edge's error against the truth, or why it was rejected.
 Keyframes are described from their full frames, as the worker does when it keeps up.
 
     python -m bench.loop_reach SEED [--frames 600] [--from-frame 400] [--walk-m 3.0] [--min-matches 20]
+                                    [--map-offset-m 0.03] [--map-offset-deg 1.5] [--map-walked-m 1.0]
 """
 from __future__ import annotations
 
@@ -21,9 +25,10 @@ import sys
 import numpy as np
 from scipy.spatial import cKDTree
 
-from bench.drift import DriftedFrames
+from bench.drift import DriftedFrames, pose_offset
 from fusion.keyframe_store import reduced_keyframe
 from fusion.loop_config import LoopClosureConfig
+from fusion.loop_map_align import MapAligner
 from fusion.loops import LoopDetectConfig, LoopDetector, depth_points
 from fusion.sources.synthetic import SyntheticSource
 from fusion.tracking import relative_motion
@@ -69,6 +74,16 @@ def best_verdict(detector: LoopDetector, kfs, poses, true, path, j: int, old: li
     return best
 
 
+def map_verdict(aligner: MapAligner, kfs, true, j: int, old: list, offset: np.ndarray, walked_m: float) -> str:
+    """Keyframe j aligned to the map of `old` at their true poses, from its true pose moved by `offset`."""
+    v = aligner.align(kfs[j], true[j] @ offset, [kfs[i] for i in old], true[old], walked_m)
+    if v.edge is None:
+        return f"map: rejected ({v.reason})"
+    i = next(i for i in old if kfs[i].kid == v.edge.old)
+    m, deg = relative_motion(np.linalg.inv(true[i]) @ true[j], v.edge.T_old_cur)
+    return f"map: aligned to frame {v.edge.old_frame}'s (off the truth {m * 100:.1f} cm / {deg:.2f} deg)"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("seed", type=int)
@@ -76,13 +91,19 @@ def main(argv=None) -> int:
     ap.add_argument("--from-frame", type=int, default=400)
     ap.add_argument("--walk-m", type=float, default=3.0)
     ap.add_argument("--min-matches", type=int, default=20, help="relaxed: fewest matches and RANSAC inliers")
+    ap.add_argument("--map-offset-m", type=float, default=0.03, help="map alignment starts this far off the true pose")
+    ap.add_argument("--map-offset-deg", type=float, default=1.5, help="... and turned this much")
+    ap.add_argument("--map-walked-m", type=float, default=1.0, help="path walked since the last loop edge (drift allowed)")
     ap.add_argument("--yaw-deg-per-m", type=float, default=1.5)
     ap.add_argument("--scale-error", type=float, default=0.01)
     args = ap.parse_args(argv)
     src = DriftedFrames(SyntheticSource(args.seed, n_frames=args.frames), args.yaw_deg_per_m, args.scale_error)
     detect = dataclasses.replace(LoopDetectConfig(), min_matches=args.min_matches, min_inliers=args.min_matches)
     detector = LoopDetector(detect)
-    kfs, poses, true, path = keyframes(src, LoopClosureConfig(), detector)
+    config = LoopClosureConfig()
+    kfs, poses, true, path = keyframes(src, config, detector)
+    aligner = MapAligner(config.map_align, detector.cloud_of, detect.depth_max_m)
+    offset = pose_offset(args.map_offset_m, args.map_offset_deg)
     world = [_world_points(k, T, detect.depth_max_m) for k, T in zip(kfs, true)]
     for j, kf in enumerate(kfs):
         old = [i for i in range(j) if path[j] - path[i] >= args.walk_m]
@@ -94,7 +115,9 @@ def main(argv=None) -> int:
             seen = float(np.mean(d < SEEN_M))
         drift_m, drift_deg = relative_motion(poses[j], true[j])
         print(f"frame {kf.index}: drift {drift_m * 100:.1f} cm / {drift_deg:.1f} deg, seen {args.walk_m:g} m back {seen:.2f}, "
-              f"{best_verdict(detector, kfs, poses, true, path, j, old)}", flush=True)
+              f"{best_verdict(detector, kfs, poses, true, path, j, old)}; "
+              f"{map_verdict(aligner, kfs, true, j, old, offset, args.map_walked_m) if old else 'map: none far enough back'}",
+              flush=True)
     return 0
 
 

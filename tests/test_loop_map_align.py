@@ -7,8 +7,8 @@ import dataclasses
 
 import numpy as np
 import pytest
-from scipy.spatial.transform import Rotation
 
+from bench.drift import pose_offset
 from fusion.frame import Frame
 from fusion.keyframe_store import reduced_keyframe
 from fusion.loop_map_align import MapAligner, MapAlignConfig
@@ -19,14 +19,6 @@ from tests.test_loop_closure import _lookalike
 
 MAP_FRAMES = (0, 6, 12, 18)   # room 0's first frames: the old keyframes at their (corrected: true) poses
 CUR_FRAME = 56                # a later view that sees part of their surface and new ground
-
-
-def _drift(m: float, deg: float) -> np.ndarray:
-    """A pose error of m metres (mostly sideways) and deg degrees (about the camera's vertical axis)."""
-    P = np.eye(4)
-    P[:3, :3] = Rotation.from_euler("y", deg, degrees=True).as_matrix()
-    P[:3, 3] = np.array([1.0, 0.3, 0.5]) / np.linalg.norm([1.0, 0.3, 0.5]) * m
-    return P
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +36,7 @@ def test_drifted_keyframe_aligned_to_the_map(scene):
     true = src.poses[CUR_FRAME]
     check = aligner.check(cur, true, olds, old_poses)
     assert 0.15 < check.overlap < 0.8, check          # a partial overlap: the rest of its view is new ground
-    v = aligner.align(cur, true @ _drift(0.035, 1.5), olds, old_poses, walked_m=1.0)
+    v = aligner.align(cur, true @ pose_offset(0.035, 1.5), olds, old_poses, walked_m=1.0)
     assert v.edge is not None, v.reason
     old = next(i for i, k in enumerate(olds) if k.kid == v.edge.old)
     m, deg = relative_motion(np.linalg.inv(old_poses[old]) @ true, v.edge.T_old_cur)
@@ -58,7 +50,7 @@ def test_lookalike_rejected(scene):
     src, det, olds, old_poses, cur = scene
     fake = reduced_keyframe(99, _lookalike(src.frame(CUR_FRAME), SyntheticSource(3, n_frames=61).frame(60), 99, 9.0, None))
     aligner = MapAligner(MapAlignConfig(), det.cloud_of, 4.0)
-    v = aligner.align(fake, src.poses[CUR_FRAME] @ _drift(0.02, 1.0), olds, old_poses, walked_m=100.0)
+    v = aligner.align(fake, src.poses[CUR_FRAME] @ pose_offset(0.02, 1.0), olds, old_poses, walked_m=100.0)
     assert v.edge is None and "depth disagrees" in v.reason, v.reason
 
 
@@ -67,9 +59,9 @@ def test_correction_beyond_the_drift_allowed_rejected(scene):
     pose, but odometry cannot have drifted that far, so the alignment is not trusted."""
     src, det, olds, old_poses, cur = scene
     aligner = MapAligner(MapAlignConfig(), det.cloud_of, 4.0)
-    v = aligner.align(cur, src.poses[CUR_FRAME] @ _drift(0.06, 2.5), olds, old_poses, walked_m=0.0)
+    v = aligner.align(cur, src.poses[CUR_FRAME] @ pose_offset(0.06, 2.5), olds, old_poses, walked_m=0.0)
     assert v.edge is None and "implausible correction" in v.reason, v.reason
-    walked = aligner.align(cur, src.poses[CUR_FRAME] @ _drift(0.06, 2.5), olds, old_poses, walked_m=1.5)
+    walked = aligner.align(cur, src.poses[CUR_FRAME] @ pose_offset(0.06, 2.5), olds, old_poses, walked_m=1.5)
     assert walked.edge is not None, walked.reason      # the same offset after 1.5 m walked is plausible
 
 
@@ -79,7 +71,7 @@ def test_flat_surface_does_not_pin_the_pose(scene):
     wall = dataclasses.replace(cur.frame(), depth_m=np.full_like(cur.frame().depth_m, 2.0))
     kf_map, kf_cur = reduced_keyframe(200, _full(wall)), reduced_keyframe(201, _full(wall))
     aligner = MapAligner(MapAlignConfig(), det.cloud_of, 4.0)
-    v = aligner.align(kf_cur, _drift(0.01, 0.3), [kf_map], np.eye(4)[None], walked_m=1.0)
+    v = aligner.align(kf_cur, pose_offset(0.01, 0.3), [kf_map], np.eye(4)[None], walked_m=1.0)
     assert v.edge is None and "does not pin" in v.reason, v.reason
 
 
