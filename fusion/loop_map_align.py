@@ -127,6 +127,8 @@ class MapAligner:
         a, T_a = olds[chosen[0]], old_poses[chosen[0]]
         init = np.linalg.inv(T_a) @ T_pred
         union = self._union([olds[i] for i in chosen], np.linalg.inv(T_a) @ old_poses[chosen], cur, init)
+        if not union.has_points():
+            return Verdict(None, "map: no map surface in its view")
         src, T, res = self._cloud_of(cur).uniform_down_sample(cfg.icp_source_every), init, None
         for dist in cfg.icp_max_m:
             res = _REG.registration_icp(src, union, dist, T, _REG.TransformationEstimationPointToPlane(),
