@@ -319,22 +319,22 @@ class LoopCloser:
                 return
             self._unaligned.tried(kid, self.stats.corrections)
             kfs, poses, _, path, _ = self._snapshot()
-            j = next((i + 1 for i, k in enumerate(kfs) if k.kid == kid), 0)
-            if j == 0 or path[j - 1] < self.config.detect.min_walk_m:   # gone, or no keyframe far enough back
-                self._unaligned.drop(kid)
-                continue
             try:
-                v = self._aligner.align_newest(kfs[:j], poses[:j], path[:j], {e.cur for e in self.loops},
-                                               self.config.detect.min_walk_m)
+                v = self._aligner.align_keyframe(kid, kfs, poses, path, {e.cur for e in self.loops},
+                                                 self.config.detect.min_walk_m)
             except Exception:  # as for a loop: the scan goes on without this edge
                 log.exception("map alignment failed on keyframe %d", kid)
                 continue
-            self.verdicts.append((kfs[j - 1].index, -1 if v.edge is None else v.edge.old_frame, v.reason))
+            if v is None or v.edge is not None:
+                self._unaligned.drop(kid)
+            if v is None:
+                continue
+            index = next(k.index for k in kfs if k.kid == kid)
+            self.verdicts.append((index, -1 if v.edge is None else v.edge.old_frame, v.reason))
             self.stats.map_rejected += v.edge is None
             if v.edge is not None:
                 self.stats.map_aligned += 1
                 self.map_edges.append(v.edge)
-                self._unaligned.drop(kid)
                 self._add_edge(v.edge)
                 log.info("keyframe of frame %d aligned to the map (frame %d; correction %.3f m / %.2f deg)",
                          v.edge.cur_frame, v.edge.old_frame, v.edge.drift_m, v.edge.drift_deg)

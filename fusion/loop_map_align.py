@@ -94,16 +94,18 @@ class MapAligner:
     def __init__(self, config: MapAlignConfig, cloud_of, depth_max_m: float):
         self.config, self._cloud_of, self._depth_max_m = config, cloud_of, depth_max_m
 
-    def align_newest(self, kfs: list, poses: np.ndarray, path_m: np.ndarray, edge_ends: set, min_walk_m: float) -> Verdict:
-        """Align the newest of `kfs` (at `poses`, `path_m` walked up to each) to the map of those at least
-        `min_walk_m` back; `edge_ends`: keyframe ids whose pose a loop edge holds (the drift allowance counts
-        the path walked since the newest of them)."""
-        old = np.nonzero(path_m[-1] - path_m >= min_walk_m)[0]
-        if not len(old):
-            return Verdict(None, "no map keyframe far enough back")
-        held = [i for i in range(len(kfs) - 1) if kfs[i].kid in edge_ends]
-        walked_m = float(path_m[-1] - (path_m[held[-1]] if held else 0.0))
-        return self.align(kfs[-1], poses[-1], [kfs[i] for i in old], poses[old], walked_m)
+    def align_keyframe(self, kid: int, kfs: list, poses: np.ndarray, path_m: np.ndarray, edge_ends: set,
+                       min_walk_m: float) -> Verdict | None:
+        """Align keyframe `kid` of `kfs` (at `poses`, `path_m` walked up to each) to the map of those at least
+        `min_walk_m` of path before it; `edge_ends`: keyframe ids whose pose a loop edge holds (the drift allowed
+        counts the path walked since the last of them before it). None: it never can be (gone, or too early)."""
+        j = next((i + 1 for i, k in enumerate(kfs) if k.kid == kid), 0)
+        if j == 0 or path_m[j - 1] < min_walk_m:
+            return None
+        old = np.nonzero(path_m[j - 1] - path_m[:j] >= min_walk_m)[0]
+        held = [i for i in range(j - 1) if kfs[i].kid in edge_ends]
+        walked_m = float(path_m[j - 1] - (path_m[held[-1]] if held else 0.0))
+        return self.align(kfs[j - 1], poses[j - 1], [kfs[i] for i in old], poses[old], walked_m)
 
     def map_keyframes(self, cur: MapKeyframe, T_pred: np.ndarray, olds: list, old_poses: np.ndarray) -> list[int]:
         """Indices into `olds` of the map keyframes for `cur` at its predicted pose (most shared surface first)."""
