@@ -224,11 +224,16 @@ class NetsHookup:
         return "info", f"final labels: {n} chunks relabeled, {turns} quarter turns averaged ({time.perf_counter() - t0:.1f} s)"
 
     def _refine(self) -> None:
-        """Refine the whole mesh's labels as an export does, to be shown until they change (fusion thread)."""
-        mesh = self._pipeline.final_mesh()
+        """Refine the whole mesh's labels as an export does, to be shown until they change (fusion thread).
+        A failure leaves the view with the cells' labels (an export refines again on its own)."""
         store = self.store
         version = store.version
-        self._refined = RefinedLabels.of_mesh(mesh, store.mesh_labels(mesh), version)
+        try:
+            mesh = self._pipeline.final_mesh()
+            self._refined = RefinedLabels.of_mesh(mesh, store.mesh_labels(mesh), version)
+        except Exception:  # the final labels stand; only their refined view is missing
+            log.exception("refining the final labels at surface segments failed")
+            return
         self._refined_news = True
 
     def label_changes_pending(self) -> bool:
