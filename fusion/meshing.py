@@ -67,6 +67,16 @@ def unpack_keys(packed: np.ndarray) -> np.ndarray:
     return (np.stack([packed >> 42, (packed >> 21) & mask, packed & mask], 1) - (1 << 20)).astype(np.int32)
 
 
+def find_sorted(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Row of each of `keys` in the ascending array `sorted_keys`, -1 where absent (a sorted search:
+    numpy's set functions on int64 keys are several times slower here)."""
+    keys = np.asarray(keys)
+    if not len(sorted_keys):
+        return np.full(len(keys), -1, np.int64)
+    at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return np.where(sorted_keys[at] == keys, at, -1)
+
+
 def border_vertices(vertex_keys: np.ndarray, start_voxel: np.ndarray, chunk_voxels: int) -> np.ndarray:
     """Vertices of a chunk's mesh (the chunk's voxels start at `start_voxel`, (3,)) that a neighbouring
     chunk's mesh may share: surface-nets cells (the vertex keys are global cell indices) one voxel below
@@ -203,10 +213,7 @@ class ChunkMesher:
                 for b in itertools.product(sx, sy, sz) for m in [self._block_mesh(b)] if m is not None]
         if not near:
             return np.zeros_like(border)
-        near = np.sort(np.concatenate(near))   # (np.isin: the same, several times slower here)
-        mine = np.asarray(vertex_keys, np.int64)[border]
-        at = np.minimum(np.searchsorted(near, mine), len(near) - 1)
-        border[border] = near[at] == mine
+        border[border] = find_sorted(np.sort(np.concatenate(near)), np.asarray(vertex_keys, np.int64)[border]) >= 0
         return border
 
     def _block_mesh(self, block_key: tuple) -> MeshArrays | None:

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from fusion.coarse import CoarseGridConfig, CoarseRegion, all_chunk_keys, chunk_keys_of_cells, coarse_region
+from fusion.meshing import find_sorted
 from nets.adapt_config import AdaptConfig
 from nets.anchored_steps import anchored_steps
 from nets.adapt_head import head_targets, train_head
@@ -170,10 +171,7 @@ _CHILD = np.array([(x, y, z) for x in (0, 1) for y in (0, 1) for z in (0, 1)], n
 
 def _among(cells: np.ndarray, sorted_packed: np.ndarray) -> np.ndarray:
     """Rows into `sorted_packed` of each cell, -1 where absent."""
-    key = pack_cells(cells)
-    pos = np.minimum(np.searchsorted(sorted_packed, key), max(len(sorted_packed) - 1, 0))
-    hit = (sorted_packed[pos] == key) if len(sorted_packed) else np.zeros(len(key), bool)
-    return np.where(hit, pos, -1)
+    return find_sorted(sorted_packed, pack_cells(cells))
 
 
 def _around(cells: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 
 from fusion.classes import palette_lut
 from fusion.coarse import CoarseGridConfig
-from fusion.meshing import NEIGHBOUR_OFFSETS, MeshArrays, concat_meshes
+from fusion.meshing import NEIGHBOUR_OFFSETS, MeshArrays, concat_meshes, find_sorted
 from fusion.surface_nets import mesh_blocks
 from nets.cells import CLASS_IDS, group_by_chunk, pack_cells
 
@@ -146,11 +146,10 @@ class CompletionStore:
         corners = np.array([(i & 1, (i >> 1) & 1, (i >> 2) & 1) for i in range(8)], np.int32)
         cand = base[:, None, :] + corners[None]
         dist = np.linalg.norm(cand - g[:, None, :], axis=2)
-        pos = np.searchsorted(packed, pack_cells(cand.reshape(-1, 3))).clip(0, max(len(packed) - 1, 0))
-        hit = (packed[pos] == pack_cells(cand.reshape(-1, 3))).reshape(-1, 8)
-        dist[~hit] = np.inf
+        pos = find_sorted(packed, pack_cells(cand.reshape(-1, 3))).reshape(-1, 8)
+        dist[pos < 0] = np.inf
         best = dist.argmin(1)
-        out = labels[pos.reshape(-1, 8)[np.arange(len(g)), best]]
+        out = labels[pos[np.arange(len(g)), best]]
         return np.where(np.isfinite(dist.min(1)), out, 0).astype(np.uint16)
 
     # --- persistence ---------------------------------------------------------------------------

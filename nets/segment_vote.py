@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from fusion.meshing import find_sorted
+
 
 @dataclass(frozen=True)
 class SegmentVoteConfig:
@@ -122,16 +124,13 @@ class RefinedLabels:
 
     @staticmethod
     def of_mesh(mesh, labels: np.ndarray, version: int) -> "RefinedLabels":
-        order = np.argsort(np.asarray(mesh.vertex_keys, np.int64), kind="stable")
-        return RefinedLabels(version, np.asarray(mesh.vertex_keys, np.int64)[order], np.asarray(labels)[order])
+        keys = np.asarray(mesh.vertex_keys, np.int64)
+        order = np.argsort(keys, kind="stable")
+        return RefinedLabels(version, keys[order], np.asarray(labels)[order])
 
     def overlay(self, labels: np.ndarray, vertex_keys: np.ndarray) -> np.ndarray:
         """`labels` with every vertex found here given its refined label."""
         out = np.array(labels, copy=True)
-        if not len(self.keys) or not len(out):
-            return out
-        keys = np.asarray(vertex_keys, np.int64)
-        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
-        hit = self.keys[at] == keys
-        out[hit] = self.labels[at[hit]]
+        at = find_sorted(self.keys, np.asarray(vertex_keys, np.int64))
+        out[at >= 0] = self.labels[at[at >= 0]]
         return out

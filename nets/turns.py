@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from fusion.meshing import find_sorted
 from nets.cells import pack_cells
 
 MAX_TURNS = 4
@@ -41,8 +42,8 @@ def matching_rows(reference: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray,
     order = np.argsort(ref)
     sorted_ref = ref[order]
     packed = pack_cells(cells)
-    at = np.clip(np.searchsorted(sorted_ref, packed), 0, max(len(ref) - 1, 0))
-    hit = np.flatnonzero(sorted_ref[at] == packed) if len(ref) else np.zeros(0, np.int64)
+    at = find_sorted(sorted_ref, packed)
+    hit = np.flatnonzero(at >= 0)
     return order[at[hit]], hit
 
 
