@@ -38,6 +38,8 @@ class GravityConfig:
     min_floor_share: float = 0.05    #: the floor cluster holds at least this share of the largest height cluster
     min_camera_height_m: float = 0.8  #: a floor lies at least this far below the camera (else it is a desk)
     min_floor_extent_m: float = 0.5  #: the floor points span at least this in both directions for a plane fit
+    below_floor_m: float = 0.2       #: surface seen this far below a floor refutes it (a table, the floor unseen) ...
+    max_below_floor_share: float = 0.1  #: ... when it holds more than this share of the floor's points
     min_wall_points: int = 200       #: fewer wall points: no walls
     min_wall_spread: float = 0.15    #: second/first eigenvalue of the wall scatter for two wall directions
     assumed_camera_height_m: float = 1.4  #: without a floor the camera is put this high above it
@@ -192,7 +194,25 @@ class GravityEstimator:
         h0 = float(np.median(h[np.abs(h - (edges[first] + edges[first + 1]) / 2) <= 1.5 * cfg.height_bin_m]))
         floor = np.zeros(len(P), bool)
         floor[np.nonzero(sel)[0]] = np.abs(h - h0) <= cfg.floor_tolerance_m
-        return (h0, floor) if floor.sum() >= cfg.min_floor_points else (None, None)
+        if floor.sum() < cfg.min_floor_points or self._refuted(P, up, h0, int(floor.sum())):
+            return None, None
+        return h0, floor
+
+    def floor_refuted(self, points: np.ndarray, normals: np.ndarray, up: np.ndarray, height_m: float) -> bool:
+        """Whether surface seen below a floor at `height_m` along `up` says it is no floor (a table or bed
+        seen from above while the floor was out of view)."""
+        P, N = subsample(points, normals, self.config.max_points)
+        on = (N @ up > np.cos(np.radians(self.config.bands_deg[-1]))) & (np.abs(P @ up - height_m) <= self.config.floor_tolerance_m)
+        return self._refuted(P, up, height_m, int(on.sum()))
+
+    def _refuted(self, P, up, height_m: float, n_floor: int) -> bool:
+        cfg = self.config
+        below = int(np.sum(P @ up < height_m - cfg.below_floor_m))
+        if below > max(cfg.min_floor_points, cfg.max_below_floor_share * n_floor):
+            log.debug("gravity: %d points lie below the surface at %.2f m (%d points on it): no floor", below,
+                      height_m, n_floor)
+            return True
+        return False
 
     def _plane_normal(self, Q, up) -> np.ndarray | None:
         """Normal of the plane fitted to floor points (two trimmed least-squares passes); None when they

@@ -23,6 +23,7 @@ from fusion.gravity import (PRIOR_UP_CAM, GravityConfig, GravityEstimate, Gravit
                             depth_points, subsample)
 
 log = logging.getLogger(__name__)
+UP = np.array([0.0, 0, 1])
 RANK = {"assumed": 0, "walls": 1, "floor": 2, "imu": 3}  #: a later estimate replaces one of at most its rank
 
 
@@ -186,9 +187,9 @@ class GravitySettler:
                                    tilt_deg=angle_deg(up_cam, PRIOR_UP_CAM))
 
     def _reestimate(self, frame_index: int) -> SettleStep:
-        est = self.estimator.estimate(*self._fused_points(), np.array([0.0, 0, 1]), self._camera_center(),
-                                      _imu_up(self._kept))
-        if RANK[est.method] < RANK[self._report.method]:
+        P, N = self._fused_points()
+        est = self.estimator.estimate(P, N, UP, self._camera_center(), _imu_up(self._kept))
+        if RANK[est.method] < RANK[self._report.method] and not self._floor_refuted(P, N):
             self._stable = 0
             return NO_STEP  # saw less than before (e.g. only a wall up close): keep the world
         cfg, C = self.config, est.T_aligned_world
@@ -202,6 +203,10 @@ class GravitySettler:
             step = NO_STEP
         self._report = self._report_of(est)
         return step
+
+    def _floor_refuted(self, P, N) -> bool:
+        """The world's floor (z = 0) was measured, and surface has since been seen well below it."""
+        return self._report.method == "floor" and self.estimator.floor_refuted(P, N, UP, 0.0)
 
     def _fused_points(self) -> tuple[np.ndarray, np.ndarray]:
         """Vertices and normals of the fused mesh, else points of the kept frames' depth."""

@@ -13,7 +13,7 @@ import trimesh
 
 from fusion.frame import Frame, Intrinsics
 from fusion.gravity import PRIOR_UP_CAM, GravityEstimator, angle_deg, depth_points
-from fusion.gravity_settle import SettleConfig
+from fusion.gravity_settle import GravitySettler, SettleConfig
 from fusion.pipeline import FusionPipeline, PipelineConfig
 from fusion.reconstruct import ReconstructRequest, reconstruct
 from storage.session import load_session, save_session
@@ -87,15 +87,15 @@ def test_estimator_recovers_the_tilt_of_a_rendered_frame(tilted):
     assert abs(est.T_aligned_world[2, 3] - poses[0][2, 3]) < 0.1    # camera height (a table top: 0.8 m off)
 
 
-def _desk_frames(n: int) -> list[Frame]:
-    """A close-up of a desk top: the camera 0.45 m above it, pitched down 40 deg, no floor or wall in view."""
+def _desk_frames(n: int, height_m: float = 0.45, pitch_deg: float = 40.0) -> list[Frame]:
+    """A close-up of a desk top: the camera `height_m` above it, pitched down, no floor or wall in view."""
     intr = Intrinsics(80.0, 80.0, 39.5, 29.5, 80, 60)
-    R = np.array([[1.0, 0, 0], [0, 0, 1], [0, -1, 0]]) @ _rot([1, 0, 0], -40)  # upright camera, then pitched
+    R = np.array([[1.0, 0, 0], [0, 0, 1], [0, -1, 0]]) @ _rot([1, 0, 0], -pitch_deg)  # upright camera, then pitched
     frames = []
     for i in range(n):
         u, v = np.meshgrid(np.arange(80), np.arange(60))
         rays = np.stack([(u - 39.5) / 80, (v - 29.5) / 80, np.ones_like(u, float)], -1) @ R.T
-        t = -0.45 / np.minimum(rays[..., 2], -1e-6)
+        t = -height_m / np.minimum(rays[..., 2], -1e-6)
         depth = np.where((rays[..., 2] < -0.05) & (t < 2.0), t, 0).astype(np.float32)  # ray z = 1 in the camera
         p = rays * t[..., None]
         color = (127 + 100 * np.sin(25 * p)).clip(0, 255).astype(np.uint8)
@@ -119,6 +119,47 @@ def test_close_up_without_floor_falls_back_with_low_confidence_and_one_warning(c
     assert len([r for r in caplog.records if r.name == "fusion.gravity"]) == 1
     R0 = results[0].T_world_cam[:3, :3]
     assert angle_deg(R0 @ PRIOR_UP_CAM, Z) < 1e-6                   # the prior: camera -y is up
+
+
+class _GivenSurface:
+    """Stands in for the volume and the mesher of the settler: the fused surface is given as points."""
+
+    def __init__(self, points: np.ndarray, normals: np.ndarray):
+        self.chunks = {(0, 0, 0): {0: types.SimpleNamespace(positions_m=points, normals=normals)}}
+        self.frames_integrated = 0
+
+    def clear(self):
+        pass
+
+    def integrate(self, frame, T):
+        return np.zeros((0, 3), np.int64)
+
+    def reset(self):
+        pass
+
+
+def _table_and_walls_below() -> tuple[np.ndarray, np.ndarray]:
+    """A table top at z = 0 (1.5 x 1 m) and two walls reaching 0.9 m below it, 2 cm apart."""
+    g = np.mgrid[-0.75:0.75:0.02, 0.5:1.5:0.02].reshape(2, -1).T
+    w = np.mgrid[-2:2:0.02, -0.9:1.6:0.02].reshape(2, -1).T
+    P = np.concatenate([np.c_[g, np.zeros(len(g))], np.c_[np.full(len(w), 2.0), w], np.c_[w[:, 0], np.full(len(w), 2.5), w[:, 1]]])
+    N = np.concatenate([np.tile(Z, (len(g), 1)), np.tile([-1.0, 0, 0], (len(w), 1)), np.tile([0, -1.0, 0], (len(w), 1))])
+    return P, N
+
+
+def test_a_table_taken_for_the_floor_is_dropped_once_surface_is_seen_below_it():
+    """The first frame sees only a table top 0.9 m down, so it is taken for the floor; once walls are seen
+    reaching far below it, the world's floor moves down to the assumed height (walls give up)."""
+    frame = _desk_frames(1, height_m=0.9, pitch_deg=30)[0]
+    surface = _GivenSurface(*_table_and_walls_below())
+    settler = GravitySettler(SettleConfig(every_frames=1), surface, surface, remesh=False)
+    T0 = settler.start(frame, None, "track")
+    assert settler.report().method == "floor" and abs(T0[2, 3] - 0.9) < 0.05
+    assert not settler.estimator.floor_refuted(*_table_and_walls_below(), Z, -0.9)  # the walls' foot is a floor
+    settler.after_integrate(frame, T0)
+    rep = settler.report()
+    assert rep.method == "walls" and rep.rebuilds == 1
+    assert settler.changes[-1][1][2, 3] > 0.5                       # the floor moved down by over half a metre
 
 
 def test_a_wrong_start_is_rebuilt_and_labels_wait_until_gravity_settles(tilted, tmp_path):
