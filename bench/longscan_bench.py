@@ -7,7 +7,9 @@ a LabelHook wrapper that sees every FrameResult on the fusion thread and forward
 (`--labels incremental|final`, as `main.py` builds it); with `--labels none` the wrapper labels nothing
 (reconstruct is then told `final` so that it calls the wrapper; the stats say so, this JSON does not).
 Prints a row per window and writes bench/results/longscan.json (rewritten after every window).
-Run: `.venv/bin/python -m bench.longscan_bench [--frames 5000] [--labels incremental]`.
+With `--loop-closure` the scan runs with loop closure on (its keyframe store, worker and map corrections) and
+each row adds the keyframes kept, their memory, the loops accepted and the corrections made.
+Run: `.venv/bin/python -m bench.longscan_bench [--frames 5000] [--labels incremental] [--loop-closure]`.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ os.environ.setdefault("NUMBA_THREADING_LAYER", "omp")
 import numpy as np  # noqa: E402
 
 from fusion import reconstruct as rec_mod  # noqa: E402
+from fusion.loop_config import LoopClosureConfig  # noqa: E402
 from fusion.meshing import MeshArrays  # noqa: E402
 from fusion.pipeline import PipelineConfig  # noqa: E402
 from fusion.sources.synthetic import SyntheticSource  # noqa: E402
@@ -47,6 +50,7 @@ class LongScanConfig:
     poses: str = "track"          #: track | gt
     device: str = "auto"          #: auto | cpu | cuda
     trace_top: int = 0            #: >0: trace Python/numpy allocations and log the N sites that grew most per window
+    loop_closure: bool = False    #: scan with loop closure on
 
 
 def rss_mb() -> float:
@@ -103,6 +107,10 @@ class WindowProbe:
                "mesh_ms_p95": round(float(np.percentile(mesh, 95)), 2), "fps": round(len(mesh) / (now - self._t0), 2),
                "integrated_share": round(self._integrated / self._frames, 3),
                "tracking_failures": self.pipeline.tracker.failures, **malloc_mb(), "python_objects": len(gc.get_objects())}
+        loops = self.pipeline.loops
+        if loops is not None:
+            row |= {"keyframes": loops.stats.keyframes, "keyframes_mb": round(loops.memory_bytes() / 2**20, 1),
+                    "loops_accepted": loops.stats.accepted, "corrections": loops.stats.corrections}
         if self._trace is not None:
             row["traced_mb"] = round(tracemalloc.get_traced_memory()[0] / 2**20, 1)
             row["traced_growth"] = self._trace_growth()
@@ -151,7 +159,9 @@ def format_row(r: dict) -> str:
     return (f"{r['frames']:>6} | {r['rss_mb']:>7.1f} | {r.get('malloc_in_use_mb', 0):>7.1f} | "
             f"{r.get('malloc_free_held_mb', 0):>6.1f} | {r['python_objects']:>8} | {r['blocks']:>6} | {r['volume_mb']:>7.1f} | "
             f"{r['mesh_ms_window_total']:>11.1f} | {r['mesh_ms_mean']:>10.2f} | {r['mesh_ms_p95']:>6.2f} | "
-            f"{r['fps']:>5.2f} | {r['tracking_failures']:>5}")
+            f"{r['fps']:>5.2f} | {r['tracking_failures']:>5}"
+            + (f" | keyframes {r['keyframes']} ({r['keyframes_mb']} MB), loops {r['loops_accepted']}, "
+               f"corrections {r['corrections']}" if "keyframes" in r else ""))
 
 
 def write_json(path: Path, cfg: LongScanConfig, rows: list, summary: dict | None) -> None:
@@ -179,7 +189,8 @@ def run(cfg: LongScanConfig, out_json: Path, out_dir: Path) -> dict:
         return probes[-1]
 
     rec_mod.open_source = lambda spec, max_frames=None: SyntheticSource(cfg.seed, n_frames=cfg.frames)
-    pipe_cfg = PipelineConfig(volume=VolumeConfig(voxel_size_m=cfg.voxel_size_m, device=cfg.device), poses=cfg.poses)
+    pipe_cfg = PipelineConfig(volume=VolumeConfig(voxel_size_m=cfg.voxel_size_m, device=cfg.device), poses=cfg.poses,
+                              loop=LoopClosureConfig(enabled=cfg.loop_closure))
     req = rec_mod.ReconstructRequest(f"synthetic:{cfg.seed}", out_dir, pipe_cfg, None,
                                      cfg.labels if cfg.labels != "none" else "final", progress=False, label_hook=hook)
     print(HEADER, flush=True)
@@ -211,10 +222,11 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
     p.add_argument("--trace-top", type=int, default=0, metavar="N",
                    help="trace Python and numpy allocations (slower) and print the N sites that grew most per window")
+    p.add_argument("--loop-closure", action="store_true", help="scan with loop closure on")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "longscan.json")
     args = p.parse_args(argv)
     cfg = LongScanConfig(args.seed, args.frames, args.window, args.voxel_size, args.labels, args.poses, args.device,
-                         args.trace_top)
+                         args.trace_top, args.loop_closure)
     if cfg.trace_top:
         tracemalloc.start(3)
     with tempfile.TemporaryDirectory(prefix="longscan_") as tmp:

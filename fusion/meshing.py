@@ -57,14 +57,16 @@ class MeshArrays:
 
 
 def pack_keys(keys: np.ndarray) -> np.ndarray:
-    """Block coordinates (N,3) int -> one int64 each (21 bits an axis), order-preserving per axis."""
-    k = keys.astype(np.int64) + (1 << 20)
+    """Integer grid coordinates (N,3) (blocks here, the nets' cells too) -> one int64 each (21 bits an axis),
+    order-preserving per axis."""
+    k = np.asarray(keys, np.int64).reshape(-1, 3) + (1 << 20)
     return (k[:, 0] << 42) | (k[:, 1] << 21) | k[:, 2]
 
 
 def unpack_keys(packed: np.ndarray) -> np.ndarray:
     mask = (1 << 21) - 1
-    return (np.stack([packed >> 42, (packed >> 21) & mask, packed & mask], 1) - (1 << 20)).astype(np.int32)
+    p = np.asarray(packed, np.int64)
+    return (np.stack([p >> 42, (p >> 21) & mask, p & mask], 1) - (1 << 20)).astype(np.int32)
 
 
 def find_sorted(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:

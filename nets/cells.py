@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fusion.classes import CLASSES
+from fusion.meshing import pack_keys, unpack_keys
 
 CLASS_IDS = np.array(list(CLASSES), np.uint16)  #: NYU40 id of each probability column
 NO_CORRECTION = np.uint16(0xFFFF)                 #: `corrected` value of a cell the user did not correct
@@ -74,16 +75,7 @@ def rows_of(chunk: ChunkCells, key, n: int, cells: np.ndarray) -> np.ndarray:
     return chunk.index[local[:, 0], local[:, 1], local[:, 2]]
 
 
-def pack_cells(cells: np.ndarray) -> np.ndarray:
-    """(N,3) int cells -> (N,) int64 keys (21 bits an axis)."""
-    c = np.asarray(cells, np.int64).reshape(-1, 3) + (1 << 20)
-    return (c[:, 0] << 42) | (c[:, 1] << 21) | c[:, 2]
-
-
-def unpack_cells(packed: np.ndarray) -> np.ndarray:
-    mask = (1 << 21) - 1
-    p = np.asarray(packed, np.int64)
-    return (np.stack([p >> 42, (p >> 21) & mask, p & mask], 1) - (1 << 20)).astype(np.int32)
+pack_cells, unpack_cells = pack_keys, unpack_keys  #: (N,3) int cells <-> (N,) int64 keys, packed as blocks are
 
 
 def group_by_chunk(cells: np.ndarray, n: int):
