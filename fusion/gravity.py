@@ -6,7 +6,8 @@ horizontal surfaces (normals near up, floor, table tops and ceiling alike) pull 
 normals; vertical walls (normals near perpendicular to up) push it to be perpendicular to theirs; a weak
 pull towards the prior settles what the walls leave open (one wall fixes only one tilt axis). Up is the
 smallest eigenvector of that quadratic form. The floor is then the lowest dense height cluster of
-up-facing points well below the camera; its plane, fitted to the points themselves (far less noisy
+up-facing points well below the camera, unless much surface lies well below it (then it is a table or bed
+seen from above, and no floor is in view); its plane, fitted to the points themselves (far less noisy
 than their normals), fixes up once more together with the walls. Optionally a yaw about up turns the
 dominant wall directions onto the x and y axes (the rooms the nets learned from are axis-aligned).
 Without a floor and walls the prior is kept, with one warning per estimator and a low confidence.
@@ -201,8 +202,9 @@ class GravityEstimator:
     def floor_refuted(self, points: np.ndarray, normals: np.ndarray, up: np.ndarray, height_m: float) -> bool:
         """Whether surface seen below a floor at `height_m` along `up` says it is no floor (a table or bed
         seen from above while the floor was out of view)."""
-        P, N = subsample(points, normals, self.config.max_points)
-        on = (N @ up > np.cos(np.radians(self.config.bands_deg[-1]))) & (np.abs(P @ up - height_m) <= self.config.floor_tolerance_m)
+        cfg = self.config
+        P, N = subsample(points, normals, cfg.max_points)
+        on = (N @ up > np.cos(np.radians(cfg.bands_deg[-1]))) & (np.abs(P @ up - height_m) <= cfg.floor_tolerance_m)
         return self._refuted(P, up, height_m, int(on.sum()))
 
     def _refuted(self, P, up, height_m: float, n_floor: int) -> bool:
