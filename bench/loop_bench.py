@@ -24,6 +24,7 @@ frames. Prints a table and writes bench/results/loop.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -136,12 +137,15 @@ def _moved(event, min_m: float = MOVED_M, min_deg: float = MOVED_DEG) -> str:
     return f"{int(np.sum((shift_m > min_m) | (turn_deg > min_deg)))}/{len(C)}"
 
 
-def _config(poses: str, voxel_m: float, on: bool, detect: LoopDetectConfig | None = None) -> PipelineConfig:
-    loop = LoopClosureConfig(enabled=on, detect=detect or LoopDetectConfig())
+def _config(poses: str, voxel_m: float, on: bool, detect: LoopDetectConfig | None = None,
+            worker: LoopClosureConfig = LoopClosureConfig()) -> PipelineConfig:
+    """`worker`: the loop closer's settings apart from enabled and detect (its worker's priority and duty)."""
+    loop = dataclasses.replace(worker, enabled=on, detect=detect or LoopDetectConfig())
     return PipelineConfig(poses=poses, volume=VolumeConfig(voxel_size_m=voxel_m), loop=loop)
 
 
-def synthetic_row(seed: int, frames: int, yaw: float, scale: float, voxel_m: float, doubled_m: float) -> dict:
+def synthetic_row(seed: int, frames: int, yaw: float, scale: float, voxel_m: float, doubled_m: float,
+                  worker: LoopClosureConfig = LoopClosureConfig()) -> dict:
     src = DriftedFrames(SyntheticSource(seed, n_frames=frames), yaw, scale)
     row = {"name": f"synthetic:{seed}", "frames": frames, "drift_max_m": round(src.drift_m(), 3)}
     p = FusionPipeline(_config("gt", voxel_m, False))
@@ -152,7 +156,7 @@ def synthetic_row(seed: int, frames: int, yaw: float, scale: float, voxel_m: flo
         p.close()
     ms_off, on_run, keyframes = [], None, None
     for on in (False, True, False):   # off before and after on: the live loop's times bracket the machine's load
-        p = FusionPipeline(_config("gt", voxel_m, on))
+        p = FusionPipeline(_config("gt", voxel_m, on, worker=worker))
         try:
             results, ms, busy, wall = _fuse(p, src)
             if on:
@@ -170,7 +174,7 @@ def synthetic_row(seed: int, frames: int, yaw: float, scale: float, voxel_m: flo
                 row |= _loop_report(p, src.true_poses)
         finally:
             p.close()
-    return row | _slowdown(ms_off, *on_run) | rebuild_slowdown(src, *keyframes, voxel_m, LoopClosureConfig())
+    return row | _slowdown(ms_off, *on_run) | rebuild_slowdown(src, *keyframes, voxel_m, worker)
 
 
 def _slowdown(ms_off: list, ms_on: list, busy: list, loop_ms: list) -> dict:
@@ -251,14 +255,14 @@ def _block_ratios(ms: np.ndarray, beside: np.ndarray, block_frames: int) -> np.n
                      for b in with_ if any(x in mean and x not in with_ for x in (b - 1, b + 1))])
 
 
-def real_row(path: Path, voxel_m: float, stress: bool) -> dict:
+def real_row(path: Path, voxel_m: float, stress: bool, worker: LoopClosureConfig = LoopClosureConfig()) -> dict:
     detect = LoopDetectConfig(min_age_keyframes=2, min_walk_m=0.05) if stress else LoopDetectConfig()
     row = {"name": path.name + (" (stress)" if stress else ""), "poses": "track"}
     for on in (False, True):
         src = open_source(str(path))
         frames = list(src)
         true = np.array([f.T_world_cam_gt for f in frames])
-        p = FusionPipeline(_config("track", voxel_m, on, detect))
+        p = FusionPipeline(_config("track", voxel_m, on, detect, worker))
         try:
             results, ms, _, wall = _fuse(p, frames, src.first_gt_pose())
             tag = "on" if on else "off"
@@ -296,19 +300,23 @@ def main(argv=None) -> int:
     ap.add_argument("--voxel-size", type=float, default=0.01)
     ap.add_argument("--doubled-m", type=float, default=0.03, help="fused surface farther from the truth counts as doubled")
     ap.add_argument("--no-real", action="store_true", help="skip the 7-Scenes rows")
+    ap.add_argument("--worker-nice", type=int, default=LoopClosureConfig.worker_nice, help="loop worker's niceness")
+    ap.add_argument("--worker-duty", type=float, default=LoopClosureConfig.worker_duty,
+                    help="share of a core the loop worker computes at most while busy")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "loop.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.frames < 100 or args.voxel_size <= 0:
         print("loop_bench: --frames must be at least 100 and --voxel-size positive", file=sys.stderr)
         return 2
-    rows = []
+    rows, worker = [], LoopClosureConfig(worker_nice=args.worker_nice, worker_duty=args.worker_duty)
     for seed in args.seeds:
-        rows.append(synthetic_row(seed, args.frames, args.yaw_deg_per_m, args.scale_error, args.voxel_size, args.doubled_m))
+        rows.append(synthetic_row(seed, args.frames, args.yaw_deg_per_m, args.scale_error, args.voxel_size, args.doubled_m,
+                                  worker))
         print_table(rows[-1:])
     for path in ([] if args.no_real else [p for p in REAL if p.is_dir()]):
         for stress in (False, True):
-            rows.append(real_row(path, args.voxel_size, stress))
+            rows.append(real_row(path, args.voxel_size, stress, worker))
             print_table(rows[-1:])
     print()
     print_table(rows)

@@ -175,6 +175,8 @@ def main(argv=None) -> int:
     p.add_argument("source", nargs="?", default="synthetic:3", help="any source `reconstruct` takes")
     p.add_argument("--frames", type=int, default=ViewportBenchConfig.frames)
     p.add_argument("--idle-s", type=float, default=ViewportBenchConfig.idle_s)
+    p.add_argument("--window", default="x".join(map(str, ViewportBenchConfig.window_px)), metavar="WxH",
+                   help="window size in pixels (default %(default)s)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "viewport.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -182,7 +184,11 @@ def main(argv=None) -> int:
     def checked_run() -> dict:
         if args.frames < 1 or args.idle_s <= 0:
             raise UserError("--frames must be at least 1 and --idle-s positive")
-        return run(args.source, ViewportBenchConfig(frames=args.frames, idle_s=args.idle_s))
+        size = args.window.lower().split("x")
+        if len(size) != 2 or not all(v.isdigit() and int(v) >= 64 for v in size):
+            raise UserError(f"--window {args.window}: give WIDTHxHEIGHT in pixels, each at least 64")
+        return run(args.source, ViewportBenchConfig(frames=args.frames, idle_s=args.idle_s,
+                                                    window_px=(int(size[0]), int(size[1]))))
 
     return finish(checked_run, print_table, args.out)
 

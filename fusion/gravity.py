@@ -180,9 +180,10 @@ class GravityEstimator:
         return u, walls
 
     def _floor(self, P, N, up, cam_h) -> tuple[float | None, np.ndarray | None]:
-        """(height, mask) of the lowest dense cluster of up-facing points well below the camera."""
+        """(height, mask) of the lowest dense cluster of up-facing points well below the camera, unless
+        surface below it refutes it (`_refuted`)."""
         cfg = self.config
-        sel = (N @ up > np.cos(np.radians(cfg.bands_deg[-1]))) & (P @ up < cam_h - cfg.min_camera_height_m)
+        sel = self._facing_up(N, up) & (P @ up < cam_h - cfg.min_camera_height_m)
         if sel.sum() < cfg.min_floor_points:
             return None, None
         h = P[sel] @ up
@@ -204,8 +205,11 @@ class GravityEstimator:
         seen from above while the floor was out of view)."""
         cfg = self.config
         P, N = subsample(points, normals, cfg.max_points)
-        on = (N @ up > np.cos(np.radians(cfg.bands_deg[-1]))) & (np.abs(P @ up - height_m) <= cfg.floor_tolerance_m)
+        on = self._facing_up(N, up) & (np.abs(P @ up - height_m) <= cfg.floor_tolerance_m)
         return self._refuted(P, up, height_m, int(on.sum()))
+
+    def _facing_up(self, N, up) -> np.ndarray:
+        return N @ up > np.cos(np.radians(self.config.bands_deg[-1]))
 
     def _refuted(self, P, up, height_m: float, n_floor: int) -> bool:
         cfg = self.config
