@@ -49,7 +49,7 @@ class FusionWorkerConfig:
     real_time_recordings: bool = False  #: pace .bag/.db3 replay at the recorded rate (drops what fusion cannot keep up with)
     retime_gap_s: float = 1 / 30       #: a new source fused into an older model starts this long after its last frame
     nice: int = 5                      #: the worker (and the threads it starts: nets, kernels) runs this much nicer than the GUI
-    lod_cell_voxels: float = 4.0       #: the display's simplified surface clusters vertices in cells this many voxels wide
+    lod_cells_voxels: tuple = (4, 8)   #: the display's simplified surfaces cluster vertices in cells this many voxels wide
     autosave: AutosaveConfig = field(default_factory=AutosaveConfig)  #: periodic session saves for crash recovery
     stall: StallGuardConfig = field(default_factory=StallGuardConfig)  #: when a silent source counts as stalled
 

@@ -99,6 +99,9 @@ def _compile(vs: str, fs: str) -> int:
     return prog
 
 
+LOD_LEVELS = 3  #: levels of detail a mesh buffer holds: the full surface and two simplified ones
+
+
 class Program:
     """A linked shader program with cached uniform locations. Thread: GUI thread, context current."""
 
@@ -116,13 +119,13 @@ class Program:
 
 
 class MeshBuffer:
-    """One mesh's VAO, vertex buffer and two index buffers (full and simplified surface).
-    Thread: GUI thread, context current."""
+    """One mesh's VAO, vertex buffer and one index buffer per level of detail (0: the full surface, then
+    each simplified one). Thread: GUI thread, context current."""
 
-    def __init__(self):
+    def __init__(self, levels: int = LOD_LEVELS):
         self.vao = GL.glGenVertexArrays(1)
-        self.vbo, self.ibo, self.coarse_ibo = GL.glGenBuffers(3)
-        self.count = self.coarse_count = 0
+        self.vbo, *self.ibos = GL.glGenBuffers(1 + levels)
+        self.counts = [0] * levels  #: indices (3 per triangle) at each level
         GL.glBindVertexArray(self.vao)
         GL.glBindBuffer(GL.GL_ARRAY_BUFFER, self.vbo)
         stride = VERTEX_DTYPE.itemsize
@@ -131,40 +134,48 @@ class MeshBuffer:
                                                         ("lab", 4, GL.GL_UNSIGNED_BYTE, True))):
             GL.glEnableVertexAttribArray(loc)
             GL.glVertexAttribPointer(loc, size, kind, norm, stride, ctypes.c_void_p(VERTEX_DTYPE.fields[name][1]))
-        GL.glBindBuffer(GL.GL_ELEMENT_ARRAY_BUFFER, self.ibo)
+        GL.glBindBuffer(GL.GL_ELEMENT_ARRAY_BUFFER, self.ibos[0])
         GL.glBindVertexArray(0)
+
+    @property
+    def count(self) -> int:
+        return self.counts[0]
 
     def upload(self, mesh: MeshDisplay) -> None:
         GL.glBindVertexArray(self.vao)
         GL.glBindBuffer(GL.GL_ARRAY_BUFFER, self.vbo)
         GL.glBufferData(GL.GL_ARRAY_BUFFER, mesh.vertices.nbytes, mesh.vertices, GL.GL_DYNAMIC_DRAW)
-        coarse = mesh.indices if mesh.coarse_indices is None else mesh.coarse_indices
-        for ibo, idx in ((self.coarse_ibo, coarse), (self.ibo, mesh.indices)):  # ends bound to the full one
-            GL.glBindBuffer(GL.GL_ELEMENT_ARRAY_BUFFER, ibo)
+        levels = [mesh.indices, *mesh.lod_indices]
+        levels += levels[-1:] * (len(self.ibos) - len(levels))  # a mesh without its simplified surfaces
+        for level in reversed(range(len(self.ibos))):  # ends bound to the full surface
+            idx = levels[level]
+            GL.glBindBuffer(GL.GL_ELEMENT_ARRAY_BUFFER, self.ibos[level])
             GL.glBufferData(GL.GL_ELEMENT_ARRAY_BUFFER, max(idx.nbytes, 4), idx if len(idx) else None,
                             GL.GL_DYNAMIC_DRAW)
+            self.counts[level] = len(idx)
         GL.glBindVertexArray(0)
-        self.count, self.coarse_count = len(mesh.indices), len(coarse)
 
-    def draw(self, coarse: bool = False) -> None:
-        count = self.coarse_count if coarse else self.count
-        if count:
+    def draw(self, level: int = 0) -> None:
+        if self.counts[level]:
             GL.glBindVertexArray(self.vao)
-            GL.glBindBuffer(GL.GL_ELEMENT_ARRAY_BUFFER, self.coarse_ibo if coarse else self.ibo)
-            GL.glDrawElements(GL.GL_TRIANGLES, count, GL.GL_UNSIGNED_INT, None)
+            GL.glBindBuffer(GL.GL_ELEMENT_ARRAY_BUFFER, self.ibos[level])
+            GL.glDrawElements(GL.GL_TRIANGLES, self.counts[level], GL.GL_UNSIGNED_INT, None)
 
     def delete(self) -> None:
-        GL.glDeleteBuffers(3, [self.vbo, self.ibo, self.coarse_ibo])
+        GL.glDeleteBuffers(len(self.ibos) + 1, [self.vbo, *self.ibos])
         GL.glDeleteVertexArrays(1, [self.vao])
 
 
-def choose_detail(lo: np.ndarray, hi: np.ndarray, full_tris: np.ndarray, mvp: np.ndarray, eye: np.ndarray,
-                  budget_tris: int) -> tuple[np.ndarray, np.ndarray]:
-    """(visible, full) bool masks over K chunk boxes: boxes outside the view frustum are culled; the
-    nearest visible ones get full detail while their triangles fit in budget_tris, the rest the simplified one."""
+def choose_detail(lo: np.ndarray, hi: np.ndarray, tris: np.ndarray, mvp: np.ndarray, eye: np.ndarray,
+                  budgets_tris) -> tuple[np.ndarray, np.ndarray]:
+    """(visible (K,) bool, level (K,) int) over K chunk boxes with `tris` (K, L) triangles at each of L levels
+    of detail (0: full): boxes outside the view frustum are culled; the nearest visible ones get level 0
+    while their level-0 triangles fit in budgets_tris[0], the nearest of the rest level 1 while theirs fit
+    in budgets_tris[1], and so on; the coarsest level takes what is left."""
     k = len(lo)
     if k == 0:
-        return np.zeros(0, bool), np.zeros(0, bool)
+        return np.zeros(0, bool), np.zeros(0, np.int64)
+    tris = np.asarray(tris).reshape(k, -1)
     bits = np.array([(i & 1, (i >> 1) & 1, (i >> 2) & 1) for i in range(8)], bool)
     corners = np.where(bits[None], hi[:, None, :], lo[:, None, :])                  # (K,8,3)
     clip = np.concatenate([corners, np.ones((k, 8, 1))], 2) @ np.asarray(mvp, np.float64).T
@@ -172,11 +183,35 @@ def choose_detail(lo: np.ndarray, hi: np.ndarray, full_tris: np.ndarray, mvp: np
     outside = [(x < -w), (x > w), (y < -w), (y > w), (z < -w), (z > w)]
     visible = ~np.any([o.all(1) for o in outside], axis=0)
     dist = np.linalg.norm(np.clip(eye, lo, hi) - eye, axis=1)
-    order = np.argsort(np.where(visible, dist, np.inf))
-    cum = np.cumsum(np.where(visible, full_tris, 0)[order])
-    full = np.zeros(k, bool)
-    full[order[(cum <= budget_tris) & visible[order]]] = True
-    return visible, full
+    level = np.full(k, tris.shape[1] - 1, np.int64)
+    open_ = visible.copy()  # visible, level not yet chosen
+    for lv, budget in enumerate(budgets_tris[:tris.shape[1] - 1]):
+        order = np.argsort(np.where(open_, dist, np.inf))
+        cum = np.cumsum(np.where(open_, tris[:, lv], 0)[order])
+        chosen = order[(cum <= budget) & open_[order]]
+        level[chosen], open_[chosen] = lv, False
+    return visible, level
+
+
+def adapt_budgets(budgets: list, drawn: dict, ratio: float, budget_range: tuple) -> list:
+    """The level budgets of choose_detail for the next paint, after a paint that drew `drawn`
+    ({"visible", "level_chunks", "level_triangles"}) and was `ratio` times too fast (target / its time):
+    one budget is scaled. A slow paint takes detail from the finest level that still draws any; a fast one
+    gives it back to the level whose budget could not take the chunks drawn coarsest."""
+    if not drawn or drawn["visible"] == 0:
+        return budgets
+    tris, chunks = drawn["level_triangles"], drawn["level_chunks"]
+    if ratio < 1.0:
+        lv = next((i for i in range(len(budgets)) if tris[i] > 0), None)
+        if lv is None:
+            return budgets
+        budget = min(budgets[lv], tris[lv]) * max(ratio, 0.5)
+    elif ratio > 1.3 and chunks[0] < drawn["visible"]:
+        lv = max(i for i, n in enumerate(chunks) if n) - 1
+        budget = max(budgets[lv], tris[lv], 1000) * min(ratio, 1.5)
+    else:
+        return budgets
+    return budgets[:lv] + [int(np.clip(budget, *budget_range))] + budgets[lv + 1:]
 
 
 class LineBuffer:

@@ -12,18 +12,21 @@ import numpy as np
 
 from app.snapshots import DisplaySnapshot, FusionStatus, MeshDisplay, pack_mesh
 from app.thumbnails import depth_colormap, downsample, process_memory_mb
+from fusion.meshing import unpack_keys
 
 log = logging.getLogger(__name__)
 
 
-def chunk_display(pipeline, nets, key: tuple, lod_cell_voxels: float) -> MeshDisplay:
-    """One mesh chunk with the label store's labels, plus its simplified surface (the vertices it shares
-    with neighbouring chunks kept as they are, so the chunks simplified on their own stay closed)."""
+def chunk_display(pipeline, nets, key: tuple, lod_cells_voxels: tuple) -> MeshDisplay:
+    """One mesh chunk with the label store's labels, plus its simplified surfaces (the vertices it shares
+    with neighbouring chunks simplified among themselves, alike in each, so the chunks simplified on their
+    own stay closed)."""
     mesh = pipeline.mesher.chunk_mesh(key)
     labels, conf = nets.display_labels(mesh)
-    keep = pipeline.mesher.shared_vertices(key, mesh.vertex_keys)
+    seam = pipeline.mesher.seam_axes(key, mesh.vertex_keys)
+    voxel_cells = unpack_keys(mesh.vertex_keys)  # global: alike in every chunk (positions may differ by a hair)
     return pack_mesh(mesh.positions_m, mesh.colors, mesh.normals, mesh.faces, labels, conf,
-                     lod_cell_voxels * pipeline.config.volume.voxel_size_m, keep)
+                     tuple(np.floor_divide(voxel_cells, int(c)) for c in lod_cells_voxels), seam, mesh.vertex_keys)
 
 
 def label_dirty_chunks(pipeline, boxes: list) -> set:
@@ -66,7 +69,7 @@ def build_snapshot(worker, label_keys: set) -> DisplaySnapshot:
     chunks = {}
     if p is not None:
         for key in p.dirty.take("mesh") | label_keys:
-            chunks[key] = chunk_display(p, nets, key, cfg.lod_cell_voxels)
+            chunks[key] = chunk_display(p, nets, key, cfg.lod_cells_voxels)
     frame, poses = worker.last_frame, worker.poses
     thumbs = (None, None)  # None: the GUI keeps what it shows (a status-only snapshot repaints nothing)
     if frame is not None and frame is not worker.thumbs_of:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from fusion.classes import palette_lut
+from fusion.meshing import pack_keys
 
 #: interleaved vertex layout the viewport uploads as is (32 bytes a vertex): position and normal
 #: float32, observed colour RGBA8, label colour RGB8 with the label confidence in its alpha byte
@@ -27,42 +28,45 @@ class MeshDisplay:
     indices: np.ndarray       #: (3M,) uint32
     lo_m: np.ndarray          #: (3,) bounding box min (zeros when empty)
     hi_m: np.ndarray          #: (3,) bounding box max
-    coarse_indices: np.ndarray | None = None  #: (3K,) uint32 into the same vertices: a simplified surface
+    lod_indices: tuple = ()   #: simplified surfaces, each coarser than the one before: (3K,) uint32 into the same vertices
 
     @property
     def empty(self) -> bool:
         return len(self.indices) == 0
 
 
-def _pack_rows(a: np.ndarray) -> np.ndarray:
-    k = np.asarray(a, np.int64) + (1 << 20)
-    return (k[:, 0] << 42) | (k[:, 1] << 21) | k[:, 2]
-
-
-def cluster_faces(positions_m: np.ndarray, faces: np.ndarray, cell_m: float, keep=None) -> np.ndarray:
-    """Faces of a vertex-clustered copy of the mesh (cells of cell_m): every vertex is replaced by the
-    first vertex of its cell, collapsed and repeated faces are dropped; indices stay valid for the mesh.
-    Vertices where `keep` (bool per vertex) is set stay as they are: the seams a mesh shares with
-    neighbouring meshes simplified on their own stay closed."""
+def cluster_faces(cells: np.ndarray, faces: np.ndarray, seam=None, vertex_keys=None) -> np.ndarray:
+    """Faces of a vertex-clustered copy of the mesh: every vertex is replaced by the vertex of its cluster
+    cell (`cells`, (N,3) int per vertex) with the smallest key (`vertex_keys`, int64 per vertex; default:
+    its index); collapsed and repeated faces are dropped; indices stay valid for the mesh.
+    Vertices the mesh shares with neighbouring meshes simplified on their own (`seam` > 0, int per vertex:
+    which neighbours share it) cluster only with vertices of the same seam value: with cells, seam values
+    and keys alike in every mesh (from the global voxel grid) the meshes pick the same seam vertices, so
+    their seams stay closed."""
     if len(faces) == 0:
         return np.zeros((0, 3), np.uint32)
-    keys = _pack_rows(np.floor(positions_m / cell_m))
-    if keep is not None:
-        keys[keep] = -1 - np.nonzero(keep)[0]  # a cell of their own (packed keys are never negative)
-    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    f = first[inverse][faces]
+    keys = pack_keys(cells)
+    group = np.zeros(len(keys), np.int64) if seam is None else np.asarray(seam, np.int64)
+    rank = np.arange(len(keys)) if vertex_keys is None else np.asarray(vertex_keys, np.int64)
+    order = np.lexsort((rank, group, keys))  # by cell and seam value, then key: the first represents them
+    sk, sg = keys[order], group[order]
+    starts = np.flatnonzero(np.r_[True, (sk[1:] != sk[:-1]) | (sg[1:] != sg[:-1])])
+    rep = np.empty(len(keys), np.int64)
+    rep[order] = np.repeat(order[starts], np.diff(np.r_[starts, len(keys)]))
+    f = rep[faces]
     f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])]
     if len(f) == 0:
         return np.zeros((0, 3), np.uint32)
-    _, kept = np.unique(_pack_rows(np.sort(f, axis=1)), return_index=True)
+    _, kept = np.unique(pack_keys(np.sort(f, axis=1)), return_index=True)
     return f[np.sort(kept)].astype(np.uint32)
 
 
 def pack_mesh(positions_m, colors, normals, faces, labels=None, confidence=None,
-              lod_cell_m: float | None = None, keep=None) -> MeshDisplay:
+              lod_cells: tuple = (), seam=None, vertex_keys=None) -> MeshDisplay:
     """Pack a mesh with optional per-vertex NYU40 labels and confidences (0..1) for the viewport;
-    with lod_cell_m also a simplified surface (vertex clustering, see cluster_faces) for far or
-    crowded views."""
+    with lod_cells (one (N,3) int array of cluster cells per level, each coarser than the one before) also
+    a simplified surface per level (see cluster_faces with `seam` and `vertex_keys`; each simplifies the
+    one before) for far or crowded views."""
     n = len(positions_m)
     v = np.empty(n, VERTEX_DTYPE)
     v["pos"], v["nrm"] = positions_m, normals
@@ -73,8 +77,11 @@ def pack_mesh(positions_m, colors, normals, faces, labels=None, confidence=None,
     v["lab"][:, 3] = np.clip(np.round(conf * 255), 0, 255).astype(np.uint8)
     pos = np.asarray(positions_m, np.float32)
     lo, hi = (pos.min(0), pos.max(0)) if n else (np.zeros(3, np.float32), np.zeros(3, np.float32))
-    coarse = None if lod_cell_m is None else cluster_faces(pos, np.asarray(faces), lod_cell_m, keep).ravel()
-    return MeshDisplay(v, np.ascontiguousarray(faces, np.uint32).ravel(), lo, hi, coarse)
+    levels, f = [], np.asarray(faces)
+    for cells in lod_cells:
+        f = cluster_faces(cells, f, seam, vertex_keys)
+        levels.append(f.ravel())
+    return MeshDisplay(v, np.ascontiguousarray(faces, np.uint32).ravel(), lo, hi, tuple(levels))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from PyQt6.QtOpenGLWidgets import QOpenGLWidget
 from app.camera import CameraConfig, OrbitCamera
 from app.picking import read_surface
 from app.gl_scene import (LINE_FS, LINE_VS, MESH_FS, MESH_VS, MODES, LineBuffer, MeshBuffer, Program,
-                          choose_detail, frustum_lines)
+                          adapt_budgets, choose_detail, frustum_lines, LOD_LEVELS)
 from app.snapshots import VERTEX_DTYPE, DisplaySnapshot, MeshDisplay
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,8 @@ class ViewportConfig:
     background: tuple = (0.12, 0.13, 0.15)   #: clear colour RGB 0..1
     upload_budget_bytes: int = 8 << 20      #: GPU uploads per paint at most (the rest waits a frame)
     full_detail_triangles: int = 200_000    #: first budget: nearest chunks drawn in full up to this many triangles
-    target_paint_ms: float = 25.0           #: the budget adapts so a paint takes about this long
-    budget_range: tuple = (0, 20_000_000)   #: the adaptive budget stays in this range (triangles)
+    target_paint_ms: float = 25.0           #: the budgets adapt so a paint takes about this long
+    budget_range: tuple = (0, 20_000_000)   #: each adaptive budget stays in this range (triangles)
     frustum_depth_m: float = 0.3            #: drawn depth of the live camera's frustum
     frustum_rgba: tuple = (1.0, 1.0, 1.0, 1.0)      #: colour of the live camera's frustum
     trajectory_rgba: tuple = (1.0, 0.85, 0.2, 1.0)  #: colour of the camera path
@@ -63,7 +63,9 @@ class Viewport(QOpenGLWidget):
         self.gl_error = ""
         self._buffers: dict[tuple, MeshBuffer] = {}
         self._table: tuple | None = None   # (keys, lo, hi, full triangles) of the uploaded chunks
-        self.full_budget = config.full_detail_triangles
+        #: triangles the nearest chunks may draw at each level of detail but the coarsest (see choose_detail);
+        #: a level's budget adapts once the finer ones are spent: full detail goes first
+        self.budgets = [config.full_detail_triangles] + [config.budget_range[1]] * (LOD_LEVELS - 2)
         self.last_draw: dict = {}
         self._pending: dict[tuple, MeshDisplay] = {}
         self._bounds: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
@@ -225,7 +227,7 @@ class Viewport(QOpenGLWidget):
         if not self._gl_ready:
             return None
         self.makeCurrent()
-        budget, self.full_budget = self.full_budget, 10**12
+        budgets, self.budgets = self.budgets, [10**12] * len(self.budgets)
         try:
             fmt = QOpenGLFramebufferObjectFormat()
             fmt.setAttachment(QOpenGLFramebufferObject.Attachment.CombinedDepthStencil)
@@ -240,22 +242,12 @@ class Viewport(QOpenGLWidget):
             fbo.release()
             return image
         finally:
-            self.full_budget = budget
+            self.budgets = budgets
             self.doneCurrent()
 
     def _adapt_budget(self, ms: float) -> None:
-        """Scale the full-detail budget toward the target paint time (more detail when there is room)."""
-        c, d = self.config, self.last_draw
-        if not d or d["visible"] == 0:
-            return
-        ratio = c.target_paint_ms / max(ms, 1e-3)
-        if ratio < 0.9:
-            budget = min(self.full_budget, d["full_triangles"]) * max(ratio, 0.5)
-        elif ratio > 1.25 and d["full"] < d["visible"]:
-            budget = max(self.full_budget, d["full_triangles"], 1000) * min(ratio, 1.5)
-        else:
-            return
-        self.full_budget = int(np.clip(budget, *c.budget_range))
+        c = self.config
+        self.budgets = adapt_budgets(self.budgets, self.last_draw, c.target_paint_ms / max(ms, 1e-3), c.budget_range)
 
     def _sync_buffers(self) -> None:
         if self._pending or self._clear_gl:
@@ -307,22 +299,21 @@ class Viewport(QOpenGLWidget):
             keys = [k for k in self._buffers if k in self._bounds]
             lo = np.array([self._bounds[k][0] for k in keys], np.float64).reshape(-1, 3)
             hi = np.array([self._bounds[k][1] for k in keys], np.float64).reshape(-1, 3)
-            tris = np.array([self._buffers[k].count // 3 for k in keys], np.int64)
+            tris = np.array([[n // 3 for n in self._buffers[k].counts] for k in keys], np.int64).reshape(-1, LOD_LEVELS)
             self._table = (keys, lo, hi, tris)
         return self._table
 
     def _draw_meshes(self, mvp, view) -> None:
         self._use_mesh_prog(mvp, view, MODES[self.mode], 1.0)
         keys, lo, hi, tris = self._chunk_table()
-        visible, full = choose_detail(lo, hi, tris, mvp, self.camera.eye(), self.full_budget)
+        visible, level = choose_detail(lo, hi, tris, mvp, self.camera.eye(), self.budgets)
         for i in np.nonzero(visible)[0]:
-            self._buffers[keys[i]].draw(coarse=not full[i])
+            self._buffers[keys[i]].draw(level[i])
         GL.glBindVertexArray(0)
-        coarse = sum(self._buffers[keys[i]].coarse_count // 3 for i in np.nonzero(visible & ~full)[0])
-        full_tris = int(tris[full].sum())
-        self.last_draw = {"chunks": len(keys), "visible": int(visible.sum()), "full": int(full.sum()),
-                          "full_triangles": full_tris, "triangles": full_tris + coarse,
-                          "triangles_total": int(tris.sum())}
+        drawn = [int(tris[visible & (level == lv), lv].sum()) for lv in range(LOD_LEVELS)]
+        self.last_draw = {"chunks": len(keys), "visible": int(visible.sum()),
+                          "level_chunks": [int(np.sum(visible & (level == lv))) for lv in range(LOD_LEVELS)],
+                          "level_triangles": drawn, "triangles": sum(drawn), "triangles_total": int(tris[:, 0].sum())}
 
     def _draw_completion(self, mvp, view) -> None:
         buf = self._completion_buf

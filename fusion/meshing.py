@@ -79,13 +79,19 @@ def find_sorted(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return np.where(sorted_keys[at] == keys, at, -1)
 
 
-def border_vertices(vertex_keys: np.ndarray, start_voxel: np.ndarray, chunk_voxels: int) -> np.ndarray:
-    """Vertices of a chunk's mesh (the chunk's voxels start at `start_voxel`, (3,)) that a neighbouring
-    chunk's mesh may share: surface-nets cells (the vertex keys are global cell indices) one voxel below
-    either face of the chunk, which both chunks may use."""
+def border_axes(vertex_keys: np.ndarray, start_voxel: np.ndarray, chunk_voxels: int) -> np.ndarray:
+    """(N,) uint8 per vertex of a chunk's mesh (the chunk's voxels start at `start_voxel`, (3,)): bit i set
+    where it lies in a surface-nets cell (the vertex keys are global cell indices) one voxel below either
+    face of the chunk across axis i, which the neighbouring chunk across that face may use too."""
     cells = unpack_keys(np.asarray(vertex_keys, np.int64))
     start = np.asarray(start_voxel, np.int64)
-    return np.any((cells == start - 1) | (cells == start + chunk_voxels - 1), axis=1)
+    on = (cells == start - 1) | (cells == start + chunk_voxels - 1)
+    return (on[:, 0] | (on[:, 1] << 1) | (on[:, 2] << 2)).astype(np.uint8)
+
+
+def border_vertices(vertex_keys: np.ndarray, start_voxel: np.ndarray, chunk_voxels: int) -> np.ndarray:
+    """Vertices of a chunk's mesh that a neighbouring chunk's mesh may share (see border_axes)."""
+    return border_axes(vertex_keys, start_voxel, chunk_voxels) > 0
 
 
 def concat_meshes(parts: list[MeshArrays], merge: bool) -> MeshArrays:
@@ -217,6 +223,14 @@ class ChunkMesher:
             return np.zeros_like(border)
         border[border] = find_sorted(np.sort(np.concatenate(near)), np.asarray(vertex_keys, np.int64)[border]) >= 0
         return border
+
+    def seam_axes(self, chunk_key: tuple, vertex_keys: np.ndarray) -> np.ndarray:
+        """(N,) uint8: for a vertex a neighbouring chunk's mesh uses too (`shared_vertices`) the axes of the
+        chunk faces it lies on (`border_axes`), 0 for the others. Every chunk sharing a vertex gives it the
+        same value, so a vertex shared along an edge or a corner is told from one shared across a face."""
+        r = self.volume.config.block_resolution
+        axes = border_axes(vertex_keys, self.chunk_first_block(chunk_key) * r, self.config.chunk_blocks * r)
+        return np.where(self.shared_vertices(chunk_key, vertex_keys), axes, 0).astype(np.uint8)
 
     def _block_mesh(self, block_key: tuple) -> MeshArrays | None:
         c, o = self.config.chunk_blocks, self.config.chunk_offset_blocks

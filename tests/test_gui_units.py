@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from app.camera import OrbitCamera, look_at, up_from_pose
-from app.gl_scene import choose_detail, frustum_lines
+from app.gl_scene import adapt_budgets, choose_detail, frustum_lines
 from app.snapshots import DisplayOutbox, DisplaySnapshot, Event, FusionStatus, cluster_faces, pack_mesh
 from fusion.classes import SCANNET20
 
@@ -47,17 +47,18 @@ def test_pack_mesh_label_colours_and_simplified_surface():
     pos, faces = _grid_mesh()
     labels = np.where(pos[:, 0] < 0.1, 5, 0).astype(np.uint16)
     mesh = pack_mesh(pos, np.full((len(pos), 3), 90, np.uint8), np.tile([0, 0, 1.0], (len(pos), 1)), faces,
-                     labels, np.full(len(pos), 0.5), lod_cell_m=0.04)
+                     labels, np.full(len(pos), 0.5),
+                     lod_cells=tuple(np.floor(pos / c).astype(int) for c in (0.04, 0.08)))
     assert tuple(mesh.vertices["lab"][0, :3]) == SCANNET20[5][1]
     assert tuple(mesh.vertices["lab"][-1, :3]) == (0, 0, 0)
     assert mesh.vertices["lab"][0, 3] == 128 and tuple(mesh.vertices["rgb"][0]) == (90, 90, 90, 255)
     assert len(mesh.indices) == 3 * len(faces)
-    assert mesh.indices.dtype == mesh.coarse_indices.dtype == np.uint32  # what the viewport draws
-    coarse = mesh.coarse_indices.reshape(-1, 3)
-    assert 0 < len(coarse) < len(faces) / 8
-    assert coarse.max() < len(pos)  # indexes the same vertex buffer
+    assert all(i.dtype == np.uint32 for i in (mesh.indices, *mesh.lod_indices))  # what the viewport draws
+    coarse, far = (i.reshape(-1, 3) for i in mesh.lod_indices)
+    assert 0 < len(coarse) < len(faces) / 8 and 0 < len(far) < len(coarse) / 3
+    assert coarse.max() < len(pos) and far.max() < len(pos)  # they index the same vertex buffer
     np.testing.assert_allclose(mesh.lo_m, [0, 0, 0]) and np.testing.assert_allclose(mesh.hi_m, [0.19, 0.19, 0])
-    assert len(cluster_faces(pos, faces[:0], 0.04)) == 0
+    assert len(cluster_faces(np.floor(pos / 0.04).astype(int), faces[:0])) == 0
 
 
 def test_outbox_keeps_newest_and_merges_chunk_changes():
@@ -82,33 +83,60 @@ def test_detail_choice_culls_and_spends_the_budget_on_near_chunks():
     mvp = cam.projection(4 / 3) @ cam.view()
     lo = np.array([[0, 0, 0], [0, 3, 0], [0, 10, 0], [0, -20, 0]], float)  # the last is behind the eye
     hi = lo + 1.0
-    tris = np.array([100, 100, 100, 100])
-    visible, full = choose_detail(lo, hi, tris, mvp, cam.eye(), budget_tris=150)
+    tris = np.array([[100, 30, 10]] * 4)  # full, simplified, simplest
+    visible, level = choose_detail(lo, hi, tris, mvp, cam.eye(), [150, 10**6])
     assert visible.tolist() == [True, True, True, False]
-    assert full.tolist() == [True, False, False, False]
-    visible, full = choose_detail(lo, hi, tris, mvp, cam.eye(), budget_tris=10**6)
-    assert full.tolist() == [True, True, True, False]
+    assert level[visible].tolist() == [0, 1, 1]
+    visible, level = choose_detail(lo, hi, tris, mvp, cam.eye(), [0, 40])
+    assert level[visible].tolist() == [1, 2, 2]  # nothing in full; the nearest simplified within 40 triangles
+    visible, level = choose_detail(lo, hi, tris, mvp, cam.eye(), [10**6, 0])
+    assert level[visible].tolist() == [0, 0, 0]
     assert len(frustum_lines(np.eye(4), (100.0, 100.0, 50.0, 40.0, 100, 80), 0.3)) == 16
 
 
-def test_simplified_surfaces_keep_their_seams():
-    from fusion.meshing import border_vertices, pack_keys
+def test_slow_paints_give_up_full_detail_first_then_simplified_detail():
+    drawn = lambda chunks, tris: {"visible": sum(chunks), "level_chunks": chunks, "level_triangles": tris}  # noqa: E731
+    rng = (0, 10**7)
+    assert adapt_budgets([1000, 10**7], drawn([2, 3, 0], [800, 900, 0]), 0.5, rng) == [400, 10**7]
+    assert adapt_budgets([0, 10**7], drawn([0, 5, 0], [0, 2000, 0]), 0.5, rng) == [0, 1000]  # full detail gone
+    assert adapt_budgets([0, 1000], drawn([0, 0, 5], [0, 0, 300]), 0.5, rng) == [0, 1000]  # nothing left to give
+    assert adapt_budgets([0, 1000], drawn([0, 2, 3], [0, 900, 300]), 1.5, rng) == [0, 1500]  # room: simplified first
+    assert adapt_budgets([0, 1500], drawn([0, 5, 0], [0, 1400, 0]), 1.5, rng) == [1500, 1500]  # then full detail
+    assert adapt_budgets([0, 1500], drawn([0, 5, 0], [0, 1400, 0]), 1.0, rng) == [0, 1500]  # on target: kept
 
-    pos, faces = _grid_mesh(41, 0.01)  # 0.4 m square, split at x = 0.2 m into two "chunks" of 20 voxels
-    cells = np.floor(pos / 0.01 + 1e-6).astype(np.int32)
-    cells[:, 0] -= 1  # the vertex at x = 0.2 m lies in the cell with min corner 19: shared by both chunks
-    keep = border_vertices(pack_keys(cells), np.zeros(3), 20)
-    x, y = pos[:, 0], pos[:, 1]
-    assert keep[np.isclose(x, 0.2)].all() and keep[np.isclose(y, 0.19)].all()  # cells 19 in x and in y
-    assert not keep[np.isclose(x, 0.1) & ~np.isclose(y, 0.19)].any()
-    centre = pos[faces].mean(1)[:, 0]
-    seam_edges = []
-    for f in (faces[centre < 0.2], faces[centre >= 0.2]):
-        c = cluster_faces(pos, f, 0.04, np.abs(pos[:, 0] - 0.2) < 1e-6)
-        assert len(c) < len(f) / 3
-        e = np.sort(np.concatenate([c[:, [0, 1]], c[:, [1, 2]], c[:, [2, 0]]]), axis=1)
-        seam_edges.append({tuple(x) for x in e if np.all(np.abs(pos[x, 0] - 0.2) < 1e-6)})
-    assert seam_edges[0] == seam_edges[1] and len(seam_edges[0]) == 40  # both sides keep the whole seam
+
+def test_simplified_surfaces_keep_their_seams():
+    from fusion.meshing import border_axes, border_vertices, pack_keys
+
+    pos, faces = _grid_mesh(41, 0.01)  # 0.4 m square in four "chunks" of 20 x 20 voxels, split at x, y = 0.2 m
+    cells = np.floor(pos / 0.01 + 1e-6).astype(np.int32) - [1, 1, 0]  # vertices at 0.2 m: cells 19, shared
+    keys, x, y = pack_keys(cells), pos[:, 0], pos[:, 1]
+    border = border_vertices(keys, np.zeros(3), 20)
+    assert border[np.isclose(x, 0.2)].all() and border[np.isclose(y, 0.2)].all()
+    assert not border[np.isclose(x, 0.1) & np.isclose(y, 0.1)].any()
+    centre = pos[faces].mean(1)
+    quadrant = (centre[:, 0] >= 0.2) + 2 * (centre[:, 1] >= 0.2)
+    users = np.zeros(len(pos), int)
+    for q in range(4):
+        users[np.unique(faces[quadrant == q])] += 1
+    simplified, rng = set(), np.random.default_rng(0)
+    for q in range(4):
+        f = faces[quadrant == q]
+        used = rng.permutation(np.unique(f))  # each chunk has its own vertex array, in its own order
+        local = np.full(len(pos), -1)
+        local[used] = np.arange(len(used))
+        seam = border_axes(keys[used], np.array([q & 1, q >> 1, 0]) * 20, 20) * (users[used] > 1)
+        c = cluster_faces(cells[used] // 4, local[f], seam, keys[used])
+        assert len(c) < len(f) / 8
+        simplified |= {tuple(sorted(keys[used][t])) for t in c}
+    # simplified on their own, the four chunks give the triangles of the whole square simplified at once
+    # (shared vertices clustered with those on the same chunk faces: across x, across y, both): no crack
+    layer = (cells + 1) % 20 == 0
+    seam_all = (layer[:, 0] + 2 * layer[:, 1]) * (users > 1)
+    whole = {tuple(sorted(keys[t])) for t in cluster_faces(cells // 4, faces, seam_all, keys)}
+    assert simplified == whole
+    on_seam = np.unique([v for t in simplified for v in t if seam_all[np.searchsorted(keys, v)]])
+    assert len(on_seam) < 81 / 3  # and the seams are simplified too
 
 
 def test_fit_frames_a_room_box_tightly_from_any_direction():
