@@ -62,7 +62,7 @@ class Viewport(QOpenGLWidget):
         self.paint_triangles: deque = deque(maxlen=config.paint_history)  #: triangles drawn by each timed paint
         self.gl_error = ""
         self._buffers: dict[tuple, MeshBuffer] = {}
-        self._table: tuple | None = None   # (keys, lo, hi, full triangles) of the uploaded chunks
+        self._table: tuple | None = None   # (keys, lo, hi, (K, LOD_LEVELS) triangles) of the uploaded chunks
         #: triangles the nearest chunks may draw at each level of detail but the coarsest (see choose_detail);
         #: a level's budget adapts once the finer ones are spent: full detail goes first
         self.budgets = [config.full_detail_triangles] + [config.budget_range[1]] * (LOD_LEVELS - 2)

@@ -203,15 +203,23 @@ class ChunkMesher:
         return concat_meshes(list(self.chunks.get(tuple(chunk_key), {}).values()), merge=True)
 
     def shared_vertices(self, chunk_key: tuple, vertex_keys: np.ndarray) -> np.ndarray:
-        """True for each vertex of a chunk's mesh (by key) that a neighbouring chunk's mesh uses too: a
-        border vertex (`border_vertices`) found in the block meshes of neighbouring chunks that touch the
-        chunk. A surface lying along a chunk face has all its vertices on the border, but shares only
-        the line where it meets surfaces of the next chunk."""
+        """True for each vertex of a chunk's mesh (by key) that a neighbouring chunk's mesh uses too (see
+        seam_axes)."""
+        return self.seam_axes(chunk_key, vertex_keys) > 0
+
+    def seam_axes(self, chunk_key: tuple, vertex_keys: np.ndarray) -> np.ndarray:
+        """(N,) uint8 per vertex of a chunk's mesh (by key): for a vertex a neighbouring chunk's mesh uses too
+        (a border vertex found in the block meshes of neighbouring chunks that touch the chunk) the axes of
+        the chunk faces it lies on (`border_axes`), 0 for the others. A surface lying along a chunk face has
+        all its vertices on the border, but shares only the line where it meets surfaces of the next chunk.
+        Every chunk sharing a vertex gives it the same value, so a vertex shared along an edge or a corner is
+        told from one shared across a face."""
         cb, r = self.config.chunk_blocks, self.volume.config.block_resolution
         lo = self.chunk_first_block(chunk_key)
-        border = border_vertices(vertex_keys, lo * r, cb * r)
+        axes = border_axes(vertex_keys, lo * r, cb * r)
+        border = axes > 0
         if not border.any():
-            return border
+            return axes
         cells = unpack_keys(np.asarray(vertex_keys, np.int64)[border])
         # per axis, the neighbours' blocks along the chunk's low face, inside it, along its high face
         # (a side only where border vertices lie on it)
@@ -220,17 +228,9 @@ class ChunkMesher:
         near = [m.vertex_keys for sx, sy, sz in itertools.product(*spans) if len(sx) + len(sy) + len(sz) < 3 * cb
                 for b in itertools.product(sx, sy, sz) for m in [self._block_mesh(b)] if m is not None]
         if not near:
-            return np.zeros_like(border)
+            return np.zeros_like(axes)
         border[border] = find_sorted(np.sort(np.concatenate(near)), np.asarray(vertex_keys, np.int64)[border]) >= 0
-        return border
-
-    def seam_axes(self, chunk_key: tuple, vertex_keys: np.ndarray) -> np.ndarray:
-        """(N,) uint8: for a vertex a neighbouring chunk's mesh uses too (`shared_vertices`) the axes of the
-        chunk faces it lies on (`border_axes`), 0 for the others. Every chunk sharing a vertex gives it the
-        same value, so a vertex shared along an edge or a corner is told from one shared across a face."""
-        r = self.volume.config.block_resolution
-        axes = border_axes(vertex_keys, self.chunk_first_block(chunk_key) * r, self.config.chunk_blocks * r)
-        return np.where(self.shared_vertices(chunk_key, vertex_keys), axes, 0).astype(np.uint8)
+        return np.where(border, axes, 0).astype(np.uint8)
 
     def _block_mesh(self, block_key: tuple) -> MeshArrays | None:
         c, o = self.config.chunk_blocks, self.config.chunk_offset_blocks
