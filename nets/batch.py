@@ -6,7 +6,8 @@ whole cells (x -> -x-1), after an optional small tilt of gravity (a rotation abo
 sites re-gridded to the nearest cell), followed by a shift of whole cells. The shift is drawn below the
 coarsest stride on every axis, so the floor of a training room (always in cell 0 of its sample) meets
 the nets' pooling in every phase, as a real scan's floor does (it lies wherever the scan puts it); its
-height is off by up to a cell or two either way, as a real scan's estimated floor is. Real scans also
+height is off by up to a cell or two either way, as a real scan's estimated floor is. Colour can be
+repainted per class, so that no class is known by its colour alone. Real scans also
 stop part of the way up the walls, have holes and noisier surfaces: the batch drops sites above a cut
 height and inside random holes, and perturbs the signed-distance features. Targets are looked up by
 undoing the symmetry and reading the sample's dense target box.
@@ -149,6 +150,8 @@ class Augment:
     colour_jitter: float = 0.1     #: per-sample colour gain and bias range (0..1 colour units)
     exposure: tuple = (1.0, 1.0)   #: per-sample brightness factor on linear colour, log-uniform in this range
     colour_dropout: float = 0.0    #: chance that a sample's colour is replaced by its mean (geometry decides)
+    class_recolour: float = 0.0    #: chance that a sample's classes are repainted, each on a coin flip
+    recolour_brightness: tuple = (0.08, 0.85)  #: ... with a new mean brightness drawn in this range
     max_shift_cells: int = 1       #: whole-cell shifts are drawn below this (the coarsest stride: every phase)
     z_shift_offset_cells: int = 0  #: z shifts are lowered by this (the floor lands below cell 0 as often as above)
     max_tilt_deg: float = 0.0      #: gravity tilted by up to this about each horizontal axis
@@ -170,6 +173,20 @@ def _augment_colour(f: np.ndarray, rng: np.random.Generator, aug: Augment) -> No
         f[:, 4:7] = np.clip((f[:, 4:7] + 0.5) * gain + bias, 0, 1) - 0.5
     if aug.colour_dropout > 0 and rng.random() < aug.colour_dropout:
         f[:, 4:7] = 0.0
+
+
+def _recolour_classes(f: np.ndarray, classes: np.ndarray, rng: np.random.Generator, aug: Augment) -> None:
+    """Repaint each class of a sample on a coin flip: its sites' colour keeps its variation about the class
+    mean, and the mean becomes a random near-neutral tint. A class's colour then stops naming it (a wooden
+    wall, a white door), while an object's colour still sets it apart from its neighbours."""
+    for k in np.unique(classes):
+        if rng.random() < 0.5:
+            continue
+        rows = classes == k
+        rgb = f[rows, 4:7]
+        mean = rgb.mean(0)
+        target = rng.uniform(*aug.recolour_brightness) + rng.normal(0.0, 0.08, 3) - 0.5
+        f[rows, 4:7] = np.clip((rgb - mean) * rng.uniform(0.5, 1.2) + target, -0.5, 0.5)
 
 
 def _partial_scan(coords: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.ndarray:
@@ -207,6 +224,9 @@ def _augmented_sites(s: Sample, rng: np.random.Generator, aug: Augment, crop_cel
     c = sym.apply(s.coords[rows])
     keep = _unique_rows(c)
     f = s.features[rows[keep]].copy()
+    if aug.class_recolour > 0 and rng.random() < aug.class_recolour:
+        classes = BatchTargets._lookup(s.label, s.box_lo, s.coords[rows[keep]], np.uint8(IGNORE))
+        _recolour_classes(f, classes, rng, aug)
     _augment_colour(f, rng, aug)
     _augment_geometry(f, rng, aug)
     return c[keep], f, sym

@@ -11,7 +11,7 @@ and a random sub-cell offset of the world. Samples are deterministic given (seed
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,7 +146,8 @@ def make_sample(seed: int, variant: int, cfg: SampleConfig = SampleConfig()) -> 
 
 def build_dataset(out_dir: Path, seeds, variants: int, cfg: SampleConfig = SampleConfig(),
                   workers: int = 1, progress: bool = True) -> list[Path]:
-    """Write `seed_variant.npz` for each pair not already there (resumable); returns every path."""
+    """Write `seed_variant.npz` for each pair not already there (resumable); returns the paths written
+    now or before. A room that cannot be scanned (no camera path fits it) is left out with a warning."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(s, v) for s in seeds for v in range(variants)]
@@ -154,10 +155,13 @@ def build_dataset(out_dir: Path, seeds, variants: int, cfg: SampleConfig = Sampl
     if todo:
         bar = tqdm(total=len(todo), desc="scanning rooms", unit="scan", disable=not progress)
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for _ in pool.map(_write_one, [(out_dir, s, v, cfg) for s, v in todo]):
+            futures = {pool.submit(_write_one, (out_dir, s, v, cfg)): (s, v) for s, v in todo}
+            for done in as_completed(futures):
+                if done.exception() is not None:
+                    log.warning("room %d variant %d left out: %s", *futures[done], done.exception())
                 bar.update()
         bar.close()
-    return [out_dir / f"{s}_{v}.npz" for s, v in jobs]
+    return [p for p in (out_dir / f"{s}_{v}.npz" for s, v in jobs) if p.exists()]
 
 
 def _write_one(job) -> None:

@@ -14,7 +14,8 @@ by `switch_margin`, so near-ties that alternate between re-inferences do not fli
 change of evidence switches at once. `settle()` (when scanning stops: a drain) drops the hysteresis and
 shows the plain argmax, the labels a single pass over the final volume would give. A user correction
 always wins over predictions and survives re-inference; cells a re-inferred chunk no longer predicts
-are dropped unless corrected. The per-chunk cell table itself lives in `nets.cells`.
+are dropped unless corrected. The per-chunk cell table itself lives in `nets.cells`, lookups over a
+snapshot of the chunks in `nets.label_reads`.
 """
 from __future__ import annotations
 
@@ -26,14 +27,12 @@ import numpy as np
 
 from fusion.classes import CLASSES
 from fusion.coarse import CoarseGridConfig
-from nets.cells import (CLASS_IDS, NEIGHBOURS26, NO_CORRECTION, ChunkCells, build_chunk, class_columns,
-                        group_by_chunk, labels_differ, overlapping_chunks, pack_cells, rows_of, unpack_cells)
+from nets.cells import (CLASS_IDS, NO_CORRECTION, ChunkCells, build_chunk, group_by_chunk, labels_differ,
+                        overlapping_chunks, pack_cells, rows_of, unpack_cells)
 from nets.label_arrays import PREFIX, has_label_arrays, rows_from_arrays, rows_to_arrays  # noqa: F401 (re-exported)
 from nets.label_moves import chunks_of, gather, moved_chunks, moved_values
-from nets.segment_vote import SegmentVoteConfig, surface_segments, vote
-from nets.vertex_labels import point_labels
-
-_OFFSETS6 = np.array([(1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)], np.int32)
+from nets.label_reads import LabelView
+from nets.segment_vote import SegmentVoteConfig
 
 
 @dataclass(frozen=True)
@@ -245,133 +244,41 @@ class LabelStore:
             self._moves.clear()
             self._commit({key: None for key in list(self._chunks)})
 
-    # --- lookups -------------------------------------------------------------------------------
-    def _snapshot(self) -> dict:
+    # --- lookups (`nets.label_reads`) ----------------------------------------------------------
+    def view(self) -> LabelView:
+        """An immutable snapshot of the labels for lookups (stays as it is while the store changes)."""
         with self._lock:
-            return dict(self._chunks)
+            return LabelView(dict(self._chunks), self.grid, self.config)
+
+    def _snapshot(self) -> dict:
+        return self.view().chunks
 
     def cells_at(self, points_m) -> np.ndarray:
-        """(N,3) int32 cell containing each point (metres)."""
-        p = np.asarray(points_m, np.float64).reshape(-1, 3)
-        return np.floor(p / self.grid.voxel_size_m).astype(np.int32)
+        return self.view().cells_at(points_m)
 
     def labels_of_cells(self, cells) -> tuple[np.ndarray, np.ndarray]:
-        """(label uint16, confidence float32) of each cell ((N,3) int); (0, 0) where the store has none."""
-        return self._labels_of(np.asarray(cells, np.int32).reshape(-1, 3), self._snapshot())
-
-    def _found(self, cells: np.ndarray, chunks: dict):
-        """Yield (chunk, positions in `cells`, rows in the chunk) for the cells the store holds."""
-        n = self.grid.chunk_voxels
-        for key, sel in group_by_chunk(cells, n):
-            chunk = chunks.get(key)
-            if chunk is None:
-                continue
-            rows = rows_of(chunk, key, n, cells[sel])
-            yield chunk, sel[rows >= 0], rows[rows >= 0]
-
-    def _labels_of(self, cells: np.ndarray, chunks: dict) -> tuple[np.ndarray, np.ndarray]:
-        label, conf = np.zeros(len(cells), np.uint16), np.zeros(len(cells), np.float32)
-        for chunk, sel, rows in self._found(cells, chunks):
-            label[sel], conf[sel] = chunk.label[rows], chunk.conf[rows]
-        return label, conf
-
-    def _cell_probs(self, cells: np.ndarray, chunks: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(probs (N,C), present (N,) bool, corrected (N,) uint16) of each cell: a corrected cell's
-        probabilities are one-hot in its class, the class shown gets the switch margin (so a cell's own
-        centre keeps the label it shows)."""
-        probs = np.zeros((len(cells), len(CLASS_IDS)), np.float32)
-        present = np.zeros(len(cells), bool)
-        corrected = np.full(len(cells), NO_CORRECTION, np.uint16)
-        for chunk, sel, rows in self._found(cells, chunks):
-            probs[sel] = chunk.probs[rows]
-            shown = class_columns(chunk.label[rows])
-            known = np.isin(chunk.label[rows], CLASS_IDS)
-            fixed = chunk.corrected[rows] != NO_CORRECTION
-            probs[sel[fixed]] = 0.0
-            probs[sel[known], shown[known]] += np.where(fixed[known], 1.0, self.config.switch_margin)
-            present[sel] = True
-            corrected[sel] = chunk.corrected[rows]
-        return probs, present, corrected
+        return self.view().labels_of_cells(cells)
 
     def labels_at(self, points_m) -> tuple[np.ndarray, np.ndarray]:
-        """(NYU40 uint16, confidence float32) per point: the cells' probabilities interpolated at the
-        point (`nets.vertex_labels`; a correction wins in its cells; 0 below `min_point_conf`); where no
-        cell around the point holds a label, the nearest labelled cell among the 26 neighbours of its
-        cell; else (0, 0)."""
-        return self._point_labels(points_m, self._snapshot())
-
-    def _point_labels(self, points_m, chunks: dict) -> tuple[np.ndarray, np.ndarray]:
-        if not chunks:  # nothing labelled yet (the nets off, or not run): no lookups
-            n = len(np.asarray(points_m).reshape(-1, 3))
-            return np.zeros(n, np.uint16), np.zeros(n, np.float32)
-        return point_labels(points_m, self.grid.voxel_size_m, lambda c: self._cell_probs(c, chunks),
-                            lambda c: self._labels_of(c, chunks), self.config.min_point_conf)
+        return self.view().labels_at(points_m)
 
     def mesh_labels(self, mesh, vote_config: SegmentVoteConfig = SegmentVoteConfig()) -> np.ndarray:
-        """(N,) uint16 NYU40 label per vertex of a whole mesh (`MeshArrays`): `labels_at`, then refined
-        at surface segments (`nets.segment_vote`) unless that is disabled; corrections keep their class."""
-        if not len(mesh.positions_m):
-            return np.zeros(0, np.uint16)
-        chunks = self._snapshot()
-        labels, conf = self._point_labels(mesh.positions_m, chunks)
-        if not vote_config.enabled:
-            return labels
-        keys, of_point = np.unique(pack_cells(self.cells_at(mesh.positions_m)), return_inverse=True)
-        fixed = (self._cell_probs(unpack_cells(keys).astype(np.int32), chunks)[2] != NO_CORRECTION)[of_point]
-        segments = surface_segments(mesh.normals, mesh.colors, mesh.faces, vote_config)
-        return vote(labels, conf, segments, fixed, vote_config)
+        return self.view().mesh_labels(mesh, vote_config)
 
     def brush(self, center_m, radius_m: float) -> np.ndarray:
-        """(K,3) int32 stored cells whose centres lie within `radius_m` of `center_m`."""
-        v = self.grid.voxel_size_m
-        c = np.asarray(center_m, np.float64).reshape(3)
-        lo, hi = np.floor((c - radius_m) / v).astype(int), np.floor((c + radius_m) / v).astype(int)
-        if np.prod(hi - lo + 1) > self.config.max_brush_cells:
-            raise ValueError(f"brush of radius {radius_m} m covers too many cells")
-        axes = [np.arange(a, b + 1, dtype=np.int32) for a, b in zip(lo, hi)]
-        cells = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-        cells = cells[np.linalg.norm((cells + 0.5) * v - c, axis=1) <= radius_m]
-        return cells[self._stored(cells)]
-
-    def _stored(self, cells: np.ndarray, chunks: dict | None = None) -> np.ndarray:
-        chunks = self._snapshot() if chunks is None else chunks
-        out = np.zeros(len(cells), bool)
-        for key, sel in group_by_chunk(cells, self.grid.chunk_voxels):
-            if key in chunks:
-                out[sel] = rows_of(chunks[key], key, self.grid.chunk_voxels, cells[sel]) >= 0
-        return out
+        return self.view().brush(center_m, radius_m)
 
     def connected_region(self, seed_point_m, max_cells: int = 100_000) -> np.ndarray:
-        """(K,3) int32 cells with the seed's label connected to it through stored cells (breadth first,
-        `config.connectivity` neighbours, at most `max_cells`); empty when no labelled cell is near the seed."""
-        chunks = self._snapshot()
-        seed_label, _ = self.labels_at(np.asarray(seed_point_m, np.float64).reshape(1, 3))
-        if seed_label[0] == 0:
-            return np.zeros((0, 3), np.int32)
-        seed = self.cells_at(seed_point_m)
-        lab, _ = self._labels_of(seed, chunks)
-        if lab[0] != seed_label[0]:  # the label came from a neighbour: start there
-            near = (seed + NEIGHBOURS26).astype(np.int32)
-            seed = near[self._labels_of(near, chunks)[0] == seed_label[0]][:1]
-        offsets = _OFFSETS6 if self.config.connectivity == 6 else NEIGHBOURS26
-        visited = pack_cells(seed)
-        frontier, found = seed, [seed]
-        while len(frontier) and sum(map(len, found)) < max_cells:
-            cand = np.unique(pack_cells((frontier[:, None, :] + offsets[None]).reshape(-1, 3)))
-            cand = cand[~np.isin(cand, visited)]
-            cells = unpack_cells(cand)
-            same = self._labels_of(cells, chunks)[0] == seed_label[0]
-            visited = np.union1d(visited, cand)
-            frontier = cells[same]
-            found.append(frontier)
-        return np.concatenate(found)[:max_cells]
+        return self.view().connected_region(seed_point_m, max_cells)
 
     def class_counts(self) -> dict[int, int]:
-        """{NYU40 id: labelled cells} over every class present (0 excluded)."""
-        counts = np.zeros(0x10000, np.int64)
-        for chunk in self._snapshot().values():
-            counts += np.bincount(chunk.label, minlength=0x10000)
-        return {int(i): int(counts[i]) for i in np.nonzero(counts)[0] if i != 0}
+        return self.view().class_counts()
+
+    def cells(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.view().cells()
+
+    def __len__(self) -> int:
+        return len(self.view())
 
     def mesh_chunks(self, keys, mesh_chunk_m: float) -> set:
         """Keys of the mesh chunks (edge `mesh_chunk_m`) overlapping the store's chunks `keys`, e.g. from
@@ -380,19 +287,6 @@ class LabelStore:
 
     def chunk_keys(self) -> set:
         return set(self._snapshot())
-
-    def __len__(self) -> int:
-        return sum(len(c.coords) for c in self._snapshot().values())
-
-    def cells(self) -> tuple[np.ndarray, np.ndarray]:
-        """(coords (N,3) int32, labels (N,) uint16) of every stored cell, sorted by packed cell key."""
-        chunks = self._snapshot()
-        if not chunks:
-            return np.zeros((0, 3), np.int32), np.zeros(0, np.uint16)
-        coords = np.concatenate([c.coords for c in chunks.values()])
-        labels = np.concatenate([c.label for c in chunks.values()])
-        order = np.argsort(pack_cells(coords))
-        return coords[order], labels[order]
 
     # --- persistence ---------------------------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:

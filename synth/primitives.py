@@ -17,6 +17,10 @@ N_MATERIALS = 8
 WOODS = ((150, 105, 65), (190, 150, 100), (110, 75, 45), (205, 180, 140))
 FABRICS = ((120, 130, 150), (170, 90, 80), (90, 120, 90), (200, 190, 170), (70, 70, 80), (150, 120, 160))
 WHITES = ((235, 235, 230), (225, 228, 232), (240, 236, 225))
+#: Wall finishes: paint in whites and pastels three times in four, else wood panelling or a dark paint
+#: (real rooms have both, and a net that has only seen pale walls reads a wooden wall as a door or cabinet)
+WALL_FINISHES = WHITES * 3 + ((210, 200, 170), (180, 200, 210), (215, 190, 180), WOODS[0], WOODS[2],
+                          (150, 150, 145), (110, 125, 140))
 
 
 @dataclass

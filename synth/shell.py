@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fusion.classes import CEILING, NAME_TO_ID
-from synth.primitives import PLANKS, PLASTER, TILE, WHITES, WOODS, Part, box, jitter, pick
+from synth.primitives import PLANKS, PLASTER, TILE, WALL_FINISHES, WHITES, WOODS, Part, box, jitter, pick
 
 WALL, FLOOR = NAME_TO_ID["wall"], NAME_TO_ID["floor"]
 
@@ -146,7 +146,7 @@ def shell(size_m, room_type: str, rng: np.random.Generator, cfg: ShellConfig, pl
     W, D, H = size_m
     wet = room_type in ("kitchen", "bathroom")
     floor_col = jitter(rng, (200, 200, 195) if wet else pick(rng, WOODS), 15)
-    wall_col = jitter(rng, pick(rng, WHITES + ((210, 200, 170), (180, 200, 210), (215, 190, 180))), 10)
+    wall_col = jitter(rng, pick(rng, WALL_FINISHES), 10)
     c = cfg.cell_m
     parts = [_grid_quad(np.zeros(3), np.array([W, 0, 0]), np.array([0, D, 0]), c, FLOOR,
                         floor_col, TILE if wet else PLANKS, (0, 0, 1)),

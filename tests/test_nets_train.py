@@ -1,6 +1,7 @@
 """Training: samples from fused synthetic scans, determinism, resume, a falling loss, DDP under torchrun."""
 from __future__ import annotations
 
+import logging
 import socket
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from nets.batch import make_batch
-from nets.data import IGNORE, SampleConfig, make_sample
+from nets.data import IGNORE, SampleConfig, build_dataset, make_sample
 from nets.model import SemanticCompletionNet
 from nets.train import TrainConfig, class_weights, loss_terms, train
 
@@ -24,6 +25,13 @@ FAST = replace(TrainConfig(), steps=3, warmup_steps=1, checkpoint_every=1, val_e
 @pytest.fixture(scope="module")
 def samples():
     return [make_sample(7, 0, TINY), make_sample(8, 0, TINY)]
+
+
+def test_a_room_that_cannot_be_scanned_is_left_out_of_a_dataset_with_a_warning(tmp_path, caplog):
+    """Room 3134's furniture leaves no camera path: the dataset is written without it."""
+    with caplog.at_level(logging.WARNING, logger="nets.data"):
+        assert build_dataset(tmp_path, [3134], 1, TINY, progress=False) == []
+    assert "room 3134 variant 0 left out" in caplog.text and not list(tmp_path.glob("*.npz"))
 
 
 def test_samples_are_deterministic_and_sit_on_the_ground_truth(samples):
@@ -139,6 +147,31 @@ def test_exposure_scales_linear_colour_and_leaves_geometry(samples):
     p, d = plain.features.numpy(), dark.features.numpy()
     assert np.allclose(d[:, 4:7] + 0.5, (p[:, 4:7] + 0.5) * 0.3, atol=1e-6)
     assert np.array_equal(d[:, :4], p[:, :4])
+
+
+def test_class_recolour_repaints_each_class_as_a_whole_and_leaves_geometry(samples):
+    """Every site of a class gets one gain and one new mean (the class's colour changes, its texture
+    stays); the geometry features and the sites do not move."""
+    from nets.batch import Augment
+    from nets.model import EMPTY
+
+    plain, t = make_batch(samples[:1], np.random.default_rng(3), Augment(colour_jitter=0.0))
+    paint, _ = make_batch(samples[:1], np.random.default_rng(3), Augment(colour_jitter=0.0, class_recolour=1.0))
+    assert torch.equal(plain.coordinates, paint.coordinates)
+    p, q = plain.features.numpy(), paint.features.numpy()
+    assert np.array_equal(p[:, :4], q[:, :4])
+    classes = t.semantic(plain.coordinates.numpy(), np.ones(len(p), bool))
+    moved = 0
+    for k in np.unique(classes[classes != EMPTY]):
+        rows = (classes == k) & np.all(np.abs(q[:, 4:7]) < 0.499, axis=1)  # clipped sites leave the line
+        if rows.sum() < 10:
+            continue
+        a, b = p[rows, 4:7], q[rows, 4:7]
+        da, db = a - a.mean(0), b - b.mean(0)
+        gain = (da * db).sum() / max((da * da).sum(), 1e-12)
+        assert np.allclose(db, gain * da, atol=0.02)
+        moved += np.abs(b.mean(0) - a.mean(0)).max() > 0.05
+    assert moved >= 1
 
 
 def test_real_scan_augmentation_cuts_walls_punches_holes_and_targets_follow_a_tilt(samples):
