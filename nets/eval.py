@@ -123,6 +123,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--real-room-rescore", type=Path, default=None, metavar="DIR",
                    help="relabel the reconstructions a real-room run saved in DIR with --weights (same geometry, "
                         "only the labels differ) and score them")
+    p.add_argument("--phases", type=int, default=1, metavar="1..4",
+                   help="with --real-room-rescore: also score the scan shifted sideways by whole cells, at this "
+                        "many grid phases in all (the mIoU of each and their mean)")
     return p
 
 
@@ -146,7 +149,7 @@ def rescore_main(args) -> int:
     points_path(args.real_room)  # a missing file fails here, before the weights load
     model = ChunkModel.load(args.weights).with_turns(args.turns or FINAL_TURNS)
     t0 = time.perf_counter()
-    result = rescore_real_room(args.real_room_rescore, model, RealRoomConfig(), args.real_room)
+    result = rescore_real_room(args.real_room_rescore, model, RealRoomConfig(), args.real_room, args.phases)
     return _report_real_room(result, args, t0)
 
 

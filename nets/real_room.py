@@ -340,4 +340,8 @@ def table(result: dict) -> str:
                            ("vertices_scored", "vertices scored", "d"), ("unlabeled_share", "unlabeled", ".3f"),
                            ("ate_rmse_m", "ATE (m)", ".3f")):
         rows.append(f"{name:<16}" + "".join(f"{v[m][key]:>12{fmt}}" for m in modes))
+    if all("phase_miou" in v[m] for m in modes):
+        for i in range(len(v[modes[0]]["phase_miou"])):
+            rows.append(f"{f'mIoU, phase {i}':<16}" + "".join(f"{v[m]['phase_miou'][i]:>12.3f}" for m in modes))
+        rows.append(f"{'mIoU, mean':<16}" + "".join(f"{v[m]['phase_miou_mean']:>12.3f}" for m in modes))
     return "\n".join(rows)

@@ -57,6 +57,22 @@ def centres(cells) -> np.ndarray:
     return (np.asarray(cells, float) + 0.5) * V
 
 
+def test_a_view_keeps_the_labels_it_was_taken_with_while_the_store_changes():
+    """Lookups over one view agree with each other: fusing, correcting or clearing later changes the store,
+    not a view taken before."""
+    store = LabelStore(GRID)
+    cells = slab(30, 36, 0, 4, 0)  # across a chunk border
+    store.fuse(pred(cells, FLOOR))
+    view = store.view()
+    store.correct(cells[:5], CHAIR)
+    store.fuse(pred(cells, TABLE, p=0.99))
+    assert np.all(view.labels_at(centres(cells))[0] == FLOOR) and view.class_counts() == {FLOOR: len(cells)}
+    assert len(view.connected_region(centres(cells[:1]))) == len(cells)
+    assert store.labels_of_cells(cells[:5])[0].tolist() == [CHAIR] * 5
+    store.clear()
+    assert len(store) == 0 and len(view) == len(cells) and len(view.brush(centres(cells[:1])[0], 0.3)) > 0
+
+
 def test_fuse_and_lookup_across_chunks():
     store = LabelStore(GRID)
     cells = slab(28, 36, 0, 4, 5)  # straddles chunks x = 0 and x = 1

@@ -95,12 +95,16 @@ def test_rescore_relabels_the_saved_reconstructions_like_the_final_pass(smoke):
     out, result = smoke
     model = ChunkModel.load()
     again = rescore_real_room(out, model.with_turns(FINAL_TURNS), SMOKE)
-    one_pass = rescore_real_room(out, model, SMOKE)
+    one_pass = rescore_real_room(out, model, SMOKE, phases=2)
     assert again["turns"] == FINAL_TURNS and set(again["variants"]) == {"gt", "track"}
     for mode, v in result["variants"].items():
         assert again["variants"][mode]["vertices"] == v["vertices"]
         assert abs(again["variants"][mode]["miou"] - v["miou"]) < 0.02
         assert one_pass["variants"][mode]["vertices"] == v["vertices"]
+        phases = one_pass["variants"][mode]["phase_miou"]  # the first phase is the scan as it is
+        assert len(phases) == 2 and phases[0] == one_pass["variants"][mode]["miou"]
+        assert one_pass["variants"][mode]["phase_miou_mean"] == pytest.approx(np.mean(phases))
+        assert "phase_miou" not in again["variants"][mode]
 
 
 def test_rescore_of_a_folder_that_is_no_run_is_one_line_error(tmp_path, capsys):
