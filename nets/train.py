@@ -13,11 +13,12 @@ given `--seed` (one process, same thread count).
 from __future__ import annotations
 
 import argparse
+import ast
 import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -223,6 +224,9 @@ def _parse(argv=None):
     p.add_argument("--make-data", type=str, metavar="FIRST:LAST",
                    help="first scan synthetic rooms FIRST..LAST-1 into --data (skips ones already there)")
     p.add_argument("--workers", type=int, default=1, help="processes for --make-data")
+    p.add_argument("--augment", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override one field of the training augmentation (nets.batch.Augment), e.g. "
+                        "class_recolour=0.15; repeatable")
     return p.parse_args(argv)
 
 
@@ -233,9 +237,30 @@ def _load_dir(folder: Path | None) -> list[Sample]:
     return [Sample.load(p) for p in tqdm(paths, desc=f"loading {folder.name}", leave=False)]
 
 
+def _augment_overrides(augment: Augment, items: list[str]) -> Augment:
+    """`augment` with FIELD=VALUE overrides (the value parsed as a Python literal); UserError names a bad one."""
+    names = {f.name for f in fields(Augment)}
+    for item in items:
+        key, _, text = item.partition("=")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise UserError(f"--augment {item}: the value is not a number or tuple") from None
+        if key not in names:
+            raise UserError(f"--augment {item}: no such field (one of {', '.join(sorted(names))})")
+        augment = replace(augment, **{key: value})
+    return augment
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parse(argv)
+    cfg = replace(TrainConfig(), steps=args.steps, seed=args.seed, threads=args.threads, lr=args.lr)
+    try:
+        cfg = replace(cfg, augment=_augment_overrides(cfg.augment, args.augment))
+    except UserError as exc:
+        log.error("%s", exc)
+        return 2
     if args.make_data:
         first, last = (int(v) for v in args.make_data.split(":"))
         build_dataset(args.data, range(first, last), 1, workers=args.workers)
@@ -243,7 +268,6 @@ def main(argv=None) -> int:
     if not train_samples:
         log.error("no training samples in %s (use --make-data FIRST:LAST)", args.data)
         return 2
-    cfg = replace(TrainConfig(), steps=args.steps, seed=args.seed, threads=args.threads, lr=args.lr)
     try:
         metrics = train(train_samples, _load_dir(args.val), args.out, cfg, resume=args.resume, init=args.init)
     except UserError as exc:

@@ -206,3 +206,16 @@ def test_held_out_scores_of_four_turns_score_the_same_sites(samples):
     assert one["confusion"].sum() == four["confusion"].sum() > 0
     assert one["sdf_n"] == four["sdf_n"]
     assert not np.array_equal(one["confusion"], four["confusion"])  # the turned passes changed predictions
+
+
+def test_train_cli_overrides_the_augmentation_and_names_a_bad_field(tmp_path, caplog):
+    from nets.train import TrainConfig, _augment_overrides, main
+
+    aug = _augment_overrides(TrainConfig().augment, ["class_recolour=0.15", "exposure=(0.5, 1.0)"])
+    assert aug.class_recolour == 0.15 and aug.exposure == (0.5, 1.0)
+    assert aug.max_tilt_deg == TrainConfig().augment.max_tilt_deg
+    for bad, said in (("recolour=1", "no such field"), ("class_recolour=lots", "the value is not a number")):
+        with caplog.at_level(logging.ERROR, logger="nets.train"):
+            assert main(["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--augment", bad]) == 2
+        assert f"--augment {bad}: {said}" in caplog.text
+        caplog.clear()
