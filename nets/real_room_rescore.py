@@ -5,8 +5,8 @@ variant's saved session, so the geometry is the same and only the labels differ
 side-by-side comparison that frame rendering and tracking cannot blur. The frames and sessions stay in
 DIR, outside the repository. Functions keep no state; call them from one thread.
 
-The nets' scores move with where the scan falls on their pooling grid (the real room scores 0.33-0.35
-at one sideways shift of whole cells and 0.325 at another), so `phases` > 1 also relabels the scan
+The nets' scores move with where the scan falls on their pooling grid (the weights shipped on 2026-12-02
+score the real room's ground-truth-pose scan 0.325-0.352 across four sideways shifts), so `phases` > 1 also relabels the scan
 shifted sideways by whole cells (`PHASE_SHIFTS_CELLS`, the labels read back where the mesh was shifted
 to) and reports each shift's mIoU and their mean: weights compared on the mean are compared on the
 net, not on one grid phase.
