@@ -26,6 +26,7 @@ from fusion.frame import Frame
 from fusion.pipeline import FusionPipeline, PipelineConfig
 from fusion.sources.synthetic import SyntheticSource
 from fusion.volume import VolumeConfig
+from synth.trajectory import NoCameraPath
 from nets.cells import CLASS_IDS  # noqa: F401 (class index -> NYU40 id; re-exported for training and scoring)
 
 log = logging.getLogger(__name__)
@@ -157,8 +158,10 @@ def build_dataset(out_dir: Path, seeds, variants: int, cfg: SampleConfig = Sampl
         with ProcessPoolExecutor(max_workers=workers) as pool:
             futures = {pool.submit(_write_one, (out_dir, s, v, cfg)): (s, v) for s, v in todo}
             for done in as_completed(futures):
-                if done.exception() is not None:
-                    log.warning("room %d variant %d left out: %s", *futures[done], done.exception())
+                try:
+                    done.result()
+                except NoCameraPath as exc:
+                    log.warning("room %d variant %d left out: %s", *futures[done], exc)
                 bar.update()
         bar.close()
     return [p for p in (out_dir / f"{s}_{v}.npz" for s, v in jobs) if p.exists()]

@@ -247,11 +247,11 @@ class LabelStore:
     # --- lookups (`nets.label_reads`) ----------------------------------------------------------
     def view(self) -> LabelView:
         """An immutable snapshot of the labels for lookups (stays as it is while the store changes)."""
-        with self._lock:
-            return LabelView(dict(self._chunks), self.grid, self.config)
+        return LabelView(self._snapshot(), self.grid, self.config)
 
     def _snapshot(self) -> dict:
-        return self.view().chunks
+        with self._lock:
+            return dict(self._chunks)
 
     def cells_at(self, points_m) -> np.ndarray:
         return self.view().cells_at(points_m)

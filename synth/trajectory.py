@@ -20,6 +20,10 @@ from synth.world import World
 log = logging.getLogger(__name__)
 
 
+class NoCameraPath(RuntimeError):
+    """A room whose furniture leaves no free space for a camera path."""
+
+
 @dataclass(frozen=True)
 class TrajectoryConfig:
     """Camera path rules."""
@@ -289,7 +293,7 @@ def plan_trajectory(world: World, n_frames: int, config: TrajectoryConfig | None
         if score[0] == 0 and score[1] <= cfg.weak_share * len(poses) / cfg.probe_every:
             break
     if best is None:
-        raise RuntimeError(f"synthetic room {world.seed}: no camera path fits its free space")
+        raise NoCameraPath(f"synthetic room {world.seed}: no camera path fits its free space")
     if best[0][0]:
         log.warning("synthetic room %d: camera path has %d frames outside its bounds", world.seed, best[0][0])
     return best[1][:n_frames]
