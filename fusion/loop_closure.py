@@ -117,8 +117,8 @@ class LoopCloser:
                 C = new_by_kid[kf.kid] @ np.linalg.inv(st.poses[i]) if kf.kid in new_by_kid else C_last
                 st.poses[i] = C @ st.poses[i]
                 corr.append(C)
-                if kf.kid > built.kids[-1]:
-                    built.add(kf, st.poses[i])
+            late = [i for i, kf in enumerate(st.kfs) if kf.kid > built.kids[-1]]
+            built.add_many([st.kfs[i] for i in late], [st.poses[i] for i in late])
         event = MapCorrection(int(frame_index), np.array([k.index for k in st.kfs]), np.array(corr),
                               keyframe_positions_m=before[:, :3, 3].copy(), keyframe_view_centres_m=centres,
                               applied_s=time.monotonic(), **info)
@@ -389,19 +389,22 @@ class LoopCloser:
 
     def _catch_up(self, built: RebuiltMap, new_by_kid: dict, C_last: np.ndarray, moved: int, pace) -> bool:
         """Integrate into `built` the keyframes taken while it was rebuilt (moved like the newest one it holds),
-        so that the fusion thread's `apply_ready` has few left to add; False when stopped or stale."""
+        round after round, so that the fusion thread's `apply_ready` has few left to add; False when stopped or
+        stale. It hands over once at most `handover_keyframes` are left, or when a round did not shrink what is
+        left (the scan adds keyframes faster than the paced worker integrates them: chasing them would hold the
+        correction back until the scan ends)."""
+        left = None
         while True:
             kfs, poses, _, _, now_moved = self._snapshot()
             extra = [(k, C_last @ T) for k, T in zip(kfs, poses) if k.kid > built.kids[-1]]
             if now_moved != moved:
                 return False
-            if not extra:
+            if len(extra) <= self.config.handover_keyframes or (left is not None and len(extra) >= left):
                 return True
-            for kf, T in extra:
-                if pace():
-                    return False
-                built.add(kf, T)
-                new_by_kid[kf.kid] = T
+            left = len(extra)
+            if not built.add_many([k for k, _ in extra], [T for _, T in extra], pace):
+                return False
+            new_by_kid.update((k.kid, T) for k, T in extra)
 
     def offer(self, new_poses: np.ndarray) -> bool:
         """Correct the map to put the keyframes held now at `new_poses` ((N,4,4), in order), as an accepted

@@ -32,6 +32,8 @@ class LoopClosureConfig:
     #:     describes the reduced images: memory stays bounded while it rebuilds)
     max_backlog: int = 20                #: keyframes queued beyond this are described now and searched for loops once
     #:     the worker has caught up (newest first)
+    handover_keyframes: int = 4          #: a rebuilt map is handed over with at most this many keyframes taken
+    #:     meanwhile left for the fusion thread to add (more when the worker cannot catch up with the scan)
     max_deferred: int = 8                #: an accepted loop's correction waits for at most this many queued keyframes
     #:     to be searched first (their loops join the same optimisation and rebuild: fewer, better corrections)
     worker_nice: int = 10                #: the worker thread runs this much nicer than fusion (where the OS allows)

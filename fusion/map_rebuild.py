@@ -30,14 +30,24 @@ class RebuiltMap:
     kids: list                    #: keyframe ids integrated, in order
     poses: np.ndarray             #: (N,4,4) the poses they were integrated with
 
-    def add(self, kf: MapKeyframe, T_world_cam: np.ndarray, mesh: bool = True) -> None:
-        """Integrate one more keyframe (and mesh what it touched)."""
-        touched = self.volume.integrate(kf.frame(), T_world_cam)
-        if mesh:
-            self.mesher.update(touched)
-            self.mesher.flush()
-        self.kids.append(kf.kid)
-        self.poses = np.concatenate([self.poses, np.asarray(T_world_cam, float)[None]])
+    def add_many(self, keyframes: list, poses: list, pace=lambda: False) -> bool:
+        """Integrate keyframes, then mesh what they touched once (meshing after every keyframe would re-mesh
+        blocks many times), one mesher batch per update; `pace()` is called between keyframes and batches
+        (True stops: False is returned, and the map is then unusable)."""
+        touched = []
+        for kf, T in zip(keyframes, poses):
+            if pace():
+                return False
+            touched.append(self.volume.integrate(kf.frame(), T))
+            self.kids.append(kf.kid)
+            self.poses = np.concatenate([self.poses, np.asarray(T, float)[None]])
+        if touched:
+            self.mesher.update(np.concatenate(touched))
+        while self.mesher.pending_blocks:
+            if pace():
+                return False
+            self.mesher.update(np.zeros((0, 3), np.int32))
+        return True
 
 
 def rebuild(keyframes: list[MapKeyframe], poses: np.ndarray, volume_config: VolumeConfig,
@@ -49,16 +59,7 @@ def rebuild(keyframes: list[MapKeyframe], poses: np.ndarray, volume_config: Volu
     mesher = ChunkMesher(vol, dataclasses.replace(mesh_config, threads=1, max_blocks_per_update=max(0, mesh_batch_blocks),
                                                   min_interval_updates=1))
     out = RebuiltMap(vol, mesher, [], np.zeros((0, 4, 4)))
-    for kf, T in zip(keyframes, poses):
-        if pace():
-            mesher.close()
-            return None
-        out.add(kf, T, mesh=False)
-    # once at the end (meshing after every keyframe re-meshes blocks many times), one batch per update
-    mesher.update(vol.active_keys())
-    while mesher.pending_blocks:
-        if pace():
-            mesher.close()
-            return None
-        mesher.update(np.zeros((0, 3), np.int32))
+    if not out.add_many(keyframes, poses, pace):
+        mesher.close()
+        return None
     return out

@@ -1,11 +1,15 @@
 """Map rebuild from keyframes: meshed in paced batches it is the same map as meshed at once; a stop during
-meshing abandons it; the worker's pacer says when to stop."""
+meshing abandons it; the worker's pacer says when to stop; a worker slower than the scan hands its map over
+without chasing every new keyframe."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
 
+from fusion.loop_closure import LoopCloser
+from fusion.loop_config import LoopClosureConfig
 from fusion.loop_pacing import WorkerPacer
 from fusion.loops import MapKeyframe
 from fusion.map_rebuild import rebuild
@@ -67,3 +71,32 @@ def test_pacer_reports_a_stop():
     stop.set()
     assert pace() is True
     assert WorkerPacer(0.25, stop)() is True   # a set stop ends its sleep at once
+
+
+def test_a_worker_slower_than_the_scan_hands_its_map_over():
+    """The scan adds a keyframe each time the worker pauses, so catching up never ends: the worker stops once a
+    round left no fewer keyframes than the one before, and the fusion thread's apply_ready adds the rest."""
+    kfs, poses = _keyframes(4)
+    lc = LoopCloser(LoopClosureConfig(enabled=True, handover_keyframes=1), VOLUME, MeshConfig())
+    for kf, T in zip(kfs, poses):
+        lc._store.add(kf, T)
+    added = []
+
+    def pace():  # the scan goes on: one more keyframe (a copy of the last, a new id) per pause
+        if len(added) < 200:
+            added.append(dataclasses.replace(kfs[-1], kid=len(kfs) + len(added)))
+            with lc._lock:
+                lc._store.add(added[-1], poses[-1])
+        return False
+
+    info = dict(max_shift_m=0.0, loops=0, optimise_s=0.0)
+    assert lc._hand_over(kfs, poses, poses, 0, info, pace=pace)
+    built = lc._ready[0]
+    assert len(added) < 40                                 # handed over while the scan still went on
+    assert len(lc._store.kfs) - len(built.kids) > 1        # ... with keyframes left for the fusion thread
+    got, event = lc.apply_ready(frame_index=100)
+    try:
+        assert got is built and got.kids == [k.kid for k in lc._store.kfs]
+        assert len(event.corrections) == len(lc._store.kfs)
+    finally:
+        got.mesher.close()
