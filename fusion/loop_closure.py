@@ -105,7 +105,7 @@ class LoopCloser:
     def apply_ready(self, frame_index: int) -> tuple[RebuiltMap, MapCorrection] | None:
         """A corrected map waiting to be swapped in while frame `frame_index` is fused (its pose and the
         later ones are in the new world), with the correction; None when there is none. Keyframes added
-        since it was built are integrated into it first (a few, at reduced size)."""
+        since it was built are integrated into it first (a few, at reduced size; the live mesher meshes them)."""
         if self._ready is None:
             return None
         built, new_by_kid, C_last, info = self._ready
@@ -118,7 +118,7 @@ class LoopCloser:
                 st.poses[i] = C @ st.poses[i]
                 corr.append(C)
             late = [i for i, kf in enumerate(st.kfs) if kf.kid > built.kids[-1]]
-            built.add_many([st.kfs[i] for i in late], [st.poses[i] for i in late])
+            built.add_many([st.kfs[i] for i in late], [st.poses[i] for i in late], mesh=False)  # meshed by the live mesher
         event = MapCorrection(int(frame_index), np.array([k.index for k in st.kfs]), np.array(corr),
                               keyframe_positions_m=before[:, :3, 3].copy(), keyframe_view_centres_m=centres,
                               applied_s=time.monotonic(), **info)
@@ -389,20 +389,21 @@ class LoopCloser:
 
     def _catch_up(self, built: RebuiltMap, new_by_kid: dict, C_last: np.ndarray, moved: int, pace) -> bool:
         """Integrate into `built` the keyframes taken while it was rebuilt (moved like the newest one it holds),
-        round after round, so that the fusion thread's `apply_ready` has few left to add; False when stopped or
-        stale. It hands over once at most `handover_keyframes` are left, or when a round did not shrink what is
-        left (the scan adds keyframes faster than the paced worker integrates them: chasing them would hold the
-        correction back until the scan ends)."""
-        left = None
+        round after round, so that the fusion thread's `apply_ready` has few left to add (what it adds stalls the
+        live loop); False when stopped or stale. It hands over once at most `handover_keyframes` are left. When
+        a paced round did not shrink what is left (the scan adds keyframes faster than the paced worker
+        integrates them: chasing them would hold the correction back until the scan ends), one last round runs
+        unpaced and the map is handed over after it."""
+        left, hurry = None, False
         while True:
             kfs, poses, _, _, now_moved = self._snapshot()
             extra = [(k, C_last @ T) for k, T in zip(kfs, poses) if k.kid > built.kids[-1]]
             if now_moved != moved:
                 return False
-            if len(extra) <= self.config.handover_keyframes or (left is not None and len(extra) >= left):
+            if len(extra) <= self.config.handover_keyframes or hurry:
                 return True
-            left = len(extra)
-            if not built.add_many([k for k, _ in extra], [T for _, T in extra], pace):
+            hurry, left = left is not None and len(extra) >= left, len(extra)
+            if not built.add_many([k for k, _ in extra], [T for _, T in extra], self._stop.is_set if hurry else pace):
                 return False
             new_by_kid.update((k.kid, T) for k, T in extra)
 

@@ -14,7 +14,10 @@ The alignment is accepted only when
 - the matched surfaces pin every direction (their normals span space: one wall lets ICP slide along it);
 - the correction it implies is within what odometry drifts over the path walked since the keyframe's last
   loop edge.
-The result is a loop-like edge to the map keyframe that shares the most surface with it.
+The result is a loop-like edge to the map keyframe that confirms most of its points at the aligned pose (not
+the one that shared most surface at the predicted pose: where the map is still off by a few centimetres between
+old keyframes, which depth alone cannot show on a floor and a wall, an edge to a keyframe the aligned view
+barely agrees with carries that error into the next optimisation).
 Thread: the loop-closure worker only (it shares the detector's cloud cache).
 """
 from __future__ import annotations
@@ -86,6 +89,7 @@ class MapCheck:
     overlap: float     #: land on some map keyframe's valid depth
     agree: float       #: of those: within agree_m of it in some map keyframe
     through: float     #: of those: in front of some map keyframe's surface by more than through_m
+    support: tuple = ()   #: per map keyframe: share of the sampled points within agree_m of its depth
 
 
 class MapAligner:
@@ -121,12 +125,12 @@ class MapAligner:
 
     def align(self, cur: MapKeyframe, T_pred: np.ndarray, olds: list, old_poses: np.ndarray, walked_m: float) -> Verdict:
         """Register `cur` (predicted at T_pred) to the map of `olds` at `old_poses`; walked_m: path since its last
-        loop edge. The edge joins cur to the map keyframe sharing most surface."""
+        loop edge. The edge joins cur to the map keyframe that confirms most of its points at the aligned pose."""
         cfg = self.config
         chosen = self.map_keyframes(cur, T_pred, olds, old_poses)
         if not chosen:
             return Verdict(None, "no map keyframe sees its surface")
-        a, T_a = olds[chosen[0]], old_poses[chosen[0]]
+        T_a = old_poses[chosen[0]]
         init = np.linalg.inv(T_a) @ T_pred
         union = self._union([olds[i] for i in chosen], np.linalg.inv(T_a) @ old_poses[chosen], cur, init)
         if not union.has_points():
@@ -142,9 +146,12 @@ class MapAligner:
         if why:
             return Verdict(None, f"map: {why}")
         drift_m, drift_deg = relative_motion(init, T)
-        info = np.asarray(_REG.get_information_matrix_from_point_clouds(src, union, cfg.icp_max_m[-1], T))
-        return Verdict(LoopEdge(a.kid, cur.kid, T, len(res.correspondence_set), check.overlap, float(res.inlier_rmse),
-                                info, drift_m, drift_deg, a.index, cur.index))
+        b = chosen[int(np.argmax(check.support))]   # the anchor: the map keyframe confirming most of its points
+        T_ba = np.linalg.inv(old_poses[b]) @ T_a
+        union_b = o3d.geometry.PointCloud(union).transform(T_ba)
+        info = np.asarray(_REG.get_information_matrix_from_point_clouds(src, union_b, cfg.icp_max_m[-1], T_ba @ T))
+        return Verdict(LoopEdge(olds[b].kid, cur.kid, T_ba @ T, len(res.correspondence_set), check.overlap,
+                                float(res.inlier_rmse), info, drift_m, drift_deg, olds[b].index, cur.index))
 
     def check(self, cur: MapKeyframe, T_world_cur: np.ndarray, maps: list, map_poses: np.ndarray) -> MapCheck:
         """How cur's sampled points at T_world_cur meet the depth of the map keyframes at their poses."""
@@ -155,9 +162,12 @@ class MapAligner:
         covered = seen.any(0)
         n = max(1, int(covered.sum()))
         with np.errstate(invalid="ignore"):
-            agree = (np.abs(d) < cfg.agree_m).any(0)
+            agree_each = np.abs(d) < cfg.agree_m
             through = (d < -cfg.through_m).any(0)
-        return MapCheck(float(covered.mean()) if len(pts) else 0.0, float(agree.sum()) / n, float(through.sum()) / n)
+        agree = agree_each.any(0)
+        support = tuple(float(s) for s in agree_each.mean(1)) if len(pts) else (0.0,) * len(maps)
+        return MapCheck(float(covered.mean()) if len(pts) else 0.0, float(agree.sum()) / n, float(through.sum()) / n,
+                        support)
 
     def _samples(self, kf: MapKeyframe) -> np.ndarray:
         return depth_points(kf, self._depth_max_m)[::self.config.sample_step]

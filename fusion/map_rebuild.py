@@ -30,10 +30,11 @@ class RebuiltMap:
     kids: list                    #: keyframe ids integrated, in order
     poses: np.ndarray             #: (N,4,4) the poses they were integrated with
 
-    def add_many(self, keyframes: list, poses: list, pace=lambda: False) -> bool:
+    def add_many(self, keyframes: list, poses: list, pace=lambda: False, mesh: bool = True) -> bool:
         """Integrate keyframes, then mesh what they touched once (meshing after every keyframe would re-mesh
         blocks many times), one mesher batch per update; `pace()` is called between keyframes and batches
-        (True stops: False is returned, and the map is then unusable)."""
+        (True stops: False is returned, and the map is then unusable). mesh False: what they touched is only
+        queued (`ChunkMesher.queue`: the mesher that adopts this one meshes it within its budget)."""
         touched = []
         for kf, T in zip(keyframes, poses):
             if pace():
@@ -41,6 +42,9 @@ class RebuiltMap:
             touched.append(self.volume.integrate(kf.frame(), T))
             self.kids.append(kf.kid)
             self.poses = np.concatenate([self.poses, np.asarray(T, float)[None]])
+        if touched and not mesh:
+            self.mesher.queue(np.concatenate(touched))
+            return True
         if touched:
             self.mesher.update(np.concatenate(touched))
         while self.mesher.pending_blocks:

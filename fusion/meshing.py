@@ -139,12 +139,16 @@ class ChunkMesher:
     def pending_blocks(self) -> int:
         return len(self._pending)
 
+    def queue(self, touched_blocks: np.ndarray) -> None:
+        """Mark what `touched_blocks` changed for re-meshing by the next updates (meshes nothing now)."""
+        for k in pack_keys(self.affected_blocks(np.asarray(touched_blocks, np.int32))).tolist():
+            self._pending.setdefault(k, self._updates)
+
     def update(self, touched_blocks: np.ndarray) -> set:
         """Re-mesh what `touched_blocks` changed (within the budget); return the chunk keys whose mesh changed."""
         self._updates += 1
         now = self._updates
-        for k in pack_keys(self.affected_blocks(np.asarray(touched_blocks, np.int32))).tolist():
-            self._pending.setdefault(k, now)
+        self.queue(touched_blocks)
         ready = [k for k in self._pending
                  if now - self._meshed_at.get(k, -10**9) >= self.config.min_interval_updates]
         ready.sort(key=lambda k: (k in self._meshed_at, self._pending[k]))
@@ -247,11 +251,12 @@ class ChunkMesher:
 
     def adopt(self, other: "ChunkMesher") -> set:
         """Take `other`'s block meshes (meshed for a volume this mesher's volume adopted) and close it;
-        returns every chunk key whose mesh changed (old and new)."""
-        other.flush()
+        returns every chunk key whose mesh changed (old and new). Blocks still pending there are re-meshed
+        by this mesher's next updates, within its budget."""
         changed = set(self.chunks) | set(other.chunks)
         self.reset()
         self.chunks.update(other.chunks)
+        self._pending = dict.fromkeys(other._pending, self._updates)
         other.close()
         return changed
 

@@ -1,5 +1,5 @@
 """Dense map alignment: a keyframe whose odometry drifted is registered to the map of old keyframes (accepted on
-a real partial overlap, close to the truth); a look-alike, a correction larger than the path's drift allows
+a real partial overlap, close to the truth, joined to the map keyframe that confirms most of it); a look-alike, a correction larger than the path's drift allows
 and a surface that cannot pin the pose are rejected."""
 from __future__ import annotations
 
@@ -81,3 +81,24 @@ def _full(frame: Frame) -> Frame:
     color = np.repeat(np.repeat(frame.color, 2, 0), 2, 1)
     depth = np.repeat(np.repeat(frame.depth_m, 2, 0), 2, 1)
     return Frame(color, depth, frame.intrinsics.scaled(2.0), frame.timestamp_s, frame.index)
+
+
+def test_edge_anchored_to_the_map_keyframe_that_confirms_most(scene):
+    """The map keyframes are ranked by the surface they share with the keyframe at its predicted pose; the edge
+    joins the one that confirms most of its points at the aligned pose instead (here the ranking is reversed, so
+    the first-ranked keyframe confirms least). Where the map is still a few centimetres off between old
+    keyframes, an edge to one that barely agrees with the aligned view carries that error into the graph."""
+    src, det, olds, old_poses, cur = scene
+    aligner = MapAligner(MapAlignConfig(), det.cloud_of, 4.0)
+    true = src.poses[CUR_FRAME]
+    predicted = true @ pose_offset(0.02, 0.5)
+    ranked = aligner.map_keyframes(cur, predicted, olds, old_poses)
+    support = aligner.check(cur, true, [olds[i] for i in ranked], old_poses[ranked]).support
+    worst_first = [ranked[i] for i in np.argsort(support)]
+    aligner.map_keyframes = lambda *args: worst_first
+    v = aligner.align(cur, predicted, olds, old_poses, walked_m=1.0)
+    assert v.edge is not None, v.reason
+    anchor = next(i for i, k in enumerate(olds) if k.kid == v.edge.old)
+    assert anchor == worst_first[-1] != worst_first[0]
+    m, deg = relative_motion(np.linalg.inv(old_poses[anchor]) @ true, v.edge.T_old_cur)
+    assert m < 0.01 and deg < 0.3, (m, deg)

@@ -13,7 +13,7 @@ from fusion.loop_config import LoopClosureConfig
 from fusion.loop_pacing import WorkerPacer
 from fusion.loops import MapKeyframe
 from fusion.map_rebuild import rebuild
-from fusion.meshing import MeshConfig
+from fusion.meshing import ChunkMesher, MeshConfig
 from fusion.sources.synthetic import SyntheticSource
 from fusion.volume import VolumeConfig
 
@@ -31,8 +31,8 @@ def _keyframes(n: int = 6):
     return kfs, np.array(poses)
 
 
-def _sorted_vertices(built) -> np.ndarray:
-    v = built.mesher.full_mesh().positions_m
+def _sorted_vertices(mesher) -> np.ndarray:
+    v = mesher.full_mesh().positions_m
     return v[np.lexsort(v.T[::-1])]
 
 
@@ -44,7 +44,7 @@ def test_batched_meshing_gives_the_map_meshed_at_once():
     try:
         assert batched.kids == whole.kids == [k.kid for k in kfs]
         assert len(calls) > len(kfs) + 1          # paced between keyframes and between mesh batches
-        a, b = _sorted_vertices(batched), _sorted_vertices(whole)
+        a, b = _sorted_vertices(batched.mesher), _sorted_vertices(whole.mesher)
         assert len(a) > 1000 and a.shape == b.shape
         np.testing.assert_allclose(a, b, atol=1e-6)
     finally:
@@ -74,8 +74,10 @@ def test_pacer_reports_a_stop():
 
 
 def test_a_worker_slower_than_the_scan_hands_its_map_over():
-    """The scan adds a keyframe each time the worker pauses, so catching up never ends: the worker stops once a
-    round left no fewer keyframes than the one before, and the fusion thread's apply_ready adds the rest."""
+    """The scan adds a keyframe each time the worker pauses, so paced catching up never ends: once a round left no
+    fewer keyframes than the one before, one more round runs unpaced and the map is handed over; the fusion
+    thread's apply_ready adds the keyframes taken after that, and the live mesher that adopts the map meshes
+    them over its next updates (not in the swap): then it holds the map's whole mesh."""
     kfs, poses = _keyframes(4)
     lc = LoopCloser(LoopClosureConfig(enabled=True, handover_keyframes=1), VOLUME, MeshConfig())
     for kf, T in zip(kfs, poses):
@@ -93,10 +95,24 @@ def test_a_worker_slower_than_the_scan_hands_its_map_over():
     assert lc._hand_over(kfs, poses, poses, 0, info, pace=pace)
     built = lc._ready[0]
     assert len(added) < 40                                 # handed over while the scan still went on
-    assert len(lc._store.kfs) - len(built.kids) > 1        # ... with keyframes left for the fusion thread
+    assert built.kids == [k.kid for k in lc._store.kfs]    # the unpaced round took every keyframe so far
+    pace()                                                 # one more before the fusion thread swaps the map in
     got, event = lc.apply_ready(frame_index=100)
+    live, whole = ChunkMesher(got.volume, MeshConfig()), ChunkMesher(got.volume, MeshConfig())
     try:
         assert got is built and got.kids == [k.kid for k in lc._store.kfs]
         assert len(event.corrections) == len(lc._store.kfs)
+        queued = got.mesher.pending_blocks
+        assert queued > 0                                  # the late keyframe is integrated, not meshed yet
+        live.adopt(got.mesher)
+        assert live.pending_blocks == queued
+        while live.pending_blocks:
+            live.update(np.zeros((0, 3), np.int32))
+        whole.update(got.volume.active_keys())
+        whole.flush()
+        a, b = _sorted_vertices(live), _sorted_vertices(whole)
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=1e-6)
     finally:
-        got.mesher.close()
+        for m in (got.mesher, live, whole):
+            m.close()
