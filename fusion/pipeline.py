@@ -151,6 +151,7 @@ class FusionPipeline:
         correction = None
         if self.loops is not None:
             t0 = time.perf_counter()
+            self.loops.map_blocks = self.volume.n_blocks
             self.loops.on_integrated(frame, T, settled=not self.gravity.holds_labels)
             T, correction = self._follow_loop(self.loops.apply_ready(frame.index), T, frame.timestamp_s)
             timings["loops"] = (time.perf_counter() - t0) * 1e3
@@ -260,8 +261,10 @@ class FusionPipeline:
                 return True
             last = self._last_stamp
             if last is not None and self._last_integrated_T is not None:
-                self._follow_loop(self.loops.apply_ready(last.index + 1), self._last_integrated_T,
-                                  self.last_timestamp_s or 0.0)
+                _, event = self._follow_loop(self.loops.apply_ready(last.index + 1), self._last_integrated_T,
+                                             self.last_timestamp_s or 0.0)
+                if event is not None:  # no frame comes to mesh the blocks of keyframes added in the swap
+                    self.dirty.mark(self.mesher.flush(), ("mesh",))
         return False
 
     def settle_gravity(self) -> None:
