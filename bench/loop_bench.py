@@ -42,7 +42,7 @@ from fusion.keyframe_store import KeyframeStore
 from fusion.loop_config import LoopClosureConfig
 from fusion.loop_pacing import WorkerPacer, lower_worker_priority
 from fusion.loops import LoopDetectConfig
-from fusion.map_rebuild import rebuild
+from fusion.map_rebuild import presized, rebuild
 from fusion.meshing import MeshConfig
 from fusion.pipeline import FusionPipeline, PipelineConfig
 from fusion.sources import open_source
@@ -161,7 +161,8 @@ def synthetic_row(seed: int, frames: int, yaw: float, scale: float, voxel_m: flo
             results, ms, busy, wall = _fuse(p, src)
             if on:
                 on_run = (ms, busy, [r.timings_ms.get("loops", 0.0) for r in results])
-                keyframes = KeyframeStore.from_arrays(p.loops.to_arrays()).kfs, p.loops.keyframe_poses()
+                keyframes = (KeyframeStore.from_arrays(p.loops.to_arrays()).kfs, p.loops.keyframe_poses(),
+                             p.volume.n_blocks)
             else:
                 ms_off.append(ms)
             if len(ms_off) == 2:
@@ -193,10 +194,11 @@ def _slowdown(ms_off: list, ms_on: list, busy: list, loop_ms: list) -> dict:
     return out
 
 
-def rebuild_slowdown(frames, keyframes: list, poses: np.ndarray, voxel_m: float, loop: LoopClosureConfig,
-                     block_frames: int = 10) -> dict:
+def rebuild_slowdown(frames, keyframes: list, poses: np.ndarray, live_blocks: int, voxel_m: float,
+                     loop: LoopClosureConfig, block_frames: int = 10) -> dict:
     """The live loop (loop closure off) with a map rebuild from `keyframes` at `poses` running beside it the way
-    the loop closer's worker runs one (its priority, kernel threads and duty), in alternating blocks of frames:
+    the loop closer's worker runs one (its priority, kernel threads and duty, its volume sized for a live map of
+    `live_blocks`), in alternating blocks of frames:
     without, with, without, ... Interleaving keeps the machine's changing load out of the ratio (the first
     block and each block's first frame, where the rebuild starts or stops, are left out)."""
     on, stop, worker_cpu_s = threading.Event(), threading.Event(), []
@@ -215,7 +217,7 @@ def rebuild_slowdown(frames, keyframes: list, poses: np.ndarray, voxel_m: float,
 
         t0 = time.thread_time()
         while not stop.is_set():
-            rebuild(keyframes, poses, VolumeConfig(voxel_size_m=voxel_m), MeshConfig(), pace)
+            rebuild(keyframes, poses, presized(VolumeConfig(voxel_size_m=voxel_m), live_blocks), MeshConfig(), pace)
         worker_cpu_s.append(time.thread_time() - t0)
 
     worker = threading.Thread(target=work, name="rebuild-beside", daemon=True)

@@ -17,7 +17,6 @@ loop ends kept) of reduced RGB-D; sessions save and restore them (`to_arrays`, `
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import queue
 import threading
@@ -34,7 +33,7 @@ from fusion.loop_map_align import AlignQueue, MapAligner
 from fusion.loop_pacing import WorkerPacer, lower_worker_priority
 from fusion.loops import LoopDetector, LoopEdge, MapKeyframe
 from fusion.map_correction import MapCorrection  # noqa: F401 (re-exported: the pipeline's FrameResult carries it)
-from fusion.map_rebuild import RebuiltMap, rebuild
+from fusion.map_rebuild import RebuiltMap, presized, rebuild
 from fusion.meshing import MeshConfig
 from fusion.pose_graph import optimise
 from fusion.tracking import relative_motion
@@ -376,7 +375,7 @@ class LoopCloser:
         """Rebuild the map with `kfs` at `new_poses` (pacing the worker) and leave it for the fusion thread's
         `apply_ready`; False when stopped or the world moved meanwhile (gravity): the result would be stale."""
         t0, pace = time.perf_counter(), pace or self._pace
-        built = rebuild(kfs, new_poses, self._rebuild_volume_config(), self._mesh_cfg, pace)
+        built = rebuild(kfs, new_poses, presized(self._volume_cfg, self.map_blocks), self._mesh_cfg, pace)
         if built is None or moved != self._world_moved:
             return False
         new_by_kid = {k.kid: T for k, T in zip(kfs, new_poses)}
@@ -388,15 +387,6 @@ class LoopCloser:
             self._applied.clear()
             self._ready = (built, new_by_kid, C_last, info | dict(rebuild_s=time.perf_counter() - t0))
         return True
-
-    def _rebuild_volume_config(self) -> VolumeConfig:
-        """The rebuilt map's volume, its hash map sized for the live map and a quarter more. Open3D holds the GIL
-        while it allocates or grows one (every block copied: on this 2-core machine 1.6 s from 4,000 to 8,000
-        blocks at 1 cm, 3.9 s to 16,000), which stalls the live loop's Python; allocating once at the size needed
-        costs less than growing to it (1.9 s for 16,000)."""
-        cfg = self._volume_cfg
-        blocks = min(max(cfg.initial_blocks, int(1.25 * self.map_blocks)), cfg.max_blocks)
-        return dataclasses.replace(cfg, initial_blocks=blocks)
 
     def _catch_up(self, built: RebuiltMap, new_by_kid: dict, C_last: np.ndarray, moved: int, pace) -> bool:
         """Integrate into `built` the keyframes taken while it was rebuilt (moved like the newest one it holds),

@@ -12,7 +12,7 @@ from fusion.loop_closure import LoopCloser
 from fusion.loop_config import LoopClosureConfig
 from fusion.loop_pacing import WorkerPacer
 from fusion.loops import MapKeyframe
-from fusion.map_rebuild import rebuild
+from fusion.map_rebuild import presized, rebuild
 from fusion.meshing import ChunkMesher, MeshConfig
 from fusion.sources.synthetic import SyntheticSource
 from fusion.volume import VolumeConfig
@@ -116,3 +116,20 @@ def test_a_worker_slower_than_the_scan_hands_its_map_over():
     finally:
         for m in (got.mesher, live, whole):
             m.close()
+
+
+def test_a_rebuilt_map_starts_at_the_live_maps_size():
+    """Open3D holds the GIL while it grows a hash map, stalling the live loop: a rebuilt map's hash map starts at
+    the live map's block count, a quarter more and the configured start (never above the cap), and a rebuild
+    into it needs no grow."""
+    assert presized(VOLUME, 1000).initial_blocks == 1250 + VOLUME.initial_blocks
+    assert presized(dataclasses.replace(VOLUME, max_blocks=900), 1000).initial_blocks == 900
+    kfs, poses = _keyframes(3)
+    first = rebuild(kfs, poses, VOLUME, MeshConfig())
+    sized = presized(VOLUME, first.volume.n_blocks)
+    again = rebuild(kfs, poses, sized, MeshConfig())
+    try:
+        assert int(again.volume.grid.hashmap().capacity()) == sized.initial_blocks
+    finally:
+        first.mesher.close()
+        again.mesher.close()
