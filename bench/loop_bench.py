@@ -154,15 +154,15 @@ def synthetic_row(seed: int, frames: int, yaw: float, scale: float, voxel_m: flo
         row |= {f"{k}_exact": v for k, v in _surface(p.final_mesh(), src.source.world, doubled_m).items()}
     finally:
         p.close()
-    ms_off, on_run, keyframes = [], None, None
+    ms_off, on_run, rebuild_input = [], None, None
     for on in (False, True, False):   # off before and after on: the live loop's times bracket the machine's load
         p = FusionPipeline(_config("gt", voxel_m, on, worker=worker))
         try:
             results, ms, busy, wall = _fuse(p, src)
             if on:
                 on_run = (ms, busy, [r.timings_ms.get("loops", 0.0) for r in results])
-                keyframes = (KeyframeStore.from_arrays(p.loops.to_arrays()).kfs, p.loops.keyframe_poses(),
-                             p.volume.n_blocks)
+                rebuild_input = (KeyframeStore.from_arrays(p.loops.to_arrays()).kfs, p.loops.keyframe_poses(),
+                                 p.volume.n_blocks)
             else:
                 ms_off.append(ms)
             if len(ms_off) == 2:
@@ -175,7 +175,7 @@ def synthetic_row(seed: int, frames: int, yaw: float, scale: float, voxel_m: flo
                 row |= _loop_report(p, src.true_poses)
         finally:
             p.close()
-    return row | _slowdown(ms_off, *on_run) | rebuild_slowdown(src, *keyframes, voxel_m, worker)
+    return row | _slowdown(ms_off, *on_run) | rebuild_slowdown(src, *rebuild_input, voxel_m, worker)
 
 
 def _slowdown(ms_off: list, ms_on: list, busy: list, loop_ms: list) -> dict:

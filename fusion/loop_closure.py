@@ -73,7 +73,7 @@ class LoopCloser:
         self._deferred = 0                           # keyframes searched since the first of them
         self._skipped: list[int] = []                # keyframes not yet searched for loops (the worker was behind)
         self._unaligned = AlignQueue(config.map_align.retry_keyframes)  # keyframes without a loop, to align to the map
-        self.map_blocks = 0   #: blocks of the live volume (set by the fusion thread): a rebuilt map's starting capacity
+        self._map_blocks = 0                         # the live volume's block count (from on_integrated)
 
     # --- fusion thread ------------------------------------------------------------------------
     def start(self) -> None:
@@ -81,8 +81,10 @@ class LoopCloser:
             self._thread = threading.Thread(target=self._run, name="loop-closure", daemon=True)
             self._thread.start()
 
-    def on_integrated(self, frame: Frame, T_world_cam: np.ndarray, settled: bool) -> None:
-        """Offer an integrated frame; a keyframe is stored and queued for the worker."""
+    def on_integrated(self, frame: Frame, T_world_cam: np.ndarray, settled: bool, map_blocks: int = 0) -> None:
+        """Offer an integrated frame; a keyframe is stored and queued for the worker. map_blocks: the live
+        volume's block count (a rebuilt map's hash map is sized for it: `fusion.map_rebuild.presized`)."""
+        self._map_blocks = map_blocks
         st, cfg = self._store, self.config
         if st.poses:
             m, deg = relative_motion(st.poses[-1], T_world_cam)
@@ -375,7 +377,7 @@ class LoopCloser:
         """Rebuild the map with `kfs` at `new_poses` (pacing the worker) and leave it for the fusion thread's
         `apply_ready`; False when stopped or the world moved meanwhile (gravity): the result would be stale."""
         t0, pace = time.perf_counter(), pace or self._pace
-        built = rebuild(kfs, new_poses, presized(self._volume_cfg, self.map_blocks), self._mesh_cfg, pace)
+        built = rebuild(kfs, new_poses, presized(self._volume_cfg, self._map_blocks), self._mesh_cfg, pace)
         if built is None or moved != self._world_moved:
             return False
         new_by_kid = {k.kid: T for k, T in zip(kfs, new_poses)}

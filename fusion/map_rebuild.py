@@ -42,8 +42,9 @@ class RebuiltMap:
             touched.append(self.volume.integrate(kf.frame(), T))
             self.kids.append(kf.kid)
             self.poses = np.concatenate([self.poses, np.asarray(T, float)[None]])
-        if touched and not mesh:
-            self.mesher.queue(np.concatenate(touched))
+        if not mesh:
+            if touched:
+                self.mesher.queue(np.concatenate(touched))
             return True
         if touched:
             self.mesher.update(np.concatenate(touched))

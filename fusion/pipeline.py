@@ -151,8 +151,7 @@ class FusionPipeline:
         correction = None
         if self.loops is not None:
             t0 = time.perf_counter()
-            self.loops.map_blocks = self.volume.n_blocks
-            self.loops.on_integrated(frame, T, settled=not self.gravity.holds_labels)
+            self.loops.on_integrated(frame, T, settled=not self.gravity.holds_labels, map_blocks=self.volume.n_blocks)
             T, correction = self._follow_loop(self.loops.apply_ready(frame.index), T, frame.timestamp_s)
             timings["loops"] = (time.perf_counter() - t0) * 1e3
         return self._result(frame, T, True, reason, timings, correction=correction)

@@ -265,3 +265,21 @@ def test_keyframe_store_is_bounded_on_a_long_scan():
         assert closer.wait_idle(60.0)
     finally:
         closer.close()
+
+
+def test_a_correction_swapped_in_at_the_end_of_a_scan_is_meshed(drifting_scan):
+    """A correction that lands while finish_loops waits (no frame follows to mesh what the swap added): the
+    keyframe taken after the map was rebuilt is integrated in the swap and meshed before finish_loops returns."""
+    frames, _, odo = drifting_scan
+    p = FusionPipeline(_config(min_walk_m=1e3))           # no loop: the correction is offered
+    try:
+        _run(p, frames[:12])
+        assert p.loops.offer(p.loops.keyframe_poses())     # rebuilt now, swapped in by the fusion thread
+        late = frames[40]
+        p.loops.on_integrated(late, odo[40], settled=False)  # a keyframe the rebuilt map does not hold
+        assert p.finish_loops(60.0) and p.loops.stats.corrections == 1
+        assert p.mesher.pending_blocks == 0
+        before = len(p.mesher.full_mesh().positions_m)
+        assert before > 0 and len(p.final_mesh().positions_m) == before   # nothing was left to mesh
+    finally:
+        p.close()
