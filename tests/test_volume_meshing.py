@@ -149,6 +149,25 @@ def test_volume_grows_past_initial_capacity():
     assert vol.n_blocks > 8 and not vol.is_full
 
 
+def test_fusing_a_frame_again_into_a_map_just_its_size_does_not_grow_it():
+    """Open3D grows a hash map (holding the GIL, copying every block: seconds at 1 cm) when its size plus the count
+    of blocks handed in passes its capacity; only blocks not yet allocated are handed in."""
+    frame = orbit(1, SMALL)[0]
+    n = _fused([frame])[0].n_blocks
+    tight = TsdfVolume(VolumeConfig(voxel_size_m=0.02, block_resolution=8, initial_blocks=n, **CPU))
+    for _ in range(2):
+        tight.integrate(frame, frame.T_world_cam_gt)
+    assert tight.n_blocks == n and int(tight.grid.hashmap().capacity()) == n
+
+
+def test_the_default_start_is_a_rooms_worth_of_blocks_at_any_block_size():
+    room = VolumeConfig().start_blocks
+    assert room == VolumeConfig(voxel_size_m=0.02, block_resolution=8).start_blocks
+    assert VolumeConfig(voxel_size_m=0.02).start_blocks == room // 4
+    assert VolumeConfig(max_blocks=1000).start_blocks == 1000
+    assert VolumeConfig(initial_blocks=10).start_blocks == 10
+
+
 def test_pack_keys_is_unique_for_negative_coordinates():
     keys = np.array([[-1, 0, 0], [0, -1, 0], [0, 0, -1], [-5, 7, -9], [5, -7, 9]])
     assert len(np.unique(pack_keys(keys))) == len(keys)
