@@ -216,16 +216,17 @@ class Tracker:
         if np.count_nonzero(src_depth) < cfg.min_valid_share * src_depth.size:
             return self._reject("too little valid depth")
         T_pred = self.predict(frame.timestamp_s if cfg.motion_in_time else None)
-        first = self._register(src_depth, frame, T_pred, self.state != TrackState.OK)
+        lost = self.state != TrackState.OK
+        first = self._register(src_depth, frame, T_pred, verify=lost, jump=lost)
         if first.T is not None and not self._needs_crosscheck(T_pred, first.T):
             return self._accept(frame, first)
         t0 = time.perf_counter()
         feats = self.relocaliser.features(frame)
-        found = self._from_features(src_depth, frame, feats)
+        found = self._from_features(src_depth, frame, feats, first)
         self.last_timings_ms["relocalise"] = (time.perf_counter() - t0) * 1e3
         if found is not None:  # a large ICP correction slides as often as it is right: features decide
             reg, jump = found
-            return self._accept(frame, reg, feats, relocalised=jump)
+            return self._accept(frame, reg, feats, relocalised=jump, recovered=reg is not first)
         if first.T is not None:
             return self._accept(frame, first)
         return self._reject(first.reason, first)
@@ -235,13 +236,19 @@ class Tracker:
         m, deg = relative_motion(T_pred, T)
         return m > self.config.crosscheck_m or deg > self.config.crosscheck_deg
 
-    def _from_features(self, src_depth, frame: Frame, feats: Features) -> tuple[_Registration, bool] | None:
-        """The first feature guess that ICP refines and the model confirms, and whether it is a jump."""
-        for prop in self.relocaliser.propose(frame, feats):
+    def _from_features(self, src_depth, frame: Frame, feats: Features,
+                       first: _Registration) -> tuple[_Registration, bool] | None:
+        """The first feature guess that ICP refines and the model confirms, and whether it is a jump. When the
+        best guess lies within the cross-check's reach of `first` (ICP from the motion model), ICP did not
+        slide: `first` stands (ICP from that guess ends where it did: within 3 mm in a probe of a fast synthetic
+        scan), without a second ICP and two model renders."""
+        for i, prop in enumerate(self.relocaliser.propose(frame, feats)):
             jump = self._is_jump(prop.T_world_cam)
+            if i == 0 and first.T is not None and not jump and not self._needs_crosscheck(prop.T_world_cam, first.T):
+                return first, False
             if jump and self._far_from_keyframes(prop.T_world_cam):
                 continue
-            reg = self._register(src_depth, frame, prop.T_world_cam, verify=True)
+            reg = self._register(src_depth, frame, prop.T_world_cam, verify=True, jump=jump)
             if reg.T is not None:
                 return reg, jump
         return None
@@ -258,9 +265,11 @@ class Tracker:
         positions = np.array([k.T_world_cam[:3, 3] for k in self.relocaliser.keyframes])
         return float(np.min(np.linalg.norm(positions - T[:3, 3], axis=1))) > self.config.reloc_max_keyframe_m
 
-    def _register(self, src_depth: np.ndarray, frame: Frame, T_init: np.ndarray, verify: bool) -> _Registration:
+    def _register(self, src_depth: np.ndarray, frame: Frame, T_init: np.ndarray, verify: bool,
+                  jump: bool) -> _Registration:
         """ICP of the frame against the model rendered from T_init, with the acceptance checks
-        (`verify`: a guess, checked for agreement with the model instead of the plain inlier share)."""
+        (`verify`: a guess, checked for agreement with the model instead of the plain inlier share;
+        `jump`: a relocalisation, which ICP may refine further than a guess while tracking)."""
         cfg = self.config
         intr = frame.intrinsics.scaled(cfg.scale)
         t0 = time.perf_counter()
@@ -275,7 +284,7 @@ class Tracker:
             return _Registration(None, reason="registration failed (no overlap)")
         self._add_time("track_icp", time.perf_counter() - t1)
         T = T_init @ res.transformation
-        reason = self._check(res.fitness, res.inlier_rmse, *relative_motion(T_init, T), verify)
+        reason = self._check(res.fitness, res.inlier_rmse, *relative_motion(T_init, T), verify, jump)
         if verify and not reason:
             reason = self._inconsistency(src_depth, self.volume.render_depth(T, intr))
         return _Registration(None if reason else T, res.fitness, res.inlier_rmse, reason)
@@ -303,9 +312,9 @@ class Tracker:
             return f"relocalisation disagrees with the model (agree {agree:.2f}, see-through {through:.2f})"
         return ""
 
-    def _check(self, fitness: float, rmse_m: float, jump_m: float, jump_deg: float, verify: bool) -> str:
+    def _check(self, fitness: float, rmse_m: float, jump_m: float, jump_deg: float, verify: bool, jump: bool) -> str:
         cfg = self.config
-        max_m, max_deg = (cfg.reloc_max_refine_m, cfg.reloc_max_refine_deg) if verify else (cfg.max_jump_m, cfg.max_jump_deg)
+        max_m, max_deg = (cfg.reloc_max_refine_m, cfg.reloc_max_refine_deg) if jump else (cfg.max_jump_m, cfg.max_jump_deg)
         min_fitness = cfg.guess_min_fitness if verify else cfg.min_fitness
         if fitness < min_fitness:
             return f"fitness {fitness:.2f} < {min_fitness}"
@@ -319,7 +328,7 @@ class Tracker:
         self.last_timings_ms[key] = self.last_timings_ms.get(key, 0.0) + seconds * 1e3
 
     def _accept(self, frame: Frame, reg: _Registration, feats: Features | None = None,
-                relocalised: bool = False) -> TrackResult:
+                relocalised: bool = False, recovered: bool = False) -> TrackResult:
         m = self._motion
         relocalised = relocalised or self.state != TrackState.OK
         if relocalised:
@@ -328,7 +337,7 @@ class Tracker:
             m.velocity = np.eye(4)
             log.info("relocalised at frame %d", frame.index)
         else:
-            self.fast_recoveries += feats is not None
+            self.fast_recoveries += recovered
             m.velocity = np.linalg.inv(m.last_good) @ reg.T
             m.velocity_dt_s = frame.timestamp_s - m.last_time_s if m.last_time_s is not None else 0.0
         m.last_good, m.last_time_s = reg.T, frame.timestamp_s

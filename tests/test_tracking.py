@@ -146,14 +146,26 @@ def test_frame_with_depth_only_beyond_the_range_is_skipped_not_fatal():
 
 
 def test_every_sixth_frame_of_a_hand_held_scan_is_tracked():
-    """Steps of 8-19 cm and up to 9 deg: ICP from the motion model alone slides along a wall at
-    frame 66 (11 cm off); feature guesses catch it."""
-    frames = _synthetic(7, range(0, 90, 6))
+    """Room 4: ICP from the motion model alone slides along walls at frames 66, 90 and 96 (5-12 cm off);
+    feature guesses catch it. Room 7: its large corrections are all confirmed by the features (no recovery)."""
+    for seed, recovered in ((4, True), (7, False)):
+        frames = _synthetic(seed, range(0, 120 if recovered else 90, 6))
+        pipe, results = _run(frames)
+        assert all(r.integrated for r in results), [r.reason for r in results]
+        for r, f in zip(results, frames):
+            assert relative_motion(r.T_world_cam, f.T_world_cam_gt)[0] < 0.015, f.index
+        assert (pipe.tracker.fast_recoveries >= 1) == recovered and pipe.tracker.losses == 0
+
+
+def test_icp_from_a_feature_guess_while_tracking_may_not_move_it_further_than_from_the_motion_model():
+    """A fast synthetic scan fused every tenth frame (as a live scan on a slow machine fuses): near its end the
+    model barely covers the view, and ICP from a feature guess a few cm off slid and was accepted with a
+    relocalisation's allowance (3.4 cm off here; 24 cm on the RealSense recording of this room). A guess
+    while tracking gets the motion model's allowance."""
+    frames = _synthetic(7, range(200, 300, 10))
     pipe, results = _run(frames)
-    assert all(r.integrated for r in results), [r.reason for r in results]
     for r, f in zip(results, frames):
-        assert relative_motion(r.T_world_cam, f.T_world_cam_gt)[0] < 0.015, f.index
-    assert pipe.tracker.fast_recoveries >= 1 and pipe.tracker.losses == 0
+        assert r.T_world_cam is None or relative_motion(r.T_world_cam, f.T_world_cam_gt)[0] < 0.03, f.index
 
 
 def test_a_relocalisation_that_sees_through_the_model_or_barely_overlaps_it_is_refused():
@@ -208,7 +220,7 @@ def test_icp_gates_normals_only_once_the_pyramid_has_found_the_basin():
     volume = TsdfVolume(VolumeConfig(voxel_size_m=0.01, device="cpu"))
     volume.integrate(first, first.T_world_cam_gt)
     tracker = Tracker(volume, TrackerConfig())
-    reg = tracker._register(downsample_depth(third.depth_m), third, first.T_world_cam_gt, False)
+    reg = tracker._register(downsample_depth(third.depth_m), third, first.T_world_cam_gt, verify=False, jump=False)
     assert relative_motion(first.T_world_cam_gt, third.T_world_cam_gt)[0] > 0.09
     assert reg.T is not None and relative_motion(reg.T, third.T_world_cam_gt)[0] < 0.002
 
