@@ -99,6 +99,7 @@ class _Registration:
     fitness: float = 0.0
     rmse_m: float = 0.0
     reason: str = ""
+    moved_far: np.ndarray | None = None  #: where ICP ended when its only fault was moving too far from its start
 
 
 @nb.njit(cache=True)
@@ -225,8 +226,8 @@ class Tracker:
         found = self._from_features(src_depth, frame, feats, first)
         self.last_timings_ms["relocalise"] = (time.perf_counter() - t0) * 1e3
         if found is not None:  # a large ICP correction slides as often as it is right: features decide
-            reg, jump = found
-            return self._accept(frame, reg, feats, relocalised=jump, recovered=reg is not first)
+            reg, jump, recovered = found
+            return self._accept(frame, reg, feats, relocalised=jump, recovered=recovered)
         if first.T is not None:
             return self._accept(frame, first)
         return self._reject(first.reason, first)
@@ -237,20 +238,23 @@ class Tracker:
         return m > self.config.crosscheck_m or deg > self.config.crosscheck_deg
 
     def _from_features(self, src_depth, frame: Frame, feats: Features,
-                       first: _Registration) -> tuple[_Registration, bool] | None:
-        """The first feature guess that ICP refines and the model confirms, and whether it is a jump. When the
+                       first: _Registration) -> tuple[_Registration, bool, bool] | None:
+        """The first feature guess that ICP refines and the model confirms, whether it is a jump and whether it
+        recovered from ICP from the motion model (not a confirmation of it). When the
         best guess lies within the cross-check's reach of `first` (ICP from the motion model), ICP did not
         slide: `first` stands (ICP from that guess ends where it did: within 3 mm in a probe of a fast synthetic
-        scan), without a second ICP and two model renders."""
+        scan), without a second ICP and two model renders. So does ICP that moved farther from the motion model
+        than it may (a camera that sped up between two fused frames) when the best guess confirms it."""
+        icp = first.T if first.T is not None else first.moved_far
         for i, prop in enumerate(self.relocaliser.propose(frame, feats)):
             jump = self._is_jump(prop.T_world_cam)
-            if i == 0 and first.T is not None and not jump and not self._needs_crosscheck(prop.T_world_cam, first.T):
-                return first, False
+            if i == 0 and icp is not None and not jump and not self._needs_crosscheck(prop.T_world_cam, icp):
+                return _Registration(icp, first.fitness, first.rmse_m), False, False
             if jump and self._far_from_keyframes(prop.T_world_cam):
                 continue
             reg = self._register(src_depth, frame, prop.T_world_cam, verify=True, jump=jump)
             if reg.T is not None:
-                return reg, jump
+                return reg, jump, True
         return None
 
     def _is_jump(self, T: np.ndarray) -> bool:
@@ -284,7 +288,9 @@ class Tracker:
             return _Registration(None, reason="registration failed (no overlap)")
         self._add_time("track_icp", time.perf_counter() - t1)
         T = T_init @ res.transformation
-        reason = self._check(res.fitness, res.inlier_rmse, *relative_motion(T_init, T), verify, jump)
+        reason = self._fit_fault(res.fitness, res.inlier_rmse, verify)
+        if not reason and (moved := self._motion_fault(*relative_motion(T_init, T), jump)):
+            return _Registration(None, res.fitness, res.inlier_rmse, moved, moved_far=T)
         if verify and not reason:
             reason = self._inconsistency(src_depth, self.volume.render_depth(T, intr))
         return _Registration(None if reason else T, res.fitness, res.inlier_rmse, reason)
@@ -312,16 +318,22 @@ class Tracker:
             return f"relocalisation disagrees with the model (agree {agree:.2f}, see-through {through:.2f})"
         return ""
 
-    def _check(self, fitness: float, rmse_m: float, jump_m: float, jump_deg: float, verify: bool, jump: bool) -> str:
+    def _fit_fault(self, fitness: float, rmse_m: float, verify: bool) -> str:
+        """Why an ICP result fits too poorly ("" when it fits)."""
         cfg = self.config
-        max_m, max_deg = (cfg.reloc_max_refine_m, cfg.reloc_max_refine_deg) if jump else (cfg.max_jump_m, cfg.max_jump_deg)
         min_fitness = cfg.guess_min_fitness if verify else cfg.min_fitness
         if fitness < min_fitness:
             return f"fitness {fitness:.2f} < {min_fitness}"
         if rmse_m > cfg.max_rmse_m:
             return f"residual {rmse_m * 1000:.1f} mm"
-        if jump_m > max_m or jump_deg > max_deg:
-            return f"implausible motion {jump_m:.2f} m / {jump_deg:.1f} deg"
+        return ""
+
+    def _motion_fault(self, moved_m: float, moved_deg: float, jump: bool) -> str:
+        """Why ICP moved implausibly far from its start ("" when it did not)."""
+        cfg = self.config
+        max_m, max_deg = (cfg.reloc_max_refine_m, cfg.reloc_max_refine_deg) if jump else (cfg.max_jump_m, cfg.max_jump_deg)
+        if moved_m > max_m or moved_deg > max_deg:
+            return f"implausible motion {moved_m:.2f} m / {moved_deg:.1f} deg"
         return ""
 
     def _add_time(self, key: str, seconds: float) -> None:

@@ -157,6 +157,17 @@ def test_every_sixth_frame_of_a_hand_held_scan_is_tracked():
         assert (pipe.tracker.fast_recoveries >= 1) == recovered and pipe.tracker.losses == 0
 
 
+def test_icp_that_moved_farther_than_it_may_stands_when_the_features_confirm_it():
+    """The camera sped up between two fused frames (room 4, frames 0, 1, then 12: 35 cm on): ICP from the motion
+    model moves farther than it may, but lands where the best feature guess puts the camera; the frame is tracked
+    from it, without a second ICP from the guess (no recovery)."""
+    frames = _synthetic(4, [0, 1, 12])
+    pipe, results = _run(frames)
+    assert all(r.integrated for r in results), [r.reason for r in results]
+    assert relative_motion(results[2].T_world_cam, frames[2].T_world_cam_gt)[0] < 0.005
+    assert pipe.tracker.fast_recoveries == 0 and pipe.tracker.failures == 0
+
+
 def test_icp_from_a_feature_guess_while_tracking_may_not_move_it_further_than_from_the_motion_model():
     """A fast synthetic scan fused every tenth frame (as a live scan on a slow machine fuses): near its end the
     model barely covers the view, and ICP from a feature guess a few cm off slid and was accepted with a
