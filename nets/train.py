@@ -243,12 +243,12 @@ def _augment_overrides(augment: Augment, items: list[str]) -> Augment:
     names = {f.name for f in fields(Augment)}
     for item in items:
         key, _, text = item.partition("=")
+        if key not in names:
+            raise UserError(f"--augment {item}: no such field (one of {', '.join(sorted(names))})")
         try:
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
             raise UserError(f"--augment {item}: the value is not a number or tuple") from None
-        if key not in names:
-            raise UserError(f"--augment {item}: no such field (one of {', '.join(sorted(names))})")
         augment = replace(augment, **{key: value})
     return augment
 

@@ -214,7 +214,8 @@ def test_train_cli_overrides_the_augmentation_and_names_a_bad_field(tmp_path, ca
     aug = _augment_overrides(TrainConfig().augment, ["class_recolour=0.15", "exposure=(0.5, 1.0)"])
     assert aug.class_recolour == 0.15 and aug.exposure == (0.5, 1.0)
     assert aug.max_tilt_deg == TrainConfig().augment.max_tilt_deg
-    for bad, said in (("recolour=1", "no such field"), ("class_recolour=lots", "the value is not a number")):
+    for bad, said in (("recolour=1", "no such field"), ("recolour=lots", "no such field"),
+                      ("class_recolour=lots", "the value is not a number")):
         with caplog.at_level(logging.ERROR, logger="nets.train"):
             assert main(["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--augment", bad]) == 2
         assert f"--augment {bad}: {said}" in caplog.text
