@@ -222,6 +222,7 @@ def run_ours(frames, config: LiveBenchConfig, model=None) -> dict:
         "volume_memory_mb": round(pipe.volume.memory_bytes() / 2**20, 1), "blocks": pipe.volume.n_blocks,
         "rss_mb": _rss_mb(), "gravity": pipe.gravity.report().to_dict().get("method"),
         "timing_ms_p50": {k: round(float(np.median(v)), 1) for k, v in stages.items()},
+        "longest_frame_ms": round(max(stages.get("frame", [0.0])), 1),  # a stall (a hash-map grow) shows here
         "frames_with_feature_check": len(stages.get("relocalise", []))}
     if labeler is not None:
         out |= _latency(labeler, rep.end_s)
@@ -337,6 +338,8 @@ def pool(runs: list) -> dict | None:
         if k in out:
             out[k] = int(sum(r[k] for r in runs))
     out["fused_fps"] = round(float(np.mean([r["fused_fps"] for r in runs])), 3)
+    if "longest_frame_ms" in out:
+        out["longest_frame_ms"] = max(r["longest_frame_ms"] for r in runs)
     for k in ("ate_rmse_m", "ate_fused_rmse_m"):
         vals = [r[k] for r in runs if r[k] is not None]
         out[k] = max(vals) if vals else None
@@ -378,14 +381,15 @@ def print_table(r: dict) -> None:
     print(f"{r['source']}: {r['source_frames']} frames x {r['passes']} pass(es) at {r['fps']:g} frames/s, "
           f"voxel {r['voxel_size_m'] * 100:g} cm, labels {r['labels']}; {r['repeats']} run(s) of each loop, "
           "frame counts summed, frames/s averaged, the worst ATE")
-    print(f"{'loop':<18} | fused/s | fused | skipped | losses | ATE all (mm) | ATE fused (mm)")
+    print(f"{'loop':<18} | fused/s | fused | skipped | losses | ATE all (mm) | ATE fused (mm) | longest frame (ms)")
     for name, run in rows:
         if run is None:
             continue
         ate = run["ate_rmse_m"] and run["ate_rmse_m"] * 1000
         ate_f = run["ate_fused_rmse_m"] and run["ate_fused_rmse_m"] * 1000
         print(f"{name:<18} | {run['fused_fps']:>7.2f} | {run['frames_fused']:>5d} | {run['frames_skipped']:>7d} | "
-              f"{fmt(run.get('tracking_losses'), '{:>6d}'):>6} | {fmt(ate, '{:>12.1f}'):>12} | {fmt(ate_f, '{:>14.1f}'):>14}")
+              f"{fmt(run.get('tracking_losses'), '{:>6d}'):>6} | {fmt(ate, '{:>12.1f}'):>12} | {fmt(ate_f, '{:>14.1f}'):>14} | "
+              f"{fmt(run.get('longest_frame_ms'), '{:>18.0f}'):>18}")
     lat = r["label_latency_s"]
     print(f"label latency p50 {fmt(lat['p50'], '{:.2f}')} s, p95 {fmt(lat['p95'], '{:.2f}')} s over "
           f"{r['runs']['ours'].get('label_changes', 0)} changes "

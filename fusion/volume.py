@@ -6,6 +6,7 @@ block coordinates it touched, the hook for dirty chunks and incremental meshing.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -162,7 +163,11 @@ class TsdfVolume:
         _, found = hashmap.find(blocks)
         new = blocks[found.logical_not()]
         if new.shape[0]:  # Open3D grows its map when size + the count handed in passes capacity: hand it only new blocks
+            capacity, t0 = hashmap.capacity(), time.perf_counter()
             hashmap.activate(new)
+            if hashmap.capacity() != capacity:
+                log.info("the volume grew to %d blocks' room in %.1f s (the scan waited)", hashmap.capacity(),
+                         time.perf_counter() - t0)
         buf, _ = hashmap.find(blocks)
         tsdf, weight, color = self.voxel_arrays()  # after activate: a grown map moved the buffers
         K = integration_matrix(frame.intrinsics)

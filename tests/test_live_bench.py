@@ -74,6 +74,7 @@ def test_cli_on_a_realsense_recording_writes_every_key(tmp_path, frames, labels)
     assert ours["frames_fused"] + ours["frames_skipped"] == ours["frames"] == 2 * r["source_frames"]  # two runs
     assert 0 < r["source_frames"] <= len(frames)
     assert len(ours["repeats"]) == 2 and r["repeats"] == 2
+    assert ours["longest_frame_ms"] == max(run["longest_frame_ms"] for run in ours["repeats"]) > 0
     if labels == "incremental":
         assert ours["label_changes"] > 0 and r["label_latency_s"]["p95"] is not None
 
