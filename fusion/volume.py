@@ -166,7 +166,7 @@ class TsdfVolume:
             capacity, t0 = hashmap.capacity(), time.perf_counter()
             hashmap.activate(new)
             if hashmap.capacity() != capacity:
-                log.info("the volume grew to %d blocks' room in %.1f s (the scan waited)", hashmap.capacity(),
+                log.info("the volume's hash map grew to hold %d blocks in %.1f s (the scan waited)", hashmap.capacity(),
                          time.perf_counter() - t0)
         buf, _ = hashmap.find(blocks)
         tsdf, weight, color = self.voxel_arrays()  # after activate: a grown map moved the buffers
