@@ -1,10 +1,10 @@
 """Owns keyframes and pose proposals from features: ORB keypoints with world points, RANSAC PnP.
 
 A keyframe keeps the ORB keypoints of a tracked frame that have valid depth, as points in the world,
-and a small zero-mean thumbnail (a global descriptor). `propose()` ranks the keyframes by thumbnail
-similarity (the most recent ones always among the candidates, for fast motion), matches the frame's
-ORB descriptors against each candidate's (ratio test) and solves the camera pose by RANSAC PnP on
-the candidate's world points. The proposals are only guesses: the tracker verifies each one against
+and a small zero-mean thumbnail (a global descriptor). `each_proposal()` takes the most recent keyframes
+(for fast motion), then those with the most similar thumbnails (for a return after a loss), matches the
+frame's ORB descriptors against each one's (ratio test) and solves the camera pose by RANSAC PnP on its
+world points, one keyframe at a time. The proposals are only guesses: the tracker verifies each one against
 the model (ICP, residual and overlap) before it uses it.
 """
 from __future__ import annotations
@@ -137,22 +137,25 @@ class Relocaliser:
         return (cam @ T[:3, :3].T + T[:3, 3]).astype(np.float32), ok
 
     def _candidates(self, thumb: np.ndarray) -> list[Keyframe]:
+        """The most recent keyframes (newest first), then the most similar thumbnails."""
         cfg = self.config
         kfs = self.keyframes
         sims = np.array([kf.thumb @ thumb for kf in kfs])
-        order = list(np.argsort(-sims)[:cfg.candidates])
-        order += [i for i in range(max(0, len(kfs) - cfg.recent), len(kfs)) if i not in order]
+        order = list(range(len(kfs) - 1, max(0, len(kfs) - cfg.recent) - 1, -1))
+        order += [i for i in np.argsort(-sims)[:cfg.candidates] if i not in order]
         return [kfs[i] for i in order]
 
-    def propose(self, frame: Frame, feats: Features | None = None) -> list[Proposal]:
-        """Camera poses for `frame` from the best-matching keyframes, most inliers first."""
+    def each_proposal(self, frame: Frame, feats: Features | None = None):
+        """Camera poses for `frame`, one keyframe at a time (the most recent first), as they are solved: a caller
+        that finds what it needs stops the matching there (each keyframe costs about 18 ms on 2 cores)."""
         if not self.keyframes:
-            return []
+            return
         feats = feats if feats is not None else self.features(frame)
         if len(feats.descriptors) < self.config.min_inliers:
-            return []
-        out = [p for kf in self._candidates(feats.thumb) if (p := self._solve(frame, feats, kf)) is not None]
-        return sorted(out, key=lambda p: -p.inliers)
+            return
+        for kf in self._candidates(feats.thumb):
+            if (p := self._solve(frame, feats, kf)) is not None:
+                yield p
 
     def match(self, query: np.ndarray, train: np.ndarray) -> list:
         """ORB matches (cv2.DMatch) of `query` descriptors in `train` that pass the ratio test."""

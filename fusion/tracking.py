@@ -240,16 +240,20 @@ class Tracker:
     def _from_features(self, src_depth, frame: Frame, feats: Features,
                        first: _Registration) -> tuple[_Registration, bool, bool] | None:
         """The first feature guess that ICP refines and the model confirms, whether it is a jump and whether it
-        recovered from ICP from the motion model (not a confirmation of it). When the
-        best guess lies within the cross-check's reach of `first` (ICP from the motion model), ICP did not
-        slide: `first` stands (ICP from that guess ends where it did: within 3 mm in a probe of a fast synthetic
-        scan), without a second ICP and two model renders. So does ICP that moved farther from the motion model
-        than it may (a camera that sped up between two fused frames) when the best guess confirms it."""
+        recovered from ICP from the motion model (not a confirmation of it).
+        When a guess (the most recent keyframes are matched first) lies within the cross-check's reach of `first`
+        (ICP from the motion model), ICP did not slide: `first` stands (ICP from that guess ends where it did:
+        within 3 mm in a probe of a fast synthetic scan), without matching the other keyframes, a second ICP and
+        two model renders. So does ICP that moved farther from the motion model than it may (a camera that sped up
+        between two fused frames) when a guess confirms it."""
         icp = first.T if first.T is not None else first.moved_far
-        for i, prop in enumerate(self.relocaliser.propose(frame, feats)):
-            jump = self._is_jump(prop.T_world_cam)
-            if i == 0 and icp is not None and not jump and not self._needs_crosscheck(prop.T_world_cam, icp):
+        guesses = []
+        for prop in self.relocaliser.each_proposal(frame, feats):
+            if icp is not None and not self._is_jump(prop.T_world_cam) and not self._needs_crosscheck(prop.T_world_cam, icp):
                 return _Registration(icp, first.fitness, first.rmse_m), False, False
+            guesses.append(prop)
+        for prop in sorted(guesses, key=lambda p: -p.inliers):  # the guesses with most inliers first
+            jump = self._is_jump(prop.T_world_cam)
             if jump and self._far_from_keyframes(prop.T_world_cam):
                 continue
             reg = self._register(src_depth, frame, prop.T_world_cam, verify=True, jump=jump)
