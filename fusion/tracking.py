@@ -249,11 +249,11 @@ class Tracker:
         icp = first.T if first.T is not None else first.moved_far
         guesses = []
         for prop in self.relocaliser.each_proposal(frame, feats):
-            if icp is not None and not self._is_jump(prop.T_world_cam) and not self._needs_crosscheck(prop.T_world_cam, icp):
-                return _Registration(icp, first.fitness, first.rmse_m), False, False
-            guesses.append(prop)
-        for prop in sorted(guesses, key=lambda p: -p.inliers):  # the guesses with most inliers first
             jump = self._is_jump(prop.T_world_cam)
+            if icp is not None and not jump and not self._needs_crosscheck(prop.T_world_cam, icp):
+                return _Registration(icp, first.fitness, first.rmse_m), False, False
+            guesses.append((prop, jump))
+        for prop, jump in sorted(guesses, key=lambda g: -g[0].inliers):  # the guesses with most inliers first
             if jump and self._far_from_keyframes(prop.T_world_cam):
                 continue
             reg = self._register(src_depth, frame, prop.T_world_cam, verify=True, jump=jump)

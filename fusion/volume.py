@@ -160,18 +160,19 @@ class TsdfVolume:
         """Allocate `blocks` and fuse the frame into them with our kernel (fusion.integrate)."""
         cfg = self.config
         hashmap = self.grid.hashmap()
-        _, found = hashmap.find(blocks)
-        new = blocks[found.logical_not()]
-        if new.shape[0]:  # Open3D grows its map when size + the count handed in passes capacity: hand it only new blocks
+        buf, found = hashmap.find(blocks)
+        buf, new = buf.numpy().astype(np.int64), ~found.numpy()
+        if new.any():  # Open3D grows its map when size + the count handed in passes capacity: hand it only new blocks
             capacity, t0 = hashmap.capacity(), time.perf_counter()
-            hashmap.activate(new)
-            if hashmap.capacity() != capacity:
+            buf_new, _ = hashmap.activate(blocks[o3c.Tensor(new)])
+            buf[new] = buf_new.numpy()
+            if hashmap.capacity() != capacity:  # a grow re-inserted every block: their rows moved
                 log.info("the volume's hash map grew to hold %d blocks in %.1f s (the scan waited)", hashmap.capacity(),
                          time.perf_counter() - t0)
-        buf, _ = hashmap.find(blocks)
-        tsdf, weight, color = self.voxel_arrays()  # after activate: a grown map moved the buffers
+                buf = hashmap.find(blocks)[0].numpy().astype(np.int64)
+        tsdf, weight, color = self.voxel_arrays()  # after activate: a grown map has new buffers
         K = integration_matrix(frame.intrinsics)
-        integrate_blocks(tsdf, weight, color, blocks.numpy(), buf.numpy().astype(np.int64), depth.as_tensor().numpy()[..., 0],
+        integrate_blocks(tsdf, weight, color, blocks.numpy(), buf, depth.as_tensor().numpy()[..., 0],
                          np.ascontiguousarray(frame.color), K[0, 0], K[1, 1], K[0, 2], K[1, 2],
                          np.linalg.inv(T_world_cam), cfg.voxel_size_m, cfg.trunc_m, cfg.depth_max_m)
 
