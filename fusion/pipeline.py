@@ -1,11 +1,15 @@
 """Owns the fusion loop for one frame: track (or take ground truth), integrate, re-mesh, mark dirty chunks.
 
 It also serves snapshot requests (`fusion.snapshots`): another thread (the nets) asks for coarse
-regions of chunks (`request_regions`, thread-safe); the fusion thread, which owns the volume, works on
-them at the end of `process()` (within a per-frame time budget) or in `serve_requests()` (when idle
-or paused) and puts them in an outbox the other thread reads (`take_snapshots`). Every integration
-leaves an `IntegrationStamp` (frame, time, pose) for the requester to measure latency and follow the
-camera. Locks are held only to swap lists.
+regions of chunks (`request_regions`, thread-safe) and either serves them itself at once (`serve=True`)
+or leaves them to the fusion thread, which works on them at the end of `process()` (within a per-frame
+time budget) or in `serve_requests()` (when idle or paused); snapshots go to an outbox the other thread
+reads (`take_snapshots`). Every integration leaves an `IntegrationStamp` (frame, time, pose) for the
+requester to measure latency and follow the camera.
+
+Locks: the volume lock is held while the volume changes (an integration with its stamp and marks, a
+gravity rebuild, a loop correction's swap) and while a snapshot is served, never while tracking or
+meshing (those only read, as serving does); the other locks only swap lists.
 """
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ class PipelineConfig:
     snapshot_budget_ms: float = 8.0      #: fusion-thread time per process() for snapshot work at least (a big
     #:     region is finished over several frames)...
     snapshot_budget_share: float = 0.2   #: ... or this share of the frame's own fusion time, when more
-    snapshot_halo_lag_frames: int = 10   #: budgeted snapshots reuse halo chunks summarised this many frames back
+    snapshot_halo_lag_frames: int = 10   #: live snapshots reuse halo chunks summarised this many frames back
     stamp_history: int = 1024            #: integration stamps kept for readers on other threads
     still_voxels: float = 0.0            #: a tracked frame closer than this many voxels to the last integrated
     #:     one (and within still_deg) adds nothing new: it is not integrated (0: integrate every frame)
@@ -96,6 +100,7 @@ class FusionPipeline:
         self.last_timestamp_s: float | None = None
         self.frames_with_depth = 0
         self._snap_cond = threading.Condition()  # guards the stamps (and their dirty marks)
+        self._volume_lock = threading.RLock()    # the volume changes, or a snapshot reads it (module docstring)
         self._snapshots = SnapshotServer(self.volume, config.nets_chunk_m, config.snapshot_halo_lag_frames)
         self._stamps: deque[IntegrationStamp] = deque(maxlen=max(1, config.stamp_history))
         self._last_stamp: IntegrationStamp | None = None
@@ -114,7 +119,7 @@ class FusionPipeline:
             cfg = self.config
             t1 = time.perf_counter()
             budget_ms = max(cfg.snapshot_budget_ms, cfg.snapshot_budget_share * (t1 - t0) * 1e3)
-            self.serve_requests(cfg.snapshot_regions_per_frame, budget_ms)
+            self.serve_requests(cfg.snapshot_regions_per_frame, budget_ms, live=True)
             result.timings_ms["snapshot"] = (time.perf_counter() - t1) * 1e3
         return result
 
@@ -141,18 +146,24 @@ class FusionPipeline:
             return self._result(frame, T, False, "still", timings, still=True)
         self._still_run = 0
         t0 = time.perf_counter()
-        touched = self.volume.integrate(frame, T)
-        timings["integrate"] = (time.perf_counter() - t0) * 1e3
-        self._after_integrate(frame, T, touched, timings)
+        with self._volume_lock:  # waits while another thread serves itself a snapshot
+            t1 = time.perf_counter()
+            touched = self.volume.integrate(frame, T)
+            timings["integrate"] = (time.perf_counter() - t1) * 1e3
+            self._mark_integrated(frame, T, touched)
+        timings["volume_wait"] = (t1 - t0) * 1e3
+        self._mesh(touched, timings)
         t0 = time.perf_counter()
-        T = self._follow_gravity(self.gravity.after_integrate(frame, T), T)
+        with self._volume_lock:
+            T = self._follow_gravity(self.gravity.after_integrate(frame, T), T)
         self._last_integrated_T = T
         timings["gravity"] = (time.perf_counter() - t0) * 1e3
         correction = None
         if self.loops is not None:
             t0 = time.perf_counter()
             self.loops.on_integrated(frame, T, settled=not self.gravity.holds_labels, map_blocks=self.volume.n_blocks)
-            T, correction = self._follow_loop(self.loops.apply_ready(frame.index), T, frame.timestamp_s)
+            with self._volume_lock:
+                T, correction = self._follow_loop(self.loops.apply_ready(frame.index), T, frame.timestamp_s)
             timings["loops"] = (time.perf_counter() - t0) * 1e3
         return self._result(frame, T, True, reason, timings, correction=correction)
 
@@ -179,7 +190,8 @@ class FusionPipeline:
         timings.update(self.tracker.last_timings_ms)
         return res.T_world_cam, res.reason
 
-    def _after_integrate(self, frame: Frame, T: np.ndarray, touched: np.ndarray, timings: dict) -> None:
+    def _mark_integrated(self, frame: Frame, T: np.ndarray, touched: np.ndarray) -> None:
+        """The integration's stamp, its nets marks and the snapshot cache's touch (under the volume lock)."""
         cfg = self.config
         chunks = chunk_keys_of_blocks(touched, cfg.volume.block_size_m, cfg.nets_chunk_m)
         stamp = IntegrationStamp(self.volume.frames_integrated, frame.index, time.monotonic(), T.copy())
@@ -189,7 +201,9 @@ class FusionPipeline:
             self._last_stamp = stamp
             if not self.gravity.holds_labels:  # labels wait until the world stops moving
                 self.dirty.mark(chunks, ("semantics", "completion"))
-        if cfg.incremental_mesh:
+
+    def _mesh(self, touched: np.ndarray, timings: dict) -> None:
+        if self.config.incremental_mesh:
             t0 = time.perf_counter()
             self.dirty.mark(self.mesher.update(touched), ("mesh",))
             timings["mesh"] = (time.perf_counter() - t0) * 1e3
@@ -260,8 +274,9 @@ class FusionPipeline:
                 return True
             last = self._last_stamp
             if last is not None and self._last_integrated_T is not None:
-                _, event = self._follow_loop(self.loops.apply_ready(last.index + 1), self._last_integrated_T,
-                                             self.last_timestamp_s or 0.0)
+                with self._volume_lock:
+                    _, event = self._follow_loop(self.loops.apply_ready(last.index + 1), self._last_integrated_T,
+                                                 self.last_timestamp_s or 0.0)
                 if event is not None:  # no frame comes to mesh the blocks of keyframes added in the swap
                     self.dirty.mark(self.mesher.flush(), ("mesh",))
         return False
@@ -270,7 +285,8 @@ class FusionPipeline:
         """Settle gravity now (end of a scan): a last estimate from what was fused, then the nets may label."""
         last = self._last_stamp
         if last is not None:
-            self._follow_gravity(self.gravity.settle_now(last.index), last.T_world_cam)
+            with self._volume_lock:
+                self._follow_gravity(self.gravity.settle_now(last.index), last.T_world_cam)
 
     def _result(self, frame, T, integrated, reason, timings, still: bool = False, correction=None) -> FrameResult:
         state = TrackState.OK.value if self.config.poses == "gt" else self.tracker.state.value
@@ -293,9 +309,16 @@ class FusionPipeline:
         with self._snap_cond:
             return self._last_stamp
 
-    def request_regions(self, groups, grid: CoarseGridConfig, tag: int = 0) -> None:
-        """Ask for one coarse region per group of chunk keys. Any thread; never waits for fusion."""
-        self._snapshots.request(groups, grid, tag)
+    def request_regions(self, groups, grid: CoarseGridConfig, tag: int = 0, serve: bool = False) -> None:
+        """Ask for one coarse region per group of chunk keys. Any thread. serve False: the fusion thread
+        serves them (never waits for fusion); True: served now, in the calling thread (with any request
+        left before them), each one consistent state; waits for the volume lock (an integration)."""
+        if not serve:
+            self._snapshots.request(groups, grid, tag)
+            return
+        with self._volume_lock:  # request and serve together: the fusion thread never sees them pending
+            self._snapshots.request(groups, grid, tag)
+            self.serve_requests(live=True)
 
     def cancel_requests(self, tag: int | None = None) -> int:
         """Drop pending requests and unread snapshots (all, or those of `tag`); returns how many. Any thread."""
@@ -304,12 +327,14 @@ class FusionPipeline:
     def pending_requests(self) -> int:
         return self._snapshots.pending()
 
-    def serve_requests(self, max_regions: int | None = None, budget_ms: float | None = None) -> int:
+    def serve_requests(self, max_regions: int | None = None, budget_ms: float | None = None, live: bool = False) -> int:
         """Work on pending requests: complete at most `max_regions`, stop once `budget_ms` is spent
-        (None: finish them all, each one consistent state). Thread: the fusion thread only (it reads
-        the voxel buffers in place). Returns the regions completed."""
-        last = self._last_stamp
-        return self._snapshots.serve(max_regions, budget_ms, -1 if last is None else last.index)
+        (None: finish them all, each one consistent state unless live). live: reuse halo chunks up to
+        `snapshot_halo_lag_frames` old. Any thread (it reads the voxel buffers in place under the volume
+        lock). Returns the regions completed."""
+        with self._volume_lock:
+            last = self._last_stamp
+            return self._snapshots.serve(max_regions, budget_ms, -1 if last is None else last.index, live)
 
     def take_snapshots(self, timeout_s: float = 0.0) -> list[RegionSnapshot]:
         """Completed snapshots (oldest first), waiting up to `timeout_s` for one. Any thread."""

@@ -1,14 +1,15 @@
-"""Owns snapshot serving: other threads request coarse regions of chunks, the fusion thread serves them.
+"""Owns snapshot serving: other threads request coarse regions of chunks; the fusion thread serves them, or
+the requester itself under the pipeline's volume lock.
 
 A region's cells depend only on the fine voxels inside them (`fusion.coarse`), so the coarse sites of
 each chunk are cached and recomputed only when the chunk was touched since: a region costs its changed
 chunks, not its whole halo. Serving is bounded per call by a time budget: a request whose chunks need
 more work is finished over the next calls, each chunk computed at most once while it is served. The
-chunks of one region are then up to that many frames apart, and halo chunks (context, not predicted)
-computed at most `halo_lag_frames` before serving began are reused even if touched since; the snapshot
-reports the oldest frame count it reflects (`frames_integrated`), so a consumer re-infers any chunk
-changed after it. Without a budget (`serve(budget_ms=None)`, e.g. when paused or draining) a region is
-one consistent state of the volume.
+chunks of one region are then up to that many frames apart. Live serving (`serve(live=True)`) also reuses
+halo chunks (context, not predicted) computed at most `halo_lag_frames` before serving began, even if
+touched since; the snapshot reports the oldest frame count it reflects (`frames_integrated`), so a
+consumer re-infers any chunk changed after it. Otherwise (e.g. when paused or draining) and without a
+budget, a region is one consistent state of the volume.
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ class RegionSnapshot:
 class CoarseCache:
     """Coarse sites of each chunk (core only) with the frame count they were computed at.
 
-    Thread: the fusion thread (it reads the volume's buffers in place)."""
+    Thread: whichever holds the pipeline's volume lock (it reads the volume's buffers in place)."""
 
     def __init__(self, volume: TsdfVolume, chunk_size_m: float):
         self.volume = volume
@@ -113,7 +114,8 @@ def _cells_only(grid: CoarseGridConfig) -> CoarseGridConfig:
 
 class SnapshotServer:
     """Request queue, budgeted serving and outbox. `request`/`cancel`/`take`/`pending`: any thread;
-    `touch`/`serve`: the fusion thread. The lock is held only to move requests and snapshots."""
+    `touch`/`serve`/`reset_cache`: one thread at a time, the one holding the pipeline's volume lock (which
+    also keeps the volume still meanwhile). The own lock is held only to move requests and snapshots."""
 
     def __init__(self, volume: TsdfVolume, chunk_size_m: float, halo_lag_frames: int = 0):
         self.volume = volume
@@ -160,9 +162,9 @@ class SnapshotServer:
             out, self._outbox = self._outbox, []
         return out
 
-    def serve(self, max_regions: int | None, budget_ms: float | None, frame_index: int) -> int:
+    def serve(self, max_regions: int | None, budget_ms: float | None, frame_index: int, live: bool = False) -> int:
         """Work on pending requests, oldest first, until `max_regions` are served or `budget_ms` is spent
-        (at least one chunk of work per call). Returns the regions completed."""
+        (at least one chunk of work per call); live: reuse recent halo chunks. Returns the regions completed."""
         t0 = time.perf_counter()
         served = 0
         while max_regions is None or served < max_regions:
@@ -173,19 +175,19 @@ class SnapshotServer:
             if self._serving is None or self._serving[0] is not req:
                 self._serving = [req, self.volume.frames_integrated, 0.0]
             t1 = time.perf_counter()
-            done = self._prepare(req, self._serving[1], t0, budget_ms)
+            done = self._prepare(req, self._serving[1], t0, budget_ms, live)
             self._serving[2] += _ms_since(t1)
             if not done:
                 break
             served += self._complete(req, frame_index)
         return served
 
-    def _prepare(self, req: SnapshotRequest, since_count: int, t0: float, budget_ms: float | None) -> bool:
+    def _prepare(self, req: SnapshotRequest, since_count: int, t0: float, budget_ms: float | None, live: bool) -> bool:
         """Refresh the request's stale chunks within the budget; True when none is left."""
         if not self.cache.fits(req.grid):
             return True
         worked = False
-        halo_since = since_count - (self.halo_lag_frames if budget_ms is not None else 0)
+        halo_since = since_count - (self.halo_lag_frames if live else 0)
         for i, key in enumerate(self.cache.near(req.keys, req.grid)):
             if not self.cache.stale(key, req.grid, since_count if i < len(req.keys) else halo_since):
                 continue

@@ -1,10 +1,12 @@
 """Owns incremental labeling: the worker that re-infers changed chunks and fuses the results into the stores.
 
 Data flow (no lock is held during integration or inference):
-    fusion thread: process(frame) -> dirty "semantics"/"completion" chunks + an integration stamp;
-                   at the end of process() (or serve_requests() when idle) it serves snapshot requests
+    fusion thread: process(frame) -> dirty "semantics"/"completion" chunks + an integration stamp
     nets thread:   take dirty chunks (with their stamps) -> ChunkScheduler -> request regions of grouped
-                   chunks -> take the served snapshots -> ChunkModel.predict -> LabelStore/CompletionStore
+                   chunks and serve them (under the pipeline's volume lock: it waits at most for one
+                   integration) -> ChunkModel.predict -> LabelStore/CompletionStore
+With `serve_in_worker` off, the fusion thread serves the requests at the end of process() (or in
+serve_requests() when idle) instead, within a per-frame budget.
 Label latency is measured from the integration of the first frame whose change a chunk had not
 labelled yet to the moment its labels land in the store. `reset()` bumps a generation counter; any
 result of an older generation is dropped, never fused. When loop closure swaps a corrected map in
@@ -39,8 +41,10 @@ class LabelerConfig:
 
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     max_regions_in_flight: int = 1       #: snapshot requests outstanding at once (1: each region takes all it can)
-    prefetch: bool = True                #: live: request the next region as soon as a snapshot arrives, so that
-    #:     fusion serves it while this one is inferred (the snapshot wait overlaps inference)
+    serve_in_worker: bool = True         #: live: the worker serves its own snapshots at once, under the pipeline's
+    #:     volume lock (False: the fusion thread serves them after its next frame, within its budget)
+    prefetch: bool = True                #: live, fusion serving: request the next region as soon as a snapshot
+    #:     arrives, so that fusion serves it while this one is inferred (the snapshot wait overlaps inference)
     poll_s: float = 0.02                 #: longest idle wait before looking at the dirty sets again
     torch_threads: int = 0               #: torch intra-op threads; 0: CPU cores - 1 (at least 1)
     behind_queue_chunks: int = 12        #: "behind" when this many chunks are queued...
@@ -286,7 +290,8 @@ class IncrementalLabeler:
             groups = self.scheduler.next_groups(now, self._camera_m, limit)
         if groups:
             self._requested.update((g, gen) for g in groups)
-            self.pipeline.request_regions(groups, self.grid if force else self.live_grid, tag=gen)
+            self.pipeline.request_regions(groups, self.grid if force else self.live_grid, tag=gen,
+                                          serve=not force and self.config.serve_in_worker)
         return len(groups)
 
     def _handle(self, snapshots, gen: int, live: bool = False) -> int:
@@ -298,7 +303,7 @@ class IncrementalLabeler:
             if snap.request.tag != gen or self._requested.pop(keys, None) != gen:
                 continue
             region = snap.region
-            if live and self.config.prefetch:  # the next region is served while this one is inferred
+            if live and self.config.prefetch and not self.config.serve_in_worker:  # served while this one is inferred
                 self._poll()
                 self._request(gen, force=False)
             if live and self._unchanged(region):

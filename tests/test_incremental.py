@@ -314,8 +314,8 @@ def test_threaded_worker_reinfers_a_chunk_changed_meanwhile(frames, model, pipel
 
 @pytest.mark.parametrize("prefetch", [True, False])
 def test_the_next_region_is_requested_while_one_is_inferred(frames, model, pipeline, prefetch):
-    """With prefetch the worker asks for the next ready region before it infers the one it got, so
-    fusion serves it meanwhile; without, it asks only after the inference."""
+    """When fusion serves the snapshots, with prefetch the worker asks for the next ready region before it
+    infers the one it got, so fusion serves it meanwhile; without, it asks only after the inference."""
     entered, release, outstanding = threading.Event(), threading.Event(), []
 
     def block(region):
@@ -326,7 +326,8 @@ def test_the_next_region_is_requested_while_one_is_inferred(frames, model, pipel
 
     rec = Recording(model, block)
     one_chunk_groups = SchedulerConfig(settle_s=0.0, max_wait_s=0.0, max_group_extent_chunks=1, ride_along=False)
-    labeler = IncrementalLabeler(pipeline, rec, config=LabelerConfig(prefetch=prefetch, scheduler=one_chunk_groups))
+    labeler = IncrementalLabeler(pipeline, rec, config=LabelerConfig(prefetch=prefetch, serve_in_worker=False,
+                                                                     scheduler=one_chunk_groups))
     pipeline.process(frames[0])
     assert len(all_chunk_keys(pipeline.volume, GRID)) >= 2
     labeler.start()
@@ -339,6 +340,29 @@ def test_the_next_region_is_requested_while_one_is_inferred(frames, model, pipel
         release.set()
         labeler.stop()
         assert labeler.join(5.0)
+
+
+def test_the_worker_serves_its_own_snapshots_while_fusion_runs(frames, model, pipeline):
+    """By default the worker serves its own requests between integrations: fusion fuses frames and never
+    serves one (nothing is left pending for it), and every chunk it fused gets labelled."""
+    labeler = IncrementalLabeler(pipeline, model, config=LabelerConfig(
+        scheduler=SchedulerConfig(settle_s=0.0, max_wait_s=0.0)))
+    labeler.start()
+    try:
+        results = []
+        for frame in frames[:12]:
+            results.append(pipeline.process(frame))
+            assert pipeline.pending_requests() == 0
+        keys = all_chunk_keys(pipeline.volume, GRID)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (keys <= labeler.labels.chunk_keys() and labeler.stats()["queue"] == 0):
+            time.sleep(0.02)
+        assert keys <= labeler.labels.chunk_keys()
+        assert not any("snapshot" in r.timings_ms for r in results)
+        assert labeler.stats()["regions_inferred"] > 0 and labeler.error is None
+    finally:
+        labeler.stop()
+        assert labeler.join(10.0)
 
 
 def test_live_regions_carry_a_shorter_halo_than_the_drain(frames, model, pipeline):
