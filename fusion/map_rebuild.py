@@ -58,9 +58,10 @@ class RebuiltMap:
 def presized(config: VolumeConfig, live_blocks: int) -> VolumeConfig:
     """A rebuilt map's volume settings: its hash map starts at the live map's block count and a quarter more, or
     at the configured start if that is larger (never above the cap).
-    Open3D holds the GIL while it allocates or grows a hash map (a grow copies every block: on a 2-core machine
-    1.6 s from 4,000 to 8,000 blocks at 1 cm, 3.9 s to 16,000), which stalls the live loop's Python; allocating
-    once at the size needed costs less than growing to it (1.9 s for 16,000)."""
+    Open3D holds the GIL while it allocates or grows a hash map (a grow copies every block: 4,000 to 8,000 blocks
+    at 1 cm took 1.6 s alone and 3.4-3.8 s inside a live frame beside the nets, in one-off probes on 2-core
+    machines; 3.9 s to 16,000), which stalls the live loop's Python; allocating once at the size needed costs
+    less than growing to it (1.9 s for 16,000)."""
     blocks = min(max(int(1.25 * live_blocks), config.start_blocks), config.max_blocks)
     return dataclasses.replace(config, initial_blocks=blocks)
 

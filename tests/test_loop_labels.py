@@ -3,6 +3,8 @@ collisions keep the correction (then the more confident prediction), undo works 
 the incremental labeler follows a correction the pipeline swapped in (old-world results are not fused)."""
 from __future__ import annotations
 
+import threading
+import time
 import types
 
 import numpy as np
@@ -148,33 +150,51 @@ def _pipeline() -> FusionPipeline:
     return FusionPipeline(PipelineConfig(volume=VolumeConfig(voxel_size_m=0.02, device="cpu"), poses="gt", loop=loop))
 
 
+class _HeldModel:
+    """A model whose next prediction, once armed, waits inside predict until released."""
+
+    def __init__(self, model):
+        self.model, self.grid = model, model.grid
+        self.armed, self.entered, self.release = threading.Event(), threading.Event(), threading.Event()
+
+    def predict(self, region):
+        if self.armed.is_set():
+            self.armed.clear()
+            self.entered.set()
+            self.release.wait(30.0)
+        return self.model.predict(region)
+
+
 def test_labeler_follows_a_swapped_in_correction(frames):
     p = _pipeline()
+    held_model = _HeldModel(ChunkModel.untrained(seed=0))
+    labeler = IncrementalLabeler(p, held_model)
     try:
-        labeler = IncrementalLabeler(p, ChunkModel.untrained(seed=0))
         for f in frames[:-2]:
             p.process(f)
         labeler.step()
         coords, _ = labeler.labels.cells()
         painted = coords[coords[:, 2] == np.median(coords[:, 2]).astype(int)][:30]
         labeler.labels.correct(painted, CHAIR)
-        # an old-world snapshot is in hand when the map moves: it must not be fused
+        # an old-world snapshot is being inferred when the map moves: its result must not be fused
         p.process(frames[-2])
         assert p.loops.wait_idle(60.0)
-        labeler._poll()
-        labeler._request(labeler._sync_generation(), force=True)
-        p.serve_requests()
-        stale = p.take_snapshots()
-        assert stale
+        held_model.armed.set()
+        labeler.start()
+        assert held_model.entered.wait(60.0)
         shift = np.eye(4)
         shift[:3, 3] = (0.25, 0.0, 0.0)                                     # five nets cells along x
         held = p.loops.keyframe_poses()
         assert p.loops.offer(np.array([shift @ T for T in held]))
         res = p.process(frames[-1])
         assert res.map_correction is not None and res.map_correction.max_shift_m == pytest.approx(0.25)
-        inferred = labeler.stats()["chunks_inferred"]
-        assert labeler._handle(stale, labeler._sync_generation()) == 0        # dropped, not fused
-        assert labeler.stats()["chunks_inferred"] == inferred and labeler.stats()["stale_results_dropped"] >= 1
+        held_model.release.set()
+        deadline = time.monotonic() + 60.0
+        while labeler.stats()["stale_results_dropped"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert labeler.stats()["stale_results_dropped"] >= 1                 # dropped, not fused
+        labeler.stop()
+        assert labeler.join(30.0)
         labeler.step()
         moved = painted + np.array([5, 0, 0], np.int32)
         assert labeler.labels.world == 1
@@ -182,4 +202,7 @@ def test_labeler_follows_a_swapped_in_correction(frames):
         old_only = painted[painted[:, 0] < painted[:, 0].min() + 5]
         assert len(old_only) and (labeler.labels.labels_of_cells(old_only)[0] != CHAIR).all()
     finally:
+        held_model.release.set()
+        labeler.stop()
+        labeler.join(30.0)
         p.close()
