@@ -312,7 +312,8 @@ class FusionPipeline:
     def request_regions(self, groups, grid: CoarseGridConfig, tag: int = 0, serve: bool = False) -> None:
         """Ask for one coarse region per group of chunk keys. Any thread. serve False: the fusion thread
         serves them (never waits for fusion); True: served now, in the calling thread (with any request
-        left before them), each one consistent state; waits for the volume lock (an integration)."""
+        left before them), as live snapshots (`serve_requests(live=True)`); waits for the volume lock (an
+        integration at most)."""
         if not serve:
             self._snapshots.request(groups, grid, tag)
             return
