@@ -222,6 +222,8 @@ def run_ours(frames, config: LiveBenchConfig, model=None) -> dict:
         "volume_memory_mb": round(pipe.volume.memory_bytes() / 2**20, 1), "blocks": pipe.volume.n_blocks,
         "rss_mb": _rss_mb(), "gravity": pipe.gravity.report().to_dict().get("method"),
         "timing_ms_p50": {k: round(float(np.median(v)), 1) for k, v in stages.items()},
+        "timing_ms_p95": {k: round(float(np.percentile(v, 95)), 1) for k, v in stages.items()},
+        "timing_ms_total": {k: round(float(np.sum(v)), 1) for k, v in stages.items()},  # e.g. all volume_wait
         "longest_frame_ms": round(max(stages.get("frame", [0.0])), 1),  # a stall (a hash-map grow) shows here
         "frames_with_feature_check": len(stages.get("relocalise", []))}
     if labeler is not None:
