@@ -311,15 +311,15 @@ class FusionPipeline:
 
     def request_regions(self, groups, grid: CoarseGridConfig, tag: int = 0, serve: bool = False) -> None:
         """Ask for one coarse region per group of chunk keys. Any thread. serve False: the fusion thread
-        serves them (never waits for fusion); True: served now, in the calling thread (with any request
-        left before them), as live snapshots (`serve_requests(live=True)`); waits for the volume lock (an
-        integration at most)."""
+        serves them (never waits for fusion); True: served now, in the calling thread, as live snapshots
+        (halo chunks reused as in `serve_requests(live=True)`), never queued for the fusion thread; waits
+        for the volume lock (an integration at most)."""
         if not serve:
             self._snapshots.request(groups, grid, tag)
             return
-        with self._volume_lock:  # request and serve together: the fusion thread never sees them pending
-            self._snapshots.request(groups, grid, tag)
-            self.serve_requests(live=True)
+        with self._volume_lock:
+            last = self._last_stamp
+            self._snapshots.serve_now(groups, grid, tag, -1 if last is None else last.index)
 
     def cancel_requests(self, tag: int | None = None) -> int:
         """Drop pending requests and unread snapshots (all, or those of `tag`); returns how many. Any thread."""

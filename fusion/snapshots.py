@@ -114,8 +114,8 @@ def _cells_only(grid: CoarseGridConfig) -> CoarseGridConfig:
 
 class SnapshotServer:
     """Request queue, budgeted serving and outbox. `request`/`cancel`/`take`/`pending`: any thread;
-    `touch`/`serve`/`reset_cache`: one thread at a time, the one holding the pipeline's volume lock (which
-    also keeps the volume still meanwhile). The own lock is held only to move requests and snapshots."""
+    `touch`/`serve`/`serve_now`/`reset_cache`: one thread at a time, the one holding the pipeline's volume lock
+    (which also keeps the volume still meanwhile). The own lock is held only to move requests and snapshots."""
 
     def __init__(self, volume: TsdfVolume, chunk_size_m: float, halo_lag_frames: int = 0):
         self.volume = volume
@@ -134,11 +134,22 @@ class SnapshotServer:
         self.cache = CoarseCache(self.volume, self.cache.chunk_size_m)
 
     def request(self, groups, grid: CoarseGridConfig, tag: int = 0) -> None:
-        now = time.monotonic()
-        reqs = [SnapshotRequest(tuple(sorted({tuple(int(v) for v in k) for k in g})), grid, tag, now)
-                for g in groups if len(g)]
+        reqs = _requests_of(groups, grid, tag)
         with self._cond:
             self._requests.extend(reqs)
+
+    def serve_now(self, groups, grid: CoarseGridConfig, tag: int, frame_index: int) -> int:
+        """Serve live regions of `groups` at once, never queued (so `serve` never sees them); the caller holds
+        the volume lock. Returns the regions served."""
+        reqs = _requests_of(groups, grid, tag)
+        for req in reqs:
+            t0 = time.perf_counter()
+            self._prepare(req, self.volume.frames_integrated, t0, None, live=True)
+            snap = self._snapshot(req, frame_index, _ms_since(t0))
+            with self._cond:
+                self._outbox.append(snap)
+                self._cond.notify_all()
+        return len(reqs)
 
     def cancel(self, tag: int | None = None) -> int:
         """Drop pending requests and unread snapshots (all, or those of `tag`); returns how many."""
@@ -198,14 +209,8 @@ class SnapshotServer:
         return True
 
     def _complete(self, req: SnapshotRequest, frame_index: int) -> int:
-        t1 = time.perf_counter()
-        if self.cache.fits(req.grid) and req.keys:
-            region, count = self.cache.assemble(req.keys, req.grid)
-        else:
-            region, count = coarse_region(self.volume, req.keys, req.grid), self.volume.frames_integrated
-        spent = self._serving[2] + _ms_since(t1)
+        snap = self._snapshot(req, frame_index, self._serving[2])
         self._serving = None
-        snap = RegionSnapshot(req, region, count, frame_index, time.monotonic(), spent)
         with self._cond:
             if not self._requests or self._requests[0] is not req:  # cancelled meanwhile
                 return 0
@@ -213,6 +218,21 @@ class SnapshotServer:
             self._outbox.append(snap)
             self._cond.notify_all()
         return 1
+
+    def _snapshot(self, req: SnapshotRequest, frame_index: int, spent_ms: float) -> RegionSnapshot:
+        """The request's region from its prepared chunks (`spent_ms`: the work so far, assembly is added)."""
+        t1 = time.perf_counter()
+        if self.cache.fits(req.grid) and req.keys:
+            region, count = self.cache.assemble(req.keys, req.grid)
+        else:
+            region, count = coarse_region(self.volume, req.keys, req.grid), self.volume.frames_integrated
+        return RegionSnapshot(req, region, count, frame_index, time.monotonic(), spent_ms + _ms_since(t1))
+
+
+def _requests_of(groups, grid: CoarseGridConfig, tag: int) -> list[SnapshotRequest]:
+    now = time.monotonic()
+    return [SnapshotRequest(tuple(sorted({tuple(int(v) for v in k) for k in g})), grid, tag, now)
+            for g in groups if len(g)]
 
 
 def _ms_since(t0: float) -> float:
