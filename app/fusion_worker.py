@@ -1,5 +1,5 @@
 """Owns the fusion worker: the thread that reads the source, fuses frames, serves the nets' snapshot
-requests, autosaves, and publishes display snapshots to the GUI through a newest-only outbox. The GUI
+requests they leave to it (by default the nets serve their own), autosaves, and publishes display snapshots to the GUI through a newest-only outbox. The GUI
 thread talks to it only through commands (queued, run on the fusion thread) and `call` (a function run
 on the fusion thread, answered through a Future); it never touches the pipeline."""
 from __future__ import annotations
