@@ -148,8 +148,8 @@ class MapAligner:
         drift_m, drift_deg = relative_motion(init, T)
         b = chosen[int(np.argmax(check.support))]   # the anchor: the map keyframe confirming most of its points
         T_ba = np.linalg.inv(old_poses[b]) @ T_a
-        union_b = o3d.geometry.PointCloud(union).transform(T_ba)
-        info = np.asarray(_REG.get_information_matrix_from_point_clouds(src, union_b, cfg.icp_max_m[-1], T_ba @ T))
+        info = information_in(np.asarray(_REG.get_information_matrix_from_point_clouds(src, union, cfg.icp_max_m[-1], T)),
+                              T_ba)
         return Verdict(LoopEdge(olds[b].kid, cur.kid, T_ba @ T, len(res.correspondence_set), check.overlap,
                                 float(res.inlier_rmse), info, drift_m, drift_deg, olds[b].index, cur.index))
 
@@ -209,3 +209,16 @@ class MapAligner:
         if check.agree < cfg.min_agree or check.through > cfg.max_through:
             return f"depth disagrees: {check.agree:.2f} agree, {check.through:.2f} in front of the map's surface"
         return ""
+
+
+def information_in(info_a: np.ndarray, T_ba: np.ndarray) -> np.ndarray:
+    """A relative pose's (6,6) information from target points in frame a (Open3D's order: rotation, then
+    translation) restated for the same points in frame b (T_ba: a's frame into b's), as Open3D would compute it
+    from the target cloud moved into b: Ad(T_ab)^T info Ad(T_ab). Saves moving a copy of the cloud."""
+    T_ab = np.linalg.inv(T_ba)
+    R, p = T_ab[:3, :3], T_ab[:3, 3]
+    p_hat = np.array([[0.0, -p[2], p[1]], [p[2], 0.0, -p[0]], [-p[1], p[0], 0.0]])
+    ad = np.zeros((6, 6))
+    ad[:3, :3] = ad[3:, 3:] = R
+    ad[3:, :3] = p_hat @ R
+    return ad.T @ np.asarray(info_a, np.float64) @ ad

@@ -11,7 +11,7 @@ import pytest
 from bench.drift import pose_offset
 from fusion.frame import Frame
 from fusion.keyframe_store import reduced_keyframe
-from fusion.loop_map_align import MapAligner, MapAlignConfig
+from fusion.loop_map_align import MapAligner, MapAlignConfig, information_in
 from fusion.loops import LoopDetectConfig, LoopDetector
 from fusion.sources.synthetic import SyntheticSource
 from fusion.tracking import relative_motion
@@ -102,3 +102,27 @@ def test_edge_anchored_to_the_map_keyframe_that_confirms_most(scene):
     assert anchor == worst_first[-1] != worst_first[0]
     m, deg = relative_motion(np.linalg.inv(old_poses[anchor]) @ true, v.edge.T_old_cur)
     assert m < 0.01 and deg < 0.3, (m, deg)
+
+
+def test_information_restated_in_another_frame_is_what_open3d_computes_there():
+    """A map edge's information is computed against the union cloud in one keyframe's frame and restated for
+    the anchor's: the same as Open3D's from the union moved into the anchor's frame (no copy of the cloud)."""
+    import open3d as o3d
+    from scipy.spatial.transform import Rotation
+
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(-1, 1, (3000, 3))
+    pts[:1000, 2], pts[1000:2000, 0] = 0.0, 1.0                       # a floor and a wall in a scatter
+    target = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts))
+    source = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts + rng.normal(0, 0.003, pts.shape)))
+    T = np.eye(4)
+    T[:3, 3] = (0.004, -0.002, 0.001)
+    T_ba = np.eye(4)
+    T_ba[:3, :3] = Rotation.from_euler("xyz", (20, -35, 50), degrees=True).as_matrix()
+    T_ba[:3, 3] = (0.7, -1.2, 0.4)
+    reg = o3d.pipelines.registration
+    moved = o3d.geometry.PointCloud(target).transform(T_ba)
+    direct = np.asarray(reg.get_information_matrix_from_point_clouds(source, moved, 0.02, T_ba @ T))
+    restated = information_in(np.asarray(reg.get_information_matrix_from_point_clouds(source, target, 0.02, T)), T_ba)
+    assert np.abs(direct).max() > 100
+    assert np.allclose(restated, direct, rtol=1e-9, atol=1e-6)
