@@ -149,12 +149,10 @@ def test_lookalike_rejected_map_unchanged(drifting_scan, caplog):
 def test_detector_rejects_lookalike_accepts_true_revisit():
     src, other = SyntheticSource(0, n_frames=9), SyntheticSource(3, n_frames=61)
     det = LoopDetector(LoopDetectConfig())
-    from fusion.loop_closure import LoopCloser
-    from fusion.meshing import MeshConfig
-    closer = LoopCloser(LoopClosureConfig(enabled=True), VolumeConfig(), MeshConfig())
+    from fusion.keyframe_store import reduced_keyframe
     a, b = src.frame(0), src.frame(8)
     fake = _lookalike(a, other.frame(60), 99, 9.0, None)
-    kfs = [closer._reduce(f) for f in (a, b, fake)]
+    kfs = [reduced_keyframe(kid, f) for kid, f in enumerate((a, b, fake))]
     for kf, f in zip(kfs, (a, b, fake)):
         det.describe(kf.kid, f)
     truth = np.linalg.inv(src.poses[0]) @ src.poses[8]
