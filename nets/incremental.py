@@ -1,6 +1,6 @@
 """Owns incremental labeling: the worker that re-infers changed chunks and fuses the results into the stores.
 
-Data flow (no lock is held during integration or inference):
+Data flow (no lock is held during inference; an integration and a snapshot being served exclude each other):
     fusion thread: process(frame) -> dirty "semantics"/"completion" chunks + an integration stamp
     nets thread:   take dirty chunks (with their stamps) -> ChunkScheduler -> request regions of grouped
                    chunks and serve them (under the pipeline's volume lock: it waits at most for one
