@@ -41,8 +41,8 @@ class LabelerConfig:
 
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     max_regions_in_flight: int = 1       #: snapshot requests outstanding at once (1: each region takes all it can)
-    serve_in_worker: bool = True         #: live: the worker serves its own snapshots at once, under the pipeline's
-    #:     volume lock (False: the fusion thread serves them after its next frame, within its budget)
+    serve_in_worker: bool = True         #: live, CPU volume: the worker serves its own snapshots at once, under the
+    #:     pipeline's volume lock (False, or a GPU volume: the fusion thread serves them after its next frame)
     prefetch: bool = True                #: live, fusion serving: request the next region as soon as a snapshot
     #:     arrives, so that fusion serves it while this one is inferred (the snapshot wait overlaps inference)
     poll_s: float = 0.02                 #: longest idle wait before looking at the dirty sets again
@@ -291,8 +291,13 @@ class IncrementalLabeler:
         if groups:
             self._requested.update((g, gen) for g in groups)
             self.pipeline.request_regions(groups, self.grid if force else self.live_grid, tag=gen,
-                                          serve=not force and self.config.serve_in_worker)
+                                          serve=not force and self._serves_own())
         return len(groups)
+
+    def _serves_own(self) -> bool:
+        """Live requests are served by this worker (`serve_in_worker`), on a CPU volume only: a GPU volume's
+        reads from a second thread are not tested here, so there the fusion thread serves them."""
+        return self.config.serve_in_worker and self.pipeline.volume.on_cpu
 
     def _handle(self, snapshots, gen: int, live: bool = False) -> int:
         """Infer and fuse the snapshots of generation `gen`; returns chunks inferred. live: skip
@@ -303,7 +308,7 @@ class IncrementalLabeler:
             if snap.request.tag != gen or self._requested.pop(keys, None) != gen:
                 continue
             region = snap.region
-            if live and self.config.prefetch and not self.config.serve_in_worker:  # served while this one is inferred
+            if live and self.config.prefetch and not self._serves_own():  # served while this one is inferred
                 self._poll()
                 self._request(gen, force=False)
             if live and self._unchanged(region):
