@@ -146,18 +146,20 @@ class TsdfVolume:
         blocks = self._limit_to_capacity(blocks)
         if blocks.shape[0] == 0:
             return np.zeros((0, 3), np.int32)
+        rows = None
         if self.on_cpu and cfg.own_kernel:
-            self._integrate_cpu(blocks, frame, depth, T_world_cam)
+            rows = self._integrate_cpu(blocks, frame, depth, T_world_cam)
         else:
             self.grid.integrate(blocks, depth, color, K, K, extrinsic, 1.0, cfg.depth_max_m,
                                 trunc_voxel_multiplier=float(cfg.trunc_voxels))
         self.frames_integrated += 1
         self.last_blocks = blocks.cpu().numpy().astype(np.int32)
-        self._update_index()
+        self._update_index(rows)
         return self.last_blocks
 
-    def _integrate_cpu(self, blocks: o3c.Tensor, frame: Frame, depth, T_world_cam: np.ndarray) -> None:
-        """Allocate `blocks` and fuse the frame into them with our kernel (fusion.integrate)."""
+    def _integrate_cpu(self, blocks: o3c.Tensor, frame: Frame, depth, T_world_cam: np.ndarray) -> np.ndarray:
+        """Allocate `blocks` and fuse the frame into them with our kernel (fusion.integrate); returns their
+        buffer rows."""
         cfg = self.config
         hashmap = self.grid.hashmap()
         buf, found = hashmap.find(blocks)
@@ -175,16 +177,18 @@ class TsdfVolume:
         integrate_blocks(tsdf, weight, color, blocks.numpy(), buf, depth.as_tensor().numpy()[..., 0],
                          np.ascontiguousarray(frame.color), K[0, 0], K[1, 1], K[0, 2], K[1, 2],
                          np.linalg.inv(T_world_cam), cfg.voxel_size_m, cfg.trunc_m, cfg.depth_max_m)
+        return buf
 
-    def _update_index(self) -> None:
-        """Keep the dense block index in step; a grown hash map may have moved every block."""
+    def _update_index(self, rows: np.ndarray | None = None) -> None:
+        """Keep the dense block index in step with the latest integration (`rows`: its blocks' buffer rows when
+        known, else looked up); a grown hash map may have moved every block."""
         capacity = int(self.grid.hashmap().capacity())
         if capacity != self._index_capacity:
             keys = self.active_keys()
             self.index.rebuild(keys, self.lookup(keys))
             self._index_capacity = capacity
         else:
-            self.index.update(self.last_blocks, self.lookup(self.last_blocks))
+            self.index.update(self.last_blocks, self.lookup(self.last_blocks) if rows is None else rows)
 
     def _limit_to_capacity(self, blocks: o3c.Tensor) -> o3c.Tensor:
         """Drop blocks that would take the grid past max_blocks (warn once); existing ones stay."""

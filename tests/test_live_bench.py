@@ -75,6 +75,8 @@ def test_cli_on_a_realsense_recording_writes_every_key(tmp_path, frames, labels)
     assert 0 < r["source_frames"] <= len(frames)
     assert len(ours["repeats"]) == 2 and r["repeats"] == 2
     assert ours["longest_frame_ms"] == max(run["longest_frame_ms"] for run in ours["repeats"]) > 0
+    frame_ms = (ours["timing_ms_p50"]["frame"], ours["timing_ms_p95"]["frame"], ours["timing_ms_total"]["frame"])
+    assert 0 < frame_ms[0] <= frame_ms[1] <= frame_ms[2] and ours["timing_ms_p95"]["frame"] <= ours["longest_frame_ms"]
     if labels == "incremental":
         assert ours["label_changes"] > 0 and r["label_latency_s"]["p95"] is not None
 
