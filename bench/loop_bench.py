@@ -121,6 +121,7 @@ def _loop_report(pipeline: FusionPipeline, true_poses: np.ndarray) -> dict:
             "map_aligned": lc.stats.map_aligned, "map_rejected": lc.stats.map_rejected,
             "false_map_edges": _false(lc.map_edges, true_poses),
             "corrections": lc.stats.corrections, "discarded": lc.stats.discarded, "pruned": lc.stats.pruned,
+            "edges_dropped": lc.stats.dropped,
             "searched_late": lc.stats.searched_late,
             "optimise_s": round(sum(e.optimise_s for e in lc.events), 2),
             "rebuild_s": round(sum(e.rebuild_s for e in lc.events), 2),
@@ -282,7 +283,7 @@ def real_row(path: Path, voxel_m: float, stress: bool, worker: LoopClosureConfig
 COLUMNS = ("name", "frames", "drift_max_m", "ate_off_m", "ate_on_m", "surface_mean_mm_exact", "surface_mean_mm_off",
            "surface_mean_mm_on", "doubled_share_exact", "doubled_share_off", "doubled_share_on", "two_layer_share_exact", "two_layer_share_off",
            "two_layer_share_on", "loops_verified",
-           "loops_accepted", "false_loops_accepted", "map_aligned", "map_rejected", "false_map_edges", "corrections", "keyframes_moved", "optimise_s", "rebuild_s", "slowdown_while_correcting", "slowdown_overall", "slowdown_rebuild_interleaved",
+           "loops_accepted", "false_loops_accepted", "map_aligned", "map_rejected", "false_map_edges", "corrections", "discarded", "edges_dropped", "keyframes_moved", "optimise_s", "rebuild_s", "slowdown_while_correcting", "slowdown_overall", "slowdown_rebuild_interleaved",
            "slowdown_rebuild_interleaved_se", "rebuild_worker_core_share",
            "fusion_loop_ms_max")
 

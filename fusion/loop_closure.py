@@ -28,14 +28,14 @@ import numpy as np
 from fusion.frame import Frame
 from fusion.keyframe_store import KeyframeStore, reduced_keyframe
 from fusion.loop_arrays import edges_from_arrays
-from fusion.loop_config import LoopClosureConfig, LoopStats, graph_edges
+from fusion.loop_config import LoopClosureConfig, LoopStats, graph_edges, held_loops
 from fusion.loop_map_align import AlignQueue, MapAligner
 from fusion.loop_pacing import WorkerPacer, lower_worker_priority
 from fusion.loops import LoopDetector, LoopEdge, MapKeyframe
 from fusion.map_correction import MapCorrection  # noqa: F401 (re-exported: the pipeline's FrameResult carries it)
 from fusion.map_rebuild import RebuiltMap, presized, rebuild
 from fusion.meshing import MeshConfig
-from fusion.pose_graph import optimise
+from fusion.pose_graph import optimise_dropping
 from fusion.tracking import relative_motion
 from fusion.volume import VolumeConfig
 
@@ -355,10 +355,16 @@ class LoopCloser:
             self._correcting.clear()
 
     def _optimise_and_rebuild(self, kfs, poses, odom, moved, due: list[LoopEdge]) -> None:
-        """The graph with the `due` loops optimised; a discarded or fully pruned result drops them (map kept)."""
+        """The graph with the `due` loops optimised (without one of them when only that converges: it is dropped);
+        a discarded or fully pruned result drops them all (map kept)."""
         t0 = time.perf_counter()
-        res = optimise(poses, graph_edges(kfs, odom, self.loops, self.config), self.config.graph)
+        held = held_loops(kfs, self.loops)
+        first = len(kfs) - 1   # graph_edges: the odometry edges, then the held loops
+        new = {first + j for j, e in enumerate(held) if any(e is d for d in due)}
+        res, left_out = optimise_dropping(poses, graph_edges(kfs, odom, self.loops, self.config), new, self.config.graph)
         t1 = time.perf_counter()
+        if left_out is not None:
+            self._drop_edge(held[left_out - first])
         if res.poses is None or res.loops_kept == 0:
             self.loops = [e for e in self.loops if all(e is not d for d in due)]
             if res.poses is None:
@@ -372,6 +378,13 @@ class LoopCloser:
         if self._hand_over(kfs, poses, res.poses, moved, info, pace=self._pace_describing):
             while not self._applied.wait(0.05) and not self._stop.is_set():
                 pass
+
+    def _drop_edge(self, edge: LoopEdge) -> None:
+        """A new edge the optimisation converged without, where it did not with it: it disagrees with the rest."""
+        self.loops = [e for e in self.loops if e is not edge]
+        self.stats.dropped += 1
+        log.warning("loop closure: the edge of frame %d with frame %d disagrees with the other loops; it is left out",
+                    edge.cur_frame, edge.old_frame)
 
     def _hand_over(self, kfs, poses, new_poses, moved, info: dict, pace=None) -> bool:
         """Rebuild the map with `kfs` at `new_poses` (pacing the worker) and leave it for the fusion thread's

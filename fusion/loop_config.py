@@ -57,7 +57,14 @@ def graph_edges(kfs: list, odom: list, loops: list, config: LoopClosureConfig) -
     edges = [GraphEdge(i - 1, i, np.linalg.inv(odom[i]), odometry_information(odom[i], config), loop=False)
              for i in range(1, len(kfs))]   # keyframe i-1's camera into keyframe i's
     return edges + [GraphEdge(pos[e.cur], pos[e.old], e.T_old_cur, e.information, loop=True)
-                    for e in loops if e.old in pos and e.cur in pos]
+                    for e in held_loops(kfs, loops)]
+
+
+def held_loops(kfs: list, loops: list) -> list:
+    """The `loops` whose two keyframes are both among `kfs`, in order: the loop edges of `graph_edges`, which
+    follow its len(kfs) - 1 odometry edges."""
+    kids = {k.kid for k in kfs}
+    return [e for e in loops if e.old in kids and e.cur in kids]
 
 
 @dataclass
@@ -68,6 +75,7 @@ class LoopStats:
     rejected: int = 0
     corrections: int = 0      #: corrected maps applied
     discarded: int = 0        #: optimisations discarded (not converged or implausible)
+    dropped: int = 0          #: new loop or map edges left out because the others converged without them
     pruned: int = 0           #: optimisations whose line process dropped the new loop (map kept)
     map_aligned: int = 0      #: keyframes aligned to the corrected map (edges like loops)
     map_rejected: int = 0     #: ... tried and not aligned

@@ -6,7 +6,9 @@ T_source as measured (odometry: by tracking; loop: by `fusion.loops` verificatio
 solves it, with the first node fixed. A result is used only when it is plausible: every pose finite,
 no keyframe moved more than `max_shift_m` / `max_shift_deg`, every odometry edge and every kept loop
 edge satisfied within its residual bound; otherwise it is discarded with the reason (the caller warns).
-Pure function of its inputs; any thread may call `optimise` (the loop-closure worker does).
+`optimise_dropping` tries again without one of the newly added loop edges at a time (the worst fitted first):
+one wrong edge must not cost the right ones it was optimised with.
+Pure functions of their inputs; any thread may call them (the loop-closure worker does).
 """
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ class PoseGraphConfig:
     max_odometry_residual_deg: float = 3.0
     max_loop_residual_m: float = 0.05      #: ... and every loop edge that was kept
     max_loop_residual_deg: float = 3.0
+    drop_tries: int = 3                    #: a failed optimisation is tried again without one new loop edge at a
+    #:     time, the worst fitted first, this many times at most
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,8 @@ class GraphResult:
     loops_pruned: int = 0
     max_shift_m: float = 0.0       #: largest keyframe move
     max_shift_deg: float = 0.0
+    worst_first: tuple = ()        #: indices into the edges of the loop edges, the worst fitted by the optimised
+    #:     poses first (residual over its bound)
 
 
 def _residual(poses: np.ndarray, e: GraphEdge) -> tuple[float, float]:
@@ -94,9 +100,32 @@ def optimise(poses: np.ndarray, edges: list[GraphEdge], config: PoseGraphConfig 
     shifts = [relative_motion(a, b) for a, b in zip(poses, out)] if np.all(np.isfinite(out)) else [(np.inf, np.inf)]
     shift_m, shift_deg = max(s[0] for s in shifts), max(s[1] for s in shifts)
     base = dict(loops_kept=len(kept_loops), loops_pruned=len(loops) - len(kept_loops),
-                max_shift_m=float(shift_m), max_shift_deg=float(shift_deg))
+                max_shift_m=float(shift_m), max_shift_deg=float(shift_deg), worst_first=_worst_first(out, edges, config))
     reason = _implausible(out, edges, kept_loops, shift_m, shift_deg, config)
     return GraphResult(None if reason else out, reason, **base)
+
+
+def optimise_dropping(poses: np.ndarray, edges: list[GraphEdge], droppable: set[int],
+                      config: PoseGraphConfig = PoseGraphConfig()) -> tuple[GraphResult, int | None]:
+    """`optimise`; when its result is discarded, again without one of the `droppable` loop edges (indices into
+    `edges`) at a time, the worst fitted first, `config.drop_tries` times at most. Returns the first result kept
+    (or the first one, discarded) and the index of the edge left out (None: all were used)."""
+    first = optimise(poses, edges, config)
+    if first.poses is not None:
+        return first, None
+    for i in [i for i in first.worst_first if i in droppable][:config.drop_tries]:
+        res = optimise(poses, edges[:i] + edges[i + 1:], config)
+        if res.poses is not None:
+            return res, i
+    return first, None
+
+
+def _worst_first(out: np.ndarray, edges: list[GraphEdge], cfg: PoseGraphConfig) -> tuple:
+    if not np.all(np.isfinite(out)):
+        return tuple(i for i, e in enumerate(edges) if e.loop)
+    bad = {i: max(m / cfg.max_loop_residual_m, deg / cfg.max_loop_residual_deg)
+           for i, e in enumerate(edges) if e.loop for m, deg in [_residual(out, e)]}
+    return tuple(sorted(bad, key=lambda i: -bad[i]))
 
 
 def _implausible(out, edges, kept_loops, shift_m, shift_deg, cfg: PoseGraphConfig) -> str:

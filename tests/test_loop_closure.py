@@ -13,7 +13,7 @@ from fusion.frame import Frame
 from fusion.loop_config import LoopClosureConfig
 from fusion.loops import LoopDetectConfig, LoopDetector
 from fusion.pipeline import FusionPipeline, PipelineConfig
-from fusion.pose_graph import GraphEdge, PoseGraphConfig, optimise
+from fusion.pose_graph import GraphEdge, PoseGraphConfig, optimise, optimise_dropping
 from fusion.sources.synthetic import SyntheticSource
 from fusion.tracking import relative_motion
 from fusion.trajectory import ate_rmse_m
@@ -188,6 +188,23 @@ def test_pose_graph_closes_ring_and_refuses_implausible():
     assert far.poses is None and "moved a keyframe" in far.reason
     stuck = optimise(odo, edges, PoseGraphConfig(max_iterations=1, max_loop_residual_m=0.001, max_loop_residual_deg=0.05))
     assert stuck.poses is None and "not converged" in stuck.reason
+
+
+def test_a_wrong_new_edge_is_left_out_and_the_right_ones_kept():
+    """A wrong loop edge optimised with a right one leaves the odometry unsatisfied: that result is discarded, and
+    the graph without the wrong edge (the worst fitted first) converges onto the truth. An edge that is not
+    droppable (an older one) is never left out."""
+    true, odo, edges = _ring()
+    n, cfg = len(true), PoseGraphConfig(max_odometry_residual_m=0.015)
+    wrong = np.linalg.inv(true[0]) @ true[n // 2]
+    wrong[0, 3] += 0.3
+    both = edges + [GraphEdge(n // 2, 0, wrong, np.eye(6) * 1000.0, True)]
+    assert optimise(odo, both, cfg).poses is None
+    res, left_out = optimise_dropping(odo, both, {len(both) - 2, len(both) - 1}, cfg)
+    assert left_out == len(both) - 1 and res.poses is not None and res.loops_kept == 1, res.reason
+    assert np.linalg.norm(res.poses[:, :3, 3] - true[:, :3, 3], axis=1).max() < 0.03
+    kept, left_out = optimise_dropping(odo, both, {len(both) - 2}, cfg)   # only the right one may go
+    assert left_out is None and kept.poses is None and "not converged" in kept.reason
 
 
 def test_odometry_information_follows_the_distance_walked():
