@@ -2,14 +2,15 @@
 
 The live benchmark's target (fusion with the nets at least 0.8 of the rate without them) depends on what a
 second busy thread costs the fusion loop on the machine at hand. This measures it without our nets' thread
-in the process: the fusion loop (1 cm, tracking, every third frame of a synthetic room) alone, and beside a
-neighbour process at niceness 5 (as the nets' worker runs): `spin` (a Python loop: one core, no memory
-traffic) or `nets` (the shipped net's forward pass over a region of the same room, in a loop: the nets'
-work). Each with the fusion kernels on 1 and on 2 threads, configurations alternated, `--repeats` times.
+in the process: the fusion loop at the app's defaults (1 cm, tracking) over every `--step`-th frame of SRC
+(played forward and back when it is short) alone, and beside a neighbour process at niceness 5 (as the nets'
+worker runs): `spin` (a Python loop: one core, no memory traffic) or `nets` (the shipped net's forward pass
+over a region of the same scene, in a loop: the nets' work). Each with the fusion kernels on 1 and on 2 threads, configurations alternated, `--repeats` times.
 A neighbour process holds no lock and no GIL of ours: what fusion loses beside it is what sharing the CPU
 costs, a ceiling on the ratio in-process nets can reach.
 
-Run: `python -m bench.contention_bench [--seed 7] [--frames 80] [--repeats 2]`; prints a table and writes
+Run: `python -m bench.contention_bench [SRC] [--step 3] [--frames 80] [--repeats 2]` (SRC: any `reconstruct`
+source, synthetic:7 by default); prints a table and writes
 bench/results/contention.json. Thread: the main thread; each neighbour is its own process.
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as main.py sets it for th
 
 import numpy as np  # noqa: E402
 
+from bench.live_bench import LiveBenchConfig, app_pipeline, load_frames, play_list  # noqa: E402
 from bench.report import finish  # noqa: E402
 
 log = logging.getLogger("bench")
@@ -36,27 +38,21 @@ STAGES = ("frame", "track_render", "track_icp", "integrate", "mesh")
 NEIGHBOUR_NICE = 5   # the nets' worker's (nets.incremental.LabelerConfig.worker_nice)
 
 
-def _room(seed: int, frames: int):
-    from fusion.sources.synthetic import SyntheticSource
-    src = SyntheticSource(seed, n_frames=3 * frames + 30)
-    return [src.frame(i) for i in range(0, 3 * frames, 3)]
+def scene_frames(spec: str, step: int, n: int) -> list:
+    """`n` frames: every `step`-th frame of `spec`, played forward and back as often as it takes."""
+    frames = load_frames(spec, step * n, None)[::step]
+    return play_list(frames, 1 + -(-n // max(1, len(frames) - 2)), 30.0)[:n]
 
 
-def _pipeline():
-    from fusion.pipeline import FusionPipeline, PipelineConfig
-    from fusion.volume import VolumeConfig
-    return FusionPipeline(PipelineConfig(volume=VolumeConfig(voxel_size_m=0.01), poses="track"))
-
-
-def nets_loop(seed: int) -> None:
-    """The `nets` neighbour: fuse part of the room, then infer one region of it over and over (one thread)."""
+def nets_loop(spec: str, step: int) -> None:
+    """The `nets` neighbour: fuse part of the scene, then infer one region of it over and over (one thread)."""
     import torch
     from dataclasses import replace
     from fusion.coarse import all_chunk_keys, coarse_region
     from nets.infer import ChunkModel
     torch.set_num_threads(1)
-    p = _pipeline()
-    for f in _room(seed, 25):
+    p = app_pipeline(LiveBenchConfig())
+    for f in scene_frames(spec, step, 25):
         p.process(f)
     model = ChunkModel.load()
     grid = replace(model.grid, halo_voxels=16)
@@ -68,10 +64,11 @@ def nets_loop(seed: int) -> None:
         model.predict(region)
 
 
-def _start(kind: str, seed: int) -> subprocess.Popen | None:
+def _start(kind: str, spec: str, step: int) -> subprocess.Popen | None:
     if kind == "none":
         return None
-    code = "while True: pass" if kind == "spin" else f"from bench.contention_bench import nets_loop; nets_loop({seed})"
+    code = ("while True: pass" if kind == "spin"
+            else f"from bench.contention_bench import nets_loop; nets_loop({spec!r}, {step})")
     proc = subprocess.Popen(["nice", "-n", str(NEIGHBOUR_NICE), sys.executable, "-c", code], cwd=ROOT,
                             stdout=subprocess.PIPE, text=True, env=os.environ | {"PYTHONPATH": str(ROOT)})
     if kind == "nets" and proc.stdout.readline().strip() != "ready":
@@ -80,11 +77,11 @@ def _start(kind: str, seed: int) -> subprocess.Popen | None:
     return proc
 
 
-def fuse_beside(frames: list, threads: int, kind: str, seed: int) -> dict:
+def fuse_beside(frames: list, threads: int, kind: str, spec: str, step: int) -> dict:
     """Median ms per stage of the fusion loop over `frames` (the first 10 left out: warm-up)."""
     import numba
     numba.set_num_threads(threads)
-    p, neighbour = _pipeline(), _start(kind, seed)
+    p, neighbour = app_pipeline(LiveBenchConfig()), _start(kind, spec, step)
     times: dict[str, list] = {s: [] for s in STAGES}
     try:
         for f in frames:
@@ -101,16 +98,16 @@ def fuse_beside(frames: list, threads: int, kind: str, seed: int) -> dict:
     return {s: round(float(np.median(v[10:])), 1) for s, v in times.items()}
 
 
-def run(seed: int, n_frames: int, repeats: int) -> dict:
+def run(spec: str, step: int, n_frames: int, repeats: int) -> dict:
     import numba
-    frames = _room(seed, n_frames)
+    frames = scene_frames(spec, step, n_frames)
     threads = sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)})
-    fuse_beside(frames[:15], threads[-1], "none", seed)   # compile and warm up
+    fuse_beside(frames[:15], threads[-1], "none", spec, step)   # compile and warm up
     runs: dict[str, list] = {}
     for _ in range(repeats):
         for t in threads:
             for kind in NEIGHBOURS:
-                runs.setdefault(f"{t}/{kind}", []).append(fuse_beside(frames, t, kind, seed))
+                runs.setdefault(f"{t}/{kind}", []).append(fuse_beside(frames, t, kind, spec, step))
                 log.info("%d threads beside %s: %s", t, kind, runs[f"{t}/{kind}"][-1])
     rows = []
     for key, rs in runs.items():
@@ -121,7 +118,7 @@ def run(seed: int, n_frames: int, repeats: int) -> dict:
     for r in rows:
         r["rate_vs_alone_same_threads"] = round(alone[r["kernel_threads"]] / r["frame_ms"], 3)
         r["rate_vs_alone_all_threads"] = round(alone[threads[-1]] / r["frame_ms"], 3)
-    return {"seed": seed, "frames": n_frames, "repeats": repeats, "cpu_count": os.cpu_count(), "rows": rows}
+    return {"source": spec, "step": step, "frames": n_frames, "repeats": repeats, "cpu_count": os.cpu_count(), "rows": rows}
 
 
 def print_table(result: dict) -> None:
@@ -134,17 +131,18 @@ def print_table(result: dict) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seed", type=int, default=7, help="synthetic room")
-    ap.add_argument("--frames", type=int, default=80, help="frames fused per configuration (every third)")
+    ap.add_argument("source", nargs="?", default="synthetic:7", help="any `reconstruct` source")
+    ap.add_argument("--step", type=int, default=3, help="fuse every n-th frame of the source")
+    ap.add_argument("--frames", type=int, default=80, help="frames fused per configuration")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "contention.json")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("numba").setLevel(logging.WARNING)
-    if args.frames < 20 or args.repeats < 1:
-        print("error: --frames must be at least 20 and --repeats at least 1", file=sys.stderr)
+    if args.frames < 20 or args.repeats < 1 or args.step < 1:
+        print("error: --frames must be at least 20, --repeats and --step at least 1", file=sys.stderr)
         return 2
-    return finish(lambda: run(args.seed, args.frames, args.repeats), print_table, args.out)
+    return finish(lambda: run(args.source, args.step, args.frames, args.repeats), print_table, args.out)
 
 
 if __name__ == "__main__":

@@ -176,7 +176,8 @@ def _summary(frames, rep: Replay, posed: dict) -> dict:
             "capture_late_p95_s": round(rep.late_p95_s, 4)} | _ate(frames, posed)
 
 
-def _pipeline(config: LiveBenchConfig):
+def app_pipeline(config: LiveBenchConfig):
+    """A fusion pipeline at the app's defaults (tracking) and the benchmark's voxel size."""
     from fusion.pipeline import FusionPipeline, PipelineConfig
     from fusion.volume import VolumeConfig
 
@@ -193,7 +194,7 @@ def run_ours(frames, config: LiveBenchConfig, model=None) -> dict:
     """Our loop at the app's defaults; with `model`, the nets' worker labels as in the app."""
     from nets.incremental import IncrementalLabeler
 
-    pipe = _pipeline(config)
+    pipe = app_pipeline(config)
     T0 = frames[0].T_world_cam_gt
     labeler = IncrementalLabeler(pipe, model) if model is not None else None
     posed: dict = {}
@@ -271,7 +272,7 @@ def warm_up(frames, config: LiveBenchConfig, model) -> None:
     """Compile the kernels and load the weights before anything is timed."""
     from nets.incremental import IncrementalLabeler
 
-    pipe = _pipeline(config)
+    pipe = app_pipeline(config)
     for f in frames[:3]:
         pipe.process(f, T_start=frames[0].T_world_cam_gt)
     if model is not None:

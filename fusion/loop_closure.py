@@ -28,7 +28,7 @@ import numpy as np
 from fusion.frame import Frame
 from fusion.keyframe_store import KeyframeStore, reduced_keyframe
 from fusion.loop_arrays import edges_from_arrays
-from fusion.loop_config import LoopClosureConfig, LoopStats, graph_edges, held_loops
+from fusion.loop_config import LoopClosureConfig, LoopStats, graph_edges
 from fusion.loop_map_align import AlignQueue, MapAligner
 from fusion.loop_pacing import WorkerPacer, lower_worker_priority
 from fusion.loops import LoopDetector, LoopEdge, MapKeyframe
@@ -358,13 +358,12 @@ class LoopCloser:
         """The graph with the `due` loops optimised (without one of them when only that converges: it is dropped);
         a discarded or fully pruned result drops them all (map kept)."""
         t0 = time.perf_counter()
-        held = held_loops(kfs, self.loops)
-        first = len(kfs) - 1   # graph_edges: the odometry edges, then the held loops
-        new = {first + j for j, e in enumerate(held) if any(e is d for d in due)}
-        res, left_out = optimise_dropping(poses, graph_edges(kfs, odom, self.loops, self.config), new, self.config.graph)
+        edges = graph_edges(kfs, odom, self.loops, self.config)
+        new = {i for i, g in enumerate(edges) if any(g.origin is d for d in due)}
+        res, left_out = optimise_dropping(poses, edges, new, self.config.graph)
         t1 = time.perf_counter()
         if left_out is not None:
-            self._drop_edge(held[left_out - first])
+            self._drop_edge(edges[left_out].origin)
         if res.poses is None or res.loops_kept == 0:
             self.loops = [e for e in self.loops if all(e is not d for d in due)]
             if res.poses is None:

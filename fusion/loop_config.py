@@ -56,15 +56,8 @@ def graph_edges(kfs: list, odom: list, loops: list, config: LoopClosureConfig) -
     pos = {k.kid: i for i, k in enumerate(kfs)}
     edges = [GraphEdge(i - 1, i, np.linalg.inv(odom[i]), odometry_information(odom[i], config), loop=False)
              for i in range(1, len(kfs))]   # keyframe i-1's camera into keyframe i's
-    return edges + [GraphEdge(pos[e.cur], pos[e.old], e.T_old_cur, e.information, loop=True)
-                    for e in held_loops(kfs, loops)]
-
-
-def held_loops(kfs: list, loops: list) -> list:
-    """The `loops` whose two keyframes are both among `kfs`, in order: the loop edges of `graph_edges`, which
-    follow its len(kfs) - 1 odometry edges."""
-    kids = {k.kid for k in kfs}
-    return [e for e in loops if e.old in kids and e.cur in kids]
+    return edges + [GraphEdge(pos[e.cur], pos[e.old], e.T_old_cur, e.information, loop=True, origin=e)
+                    for e in loops if e.old in pos and e.cur in pos]
 
 
 @dataclass

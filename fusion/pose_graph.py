@@ -52,6 +52,7 @@ class GraphEdge:
     T_target_source: np.ndarray
     information: np.ndarray        #: (6,6)
     loop: bool                     #: a loop edge (may be pruned) rather than odometry
+    origin: object = None          #: what the edge was made from (the caller's loop edge), for the caller
 
 
 @dataclass(frozen=True)

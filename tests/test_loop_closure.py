@@ -207,6 +207,24 @@ def test_a_wrong_new_edge_is_left_out_and_the_right_ones_kept():
     assert left_out is None and kept.poses is None and "not converged" in kept.reason
 
 
+def test_graph_loop_edges_name_the_loops_they_came_from():
+    """The closer drops the loop behind a graph edge the optimisation converged without: each loop edge of the
+    graph carries it; a loop whose keyframe is gone is not in the graph."""
+    from types import SimpleNamespace
+
+    from fusion.loop_config import graph_edges
+
+    kfs = [SimpleNamespace(kid=k) for k in (3, 5, 8)]
+    odom = [np.eye(4)] * 3
+    loops = [SimpleNamespace(cur=8, old=3, T_old_cur=np.eye(4), information=np.eye(6)),
+             SimpleNamespace(cur=8, old=1, T_old_cur=np.eye(4), information=np.eye(6)),
+             SimpleNamespace(cur=5, old=3, T_old_cur=np.eye(4), information=np.eye(6))]
+    edges = graph_edges(kfs, odom, loops, LoopClosureConfig())
+    assert [e.origin for e in edges if e.loop] == [loops[0], loops[2]]
+    assert [(e.source, e.target) for e in edges if e.loop] == [(2, 0), (1, 0)]
+    assert all(e.origin is None for e in edges if not e.loop)
+
+
 def test_odometry_information_follows_the_distance_walked():
     """An odometry edge's information falls with the distance walked along it (drift grows with it), the
     same for every pair of keyframes, rotation first (Open3D's order); a turn on the spot counts as a
