@@ -3,7 +3,8 @@
 The fusion thread offers every integrated frame (`on_integrated`); one far enough from the last keyframe
 becomes a `MapKeyframe` (reduced RGB-D, its pose, the odometry from the previous keyframe). The worker
 thread describes each keyframe (`fusion.loops`), and once the world is settled (gravity) looks for a
-loop among old keyframes and verifies it; once a correction has landed, a keyframe without a verified loop
+loop among old keyframes and verifies it (the drift it implies must be plausible for the path since the two
+keyframes' nearest ends of corrected loops: `unpinned_walk_m`); once a correction has landed, a keyframe without a verified loop
 is aligned to the corrected map of old keyframes instead (`fusion.loop_map_align`: an edge like a loop's).
 An accepted loop whose drift is worth correcting is added to the pose graph (`fusion.pose_graph`; odometry
 edges weighted by the distance walked), optimised (with the loops of keyframes still queued: one correction
@@ -28,7 +29,7 @@ import numpy as np
 from fusion.frame import Frame
 from fusion.keyframe_store import KeyframeStore, reduced_keyframe
 from fusion.loop_arrays import edges_from_arrays
-from fusion.loop_config import LoopClosureConfig, LoopStats, graph_edges
+from fusion.loop_config import LoopClosureConfig, LoopStats, graph_edges, unpinned_walk_m
 from fusion.loop_map_align import AlignQueue, MapAligner
 from fusion.loop_pacing import WorkerPacer, lower_worker_priority
 from fusion.loops import LoopDetector, LoopEdge, MapKeyframe
@@ -296,12 +297,14 @@ class LoopCloser:
 
     def _verified_loop(self, kid, kfs, kids, poses, path) -> LoopEdge | None:
         pos = {int(k): i for i, k in enumerate(kids)}
+        held = np.isin(kids, [k for e in self.loops if all(e is not d for d in self._due) for k in (e.old, e.cur)])
         for old in self._detector.candidates(kid, kids, poses, path):
             if self._pace():
                 return None
             i, j = pos[old], pos[kid]
             self.stats.candidates += 1
-            verdict = self._detector.verify(kfs[i], kfs[j], np.linalg.inv(poses[i]) @ poses[j], path[j] - path[i])
+            verdict = self._detector.verify(kfs[i], kfs[j], np.linalg.inv(poses[i]) @ poses[j],
+                                            unpinned_walk_m(path, held, i, j))
             self.verdicts.append((kfs[j].index, kfs[i].index, verdict.reason))
             if verdict.edge is not None:
                 self.stats.accepted += 1

@@ -52,7 +52,8 @@ class LoopDetectConfig:
     max_through: float = 0.08           #: most share of the overlap lying in front of the other's surface
     through_m: float = 0.06             #: ... by more than this
     drift_base_m: float = 0.10          #: implied drift allowed at most: this ...
-    drift_share: float = 0.05           #: ... plus this share of the path walked between the two keyframes
+    drift_share: float = 0.05           #: ... plus this share of the path over which the two keyframes may have
+    #:     drifted apart (the caller's `walked_m`: `fusion.loop_config.unpinned_walk_m`)
     drift_base_deg: float = 3.0         #: implied rotation drift allowed: this ...
     drift_deg_per_m: float = 2.5        #: ... plus this many degrees per metre walked
     depth_max_m: float = 4.0            #: depth beyond is not used for verification

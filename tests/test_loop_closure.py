@@ -163,6 +163,38 @@ def test_detector_rejects_lookalike_accepts_true_revisit():
     assert bad.edge is None and "RANSAC" not in bad.reason and "matches" not in bad.reason, bad.reason
 
 
+def test_drift_allowed_counts_the_path_since_the_nearest_corrected_loop():
+    """A loop is checked against the drift of the path over which its two keyframes may have drifted apart: the
+    path between them, or, once corrected loops hold keyframes near both, only the path to those."""
+    from fusion.loop_config import unpinned_walk_m
+
+    path = np.arange(10, dtype=float)               # a metre between keyframes
+    none = np.zeros(10, bool)
+    assert unpinned_walk_m(path, none, 2, 9) == 7.0                  # nothing corrected: the path between them
+    held = none.copy()
+    held[[3, 8]] = True                                              # a corrected loop holds keyframes 3 and 8
+    assert unpinned_walk_m(path, held, 2, 9) == 2.0                  # 1 m to keyframe 3 and 1 m to keyframe 8
+    assert unpinned_walk_m(path, held, 8, 9) == 1.0                  # never more than the path between them
+    held[3] = False
+    assert unpinned_walk_m(path, held, 1, 9) == 2.0                  # the first keyframe is always held
+
+
+def test_detector_refuses_drift_implausible_for_the_path():
+    """The same true loop, with the odometry 20 cm off: plausible after 5 m walked, not after 0.5 m."""
+    src = SyntheticSource(0, n_frames=9)
+    det = LoopDetector(LoopDetectConfig())
+    from fusion.keyframe_store import reduced_keyframe
+    a, b = src.frame(0), src.frame(8)
+    kfs = [reduced_keyframe(kid, f) for kid, f in enumerate((a, b))]
+    for kf, f in zip(kfs, (a, b)):
+        det.describe(kf.kid, f)
+    odometry = np.linalg.inv(src.poses[0]) @ src.poses[8]
+    odometry[0, 3] += 0.2
+    assert det.verify(kfs[0], kfs[1], odometry, 5.0).edge is not None
+    far = det.verify(kfs[0], kfs[1], odometry, 0.5)
+    assert far.edge is None and "implausible drift" in far.reason, far.reason
+
+
 def _ring(n: int = 24, radius_m: float = 1.5, drift_deg: float = 0.8):
     """A camera walking a circle; odometry turns drift_deg per step; the loop edge closes it truthfully."""
     ang = np.linspace(0, 2 * np.pi, n, endpoint=False)
