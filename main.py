@@ -93,10 +93,10 @@ def _label_hook(mode: str | None, device: str, weights: Path | None = None):
 
 def _cmd_reconstruct(args) -> int:
     from fusion.errors import UserError
-    from fusion.loop_config import LoopClosureConfig
     from fusion.pipeline import PipelineConfig
     from fusion.reconstruct import ReconstructRequest, reconstruct
     from fusion.volume import VolumeConfig
+    from loopclosure.config import LoopClosureConfig
 
     if not 0.002 <= args.voxel_size <= 0.2:
         raise UserError(f"--voxel-size {args.voxel_size}: expected metres between 0.002 and 0.2")

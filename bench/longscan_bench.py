@@ -30,11 +30,11 @@ os.environ.setdefault("NUMBA_THREADING_LAYER", "omp")
 import numpy as np  # noqa: E402
 
 from fusion import reconstruct as rec_mod  # noqa: E402
-from fusion.loop_config import LoopClosureConfig  # noqa: E402
 from fusion.meshing import MeshArrays  # noqa: E402
 from fusion.pipeline import PipelineConfig  # noqa: E402
 from fusion.sources.synthetic import SyntheticSource  # noqa: E402
 from fusion.volume import VolumeConfig  # noqa: E402
+from loopclosure.config import LoopClosureConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")

@@ -38,11 +38,6 @@ import open3d as o3d
 from scipy.spatial import cKDTree
 
 from bench.drift import DriftedFrames
-from fusion.keyframe_store import KeyframeStore
-from fusion.loop_config import LoopClosureConfig
-from fusion.loop_pacing import WorkerPacer, lower_worker_priority
-from fusion.loops import LoopDetectConfig
-from fusion.map_rebuild import presized, rebuild
 from fusion.meshing import MeshConfig
 from fusion.pipeline import FusionPipeline, PipelineConfig
 from fusion.sources import open_source
@@ -50,6 +45,11 @@ from fusion.sources.synthetic import SyntheticSource
 from fusion.tracking import relative_motion
 from fusion.trajectory import ate_rmse_m
 from fusion.volume import VolumeConfig
+from loopclosure.config import LoopClosureConfig
+from loopclosure.detect import LoopDetectConfig
+from loopclosure.keyframes import KeyframeStore
+from loopclosure.pacing import WorkerPacer, lower_worker_priority
+from loopclosure.rebuild import presized, rebuild
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = [ROOT.parent / "shared" / "data" / n for n in ("7scenes-redkitchen-50", "7scenes-redkitchen-8-57")]

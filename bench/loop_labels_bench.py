@@ -25,11 +25,11 @@ from scipy.spatial import cKDTree
 
 from bench.drift import drifted_poses
 from fusion.coarse import CoarseGridConfig, all_chunk_keys, coarse_region
-from fusion.loop_config import LoopClosureConfig
-from fusion.loops import LoopDetectConfig
 from fusion.pipeline import FusionPipeline, PipelineConfig
 from fusion.sources.synthetic import SyntheticSource
 from fusion.volume import VolumeConfig
+from loopclosure.config import LoopClosureConfig
+from loopclosure.detect import LoopDetectConfig
 from nets.incremental import IncrementalLabeler
 from nets.infer import ChunkModel
 from nets.labels import LabelStore

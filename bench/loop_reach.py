@@ -7,7 +7,7 @@ as the loop closer takes them) from frame `--from-frame` on, it prints:
 - the best verification against every keyframe that far back, with the gates relaxed to `--min-matches`
   matches and inliers: accepted (with its error against the true relative pose) or the rejection that got
   furthest (most RANSAC inliers);
-- its alignment to the map of those keyframes at their true poses (`fusion.loop_map_align`, a corrected map),
+- its alignment to the map of those keyframes at their true poses (`loopclosure.map_align`, a corrected map),
   from its true pose put `--map-offset-m` and `--map-offset-deg` off, with `--map-walked-m` walked since its
   last loop edge: the edge's error against the truth, or why it was rejected.
 Keyframes are described from their full frames, as the worker does when it keeps up.
@@ -26,12 +26,12 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from bench.drift import DriftedFrames, pose_offset
-from fusion.keyframe_store import reduced_keyframe
-from fusion.loop_config import LoopClosureConfig
-from fusion.loop_map_align import MapAligner
-from fusion.loops import LoopDetectConfig, LoopDetector, depth_points
 from fusion.sources.synthetic import SyntheticSource
 from fusion.tracking import relative_motion
+from loopclosure.config import LoopClosureConfig
+from loopclosure.detect import LoopDetectConfig, LoopDetector, depth_points
+from loopclosure.keyframes import reduced_keyframe
+from loopclosure.map_align import MapAligner
 
 SEEN_M = 0.03
 

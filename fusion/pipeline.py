@@ -26,12 +26,12 @@ from fusion.dirty import DirtyChunks, chunk_keys_of_blocks
 from fusion.errors import SourceError, UserError
 from fusion.frame import Frame
 from fusion.gravity_settle import GravitySettler, SettleConfig, SettleStep, restate_stamp
-from fusion.loop_closure import LoopCloser, MapCorrection
-from fusion.loop_config import LoopClosureConfig
 from fusion.meshing import ChunkMesher, MeshConfig
 from fusion.snapshots import RegionSnapshot, SnapshotRequest, SnapshotServer  # noqa: F401 (SnapshotRequest re-exported)
 from fusion.tracking import Tracker, TrackerConfig, TrackState, relative_motion
 from fusion.volume import TsdfVolume, VolumeConfig
+from loopclosure.closer import LoopCloser, MapCorrection
+from loopclosure.config import LoopClosureConfig
 
 log = logging.getLogger(__name__)
 

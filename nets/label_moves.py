@@ -2,7 +2,7 @@
 probabilities, evidence, user correction) moves with the part of the map it belongs to.
 
 A move is a function giving the rigid world change (new <- old, 4x4) of each old world point (N,3)
-(`fusion.map_correction.MapCorrection.surface_transforms`: the change of the keyframe that saw the point
+(`loopclosure.correction.MapCorrection.surface_transforms`: the change of the keyframe that saw the point
 most squarely). Cells are resampled onto the same nets grid: a new cell takes the old cell its centre
 came from under the change of that old cell (nearest-neighbour resampling of each rigidly moved piece:
 a moved surface keeps its cells, without holes or doubled cells from rounding). Where old cells of two

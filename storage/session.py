@@ -10,7 +10,7 @@ A session is a single zip file (by convention `NAME.session`; `reconstruct` writ
   loaded session starts lost, so the next frame of any source relocalises against them and the model;
 - `loops/*.npy` (when loop closure is on): the loop closer's keyframes (reduced RGB-D as `loops/color/KID`
   and `loops/depth_mm/KID`, poses, odometry, path walked; at most its keyframe cap) and loop edges, so a
-  continued scan closes loops against the earlier part (`fusion.loop_arrays`; sessions without them load
+  continued scan closes loops against the earlier part (`loopclosure.arrays`; sessions without them load
   as before, with no keyframes);
 - `extra/NAME.npy`: arrays other components persist: the label store's (`labels_*`, corrections included),
   the completion's, and `adapted_weights` (uint8: the bytes of the weights file learned from the user's
@@ -33,11 +33,11 @@ from pathlib import Path
 import numpy as np
 import open3d.core as o3c
 
-from storage.atomic import atomic_path
 from fusion.dirty import chunk_keys_of_blocks
 from fusion.errors import UserError
 from fusion.pipeline import FusionPipeline, PipelineConfig
 from fusion.volume import VOXEL_ATTRS
+from storage.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 

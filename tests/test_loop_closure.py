@@ -10,14 +10,14 @@ import pytest
 
 from bench.drift import drifted_poses
 from fusion.frame import Frame
-from fusion.loop_config import LoopClosureConfig
-from fusion.loops import LoopDetectConfig, LoopDetector
 from fusion.pipeline import FusionPipeline, PipelineConfig
-from fusion.pose_graph import GraphEdge, PoseGraphConfig, optimise, optimise_dropping
 from fusion.sources.synthetic import SyntheticSource
 from fusion.tracking import relative_motion
 from fusion.trajectory import ate_rmse_m
 from fusion.volume import VolumeConfig
+from loopclosure.config import LoopClosureConfig
+from loopclosure.detect import LoopDetectConfig, LoopDetector
+from loopclosure.pose_graph import GraphEdge, PoseGraphConfig, optimise, optimise_dropping
 
 STRIDE = 2          # every 2nd frame of room 0's path: it comes back to its start after about 110 frames
 FRAMES = 180
@@ -149,7 +149,7 @@ def test_lookalike_rejected_map_unchanged(drifting_scan, caplog):
 def test_detector_rejects_lookalike_accepts_true_revisit():
     src, other = SyntheticSource(0, n_frames=9), SyntheticSource(3, n_frames=61)
     det = LoopDetector(LoopDetectConfig())
-    from fusion.keyframe_store import reduced_keyframe
+    from loopclosure.keyframes import reduced_keyframe
     a, b = src.frame(0), src.frame(8)
     fake = _lookalike(a, other.frame(60), 99, 9.0, None)
     kfs = [reduced_keyframe(kid, f) for kid, f in enumerate((a, b, fake))]
@@ -166,7 +166,7 @@ def test_detector_rejects_lookalike_accepts_true_revisit():
 def test_drift_allowed_counts_the_path_since_the_nearest_corrected_loop():
     """A loop is checked against the drift of the path over which its two keyframes may have drifted apart: the
     path between them, or, once corrected loops hold keyframes near both, only the path to those."""
-    from fusion.loop_config import unpinned_walk_m
+    from loopclosure.config import unpinned_walk_m
 
     path = np.arange(10, dtype=float)               # a metre between keyframes
     none = np.zeros(10, bool)
@@ -183,7 +183,7 @@ def test_detector_refuses_drift_implausible_for_the_path():
     """The same true loop, with the odometry 20 cm off: plausible after 5 m walked, not after 0.5 m."""
     src = SyntheticSource(0, n_frames=9)
     det = LoopDetector(LoopDetectConfig())
-    from fusion.keyframe_store import reduced_keyframe
+    from loopclosure.keyframes import reduced_keyframe
     a, b = src.frame(0), src.frame(8)
     kfs = [reduced_keyframe(kid, f) for kid, f in enumerate((a, b))]
     for kf, f in zip(kfs, (a, b)):
@@ -244,7 +244,7 @@ def test_graph_loop_edges_name_the_loops_they_came_from():
     graph carries it; a loop whose keyframe is gone is not in the graph."""
     from types import SimpleNamespace
 
-    from fusion.loop_config import graph_edges
+    from loopclosure.config import graph_edges
 
     kfs = [SimpleNamespace(kid=k) for k in (3, 5, 8)]
     odom = [np.eye(4)] * 3
@@ -261,7 +261,7 @@ def test_odometry_information_follows_the_distance_walked():
     """An odometry edge's information falls with the distance walked along it (drift grows with it), the
     same for every pair of keyframes, rotation first (Open3D's order); a turn on the spot counts as a
     short step, not as an infinitely certain one."""
-    from fusion.loop_config import odometry_information
+    from loopclosure.config import odometry_information
 
     cfg = LoopClosureConfig()
     step = np.eye(4)
@@ -281,7 +281,7 @@ def test_implausible_optimisation_discarded_with_one_warning(drifting_scan, capl
     frames, _, _ = drifting_scan
     p = FusionPipeline(_config(max_shift_m=0.001, max_shift_deg=0.01))   # any real correction is "implausible"
     try:
-        with caplog.at_level(logging.WARNING, logger="fusion.loop_closure"):
+        with caplog.at_level(logging.WARNING, logger="loopclosure.closer"):
             grid = p.volume.grid
             results = _run(p, frames)
         stats = p.loops.stats
@@ -311,8 +311,8 @@ def test_reconstruct_reports_loop_closure(tmp_path):
 def test_keyframe_store_is_bounded_on_a_long_scan():
     """A long walk (700 keyframes' worth) keeps at most max_keyframes, thinning the older half."""
     from fusion.frame import Intrinsics
-    from fusion.loop_closure import LoopCloser
     from fusion.meshing import MeshConfig
+    from loopclosure.closer import LoopCloser
 
     intr = Intrinsics(60.0, 60.0, 31.5, 23.5, 64, 48)
     rng = np.random.default_rng(0)

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from fusion.coarse import CoarseGridConfig
-from fusion.loop_closure import MapCorrection
-from fusion.loop_config import LoopClosureConfig
 from fusion.pipeline import FusionPipeline, PipelineConfig
 from fusion.sources.synthetic import SyntheticConfig, SyntheticSource
 from fusion.volume import VolumeConfig
+from loopclosure.closer import MapCorrection
+from loopclosure.config import LoopClosureConfig
 from nets.cells import CLASS_IDS
 from nets.incremental import IncrementalLabeler
 from nets.infer import ChunkModel

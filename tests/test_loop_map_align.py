@@ -10,11 +10,11 @@ import pytest
 
 from bench.drift import pose_offset
 from fusion.frame import Frame
-from fusion.keyframe_store import reduced_keyframe
-from fusion.loop_map_align import MapAligner, MapAlignConfig, information_in
-from fusion.loops import LoopDetectConfig, LoopDetector
 from fusion.sources.synthetic import SyntheticSource
 from fusion.tracking import relative_motion
+from loopclosure.detect import LoopDetectConfig, LoopDetector
+from loopclosure.keyframes import reduced_keyframe
+from loopclosure.map_align import MapAligner, MapAlignConfig, information_in
 from tests.test_loop_closure import _lookalike
 
 MAP_FRAMES = (0, 6, 12, 18)   # room 0's first frames: the old keyframes at their (corrected: true) poses

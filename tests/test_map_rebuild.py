@@ -8,14 +8,14 @@ import threading
 
 import numpy as np
 
-from fusion.loop_closure import LoopCloser
-from fusion.loop_config import LoopClosureConfig
-from fusion.loop_pacing import WorkerPacer
-from fusion.loops import MapKeyframe
-from fusion.map_rebuild import presized, rebuild
 from fusion.meshing import ChunkMesher, MeshConfig
 from fusion.sources.synthetic import SyntheticSource
 from fusion.volume import VolumeConfig
+from loopclosure.closer import LoopCloser
+from loopclosure.config import LoopClosureConfig
+from loopclosure.detect import MapKeyframe
+from loopclosure.pacing import WorkerPacer
+from loopclosure.rebuild import presized, rebuild
 
 VOLUME = VolumeConfig(voxel_size_m=0.02, initial_blocks=500)
 

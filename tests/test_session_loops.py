@@ -9,8 +9,8 @@ import zipfile
 
 import numpy as np
 
-from fusion.loop_config import LoopClosureConfig
 from fusion.pipeline import FusionPipeline
+from loopclosure.config import LoopClosureConfig
 from storage.session import load_session, save_session
 from tests.test_loop_closure import _config, drifting_scan  # noqa: F401 (a fixture)
 

@@ -16,9 +16,9 @@ import dataclasses
 
 import numpy as np
 
-from fusion.loops import MapKeyframe
 from fusion.meshing import ChunkMesher, MeshConfig
 from fusion.volume import TsdfVolume, VolumeConfig
+from loopclosure.detect import MapKeyframe
 
 
 @dataclasses.dataclass

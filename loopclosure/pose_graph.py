@@ -1,7 +1,7 @@
 """Owns the keyframe pose graph: odometry and loop edges, optimised by Open3D, and the checks on the result.
 
 Nodes are keyframe poses (T_world_cam); an edge (source, target) holds T_target_source = inv(T_target) @
-T_source as measured (odometry: by tracking; loop: by `fusion.loops` verification). Open3D's
+T_source as measured (odometry: by tracking; loop: by `loopclosure.detect` verification). Open3D's
 `global_optimization` (Levenberg-Marquardt, line process on the loop edges, which are "uncertain")
 solves it, with the first node fixed. A result is used only when it is plausible: every pose finite,
 no keyframe moved more than `max_shift_m` / `max_shift_deg`, every odometry edge and every kept loop

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fusion.loop_map_align import MapAlignConfig
-from fusion.loops import LoopDetectConfig
-from fusion.pose_graph import GraphEdge, PoseGraphConfig
+from loopclosure.detect import LoopDetectConfig
+from loopclosure.map_align import MapAlignConfig
+from loopclosure.pose_graph import GraphEdge, PoseGraphConfig
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class LoopClosureConfig:
     worker_nice: int = 10                #: the worker thread runs this much nicer than fusion (where the OS allows)
     detect: LoopDetectConfig = field(default_factory=LoopDetectConfig)
     map_align: MapAlignConfig = field(default_factory=MapAlignConfig)  #: keyframes without a loop, once a correction
-    #:     has landed: aligned to the corrected map of old keyframes (`fusion.loop_map_align`)
+    #:     has landed: aligned to the corrected map of old keyframes (`loopclosure.map_align`)
     graph: PoseGraphConfig = field(default_factory=PoseGraphConfig)
 
 

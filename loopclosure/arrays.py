@@ -12,7 +12,7 @@ from dataclasses import astuple
 import numpy as np
 
 from fusion.frame import Intrinsics
-from fusion.loops import LoopEdge, MapKeyframe
+from loopclosure.detect import LoopEdge, MapKeyframe
 
 _EDGE_STATS = ("inliers", "fitness", "rmse_m", "drift_m", "drift_deg", "old_frame", "cur_frame")
 

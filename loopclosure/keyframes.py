@@ -1,6 +1,6 @@
 """Owns the loop closer's keyframe store: the keyframes (reduced RGB-D: `reduced_keyframe`) with their current
 poses, the odometry between them, the path walked and the depth each saw, grown by one keyframe at a time,
-thinned beyond a cap, saved to and restored from flat arrays (`fusion.loop_arrays`).
+thinned beyond a cap, saved to and restored from flat arrays (`loopclosure.arrays`).
 Not thread-safe by itself: the loop closer guards it with its lock (the fusion thread writes, the worker
 reads copies)."""
 from __future__ import annotations
@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from fusion import loop_arrays
 from fusion.frame import Frame
-from fusion.loops import MapKeyframe
 from fusion.tracking import downsample_depth
+from loopclosure import arrays as loop_arrays
+from loopclosure.detect import MapKeyframe
 
 
 def reduced_keyframe(kid: int, frame: Frame) -> MapKeyframe:

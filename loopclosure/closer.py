@@ -2,16 +2,17 @@
 
 The fusion thread offers every integrated frame (`on_integrated`); one far enough from the last keyframe
 becomes a `MapKeyframe` (reduced RGB-D, its pose, the odometry from the previous keyframe). The worker
-thread describes each keyframe (`fusion.loops`), and once the world is settled (gravity) looks for a
+thread describes each keyframe (`loopclosure.detect`), and once the world is settled (gravity) looks for a
 loop among old keyframes and verifies it (the drift it implies must be plausible for the path since the two
-keyframes' nearest ends of corrected loops: `unpinned_walk_m`); once a correction has landed, a keyframe without a verified loop
-is aligned to the corrected map of old keyframes instead (`fusion.loop_map_align`: an edge like a loop's).
-An accepted loop whose drift is worth correcting is added to the pose graph (`fusion.pose_graph`; odometry
+keyframes' nearest ends of corrected loops: `unpinned_walk_m`); once a correction has landed, a keyframe
+without a verified loop is aligned to the corrected map of old keyframes instead (`loopclosure.map_align`: an
+edge like a loop's).
+An accepted loop whose drift is worth correcting is added to the pose graph (`loopclosure.pose_graph`; odometry
 edges weighted by the distance walked), optimised (with the loops of keyframes still queued: one correction
 for them all), and when the result is plausible the map is rebuilt from the keyframes at the optimised
-poses (`fusion.map_rebuild`; keyframes taken meanwhile are added), all on the worker. The fusion thread
+poses (`loopclosure.rebuild`; keyframes taken meanwhile are added), all on the worker. The fusion thread
 never waits: at its next integrated frame `apply_ready` hands it the rebuilt map and a `MapCorrection`
-(per-keyframe pose changes, `fusion.map_correction`: labels, corrections and the GUI's camera path
+(per-keyframe pose changes, `loopclosure.correction`: labels, corrections and the GUI's camera path
 follow it) to swap in. A discarded optimisation logs one warning; the map stays. `offer` hands over a
 correction without a loop (tests, tools). Memory: at most `max_keyframes` keyframes (older ones thinned,
 loop ends kept) of reduced RGB-D; sessions save and restore them (`to_arrays`, `load_arrays`).
@@ -27,18 +28,18 @@ from collections import deque
 import numpy as np
 
 from fusion.frame import Frame
-from fusion.keyframe_store import KeyframeStore, reduced_keyframe
-from fusion.loop_arrays import edges_from_arrays
-from fusion.loop_config import LoopClosureConfig, LoopStats, graph_edges, unpinned_walk_m
-from fusion.loop_map_align import AlignQueue, MapAligner
-from fusion.loop_pacing import WorkerPacer, lower_worker_priority
-from fusion.loops import LoopDetector, LoopEdge, MapKeyframe
-from fusion.map_correction import MapCorrection  # noqa: F401 (re-exported: the pipeline's FrameResult carries it)
-from fusion.map_rebuild import RebuiltMap, presized, rebuild
 from fusion.meshing import MeshConfig
-from fusion.pose_graph import optimise_dropping
 from fusion.tracking import relative_motion
 from fusion.volume import VolumeConfig
+from loopclosure.arrays import edges_from_arrays
+from loopclosure.config import LoopClosureConfig, LoopStats, graph_edges, unpinned_walk_m
+from loopclosure.correction import MapCorrection  # noqa: F401 (re-exported: the pipeline's FrameResult carries it)
+from loopclosure.detect import LoopDetector, LoopEdge, MapKeyframe
+from loopclosure.keyframes import KeyframeStore, reduced_keyframe
+from loopclosure.map_align import AlignQueue, MapAligner
+from loopclosure.pacing import WorkerPacer, lower_worker_priority
+from loopclosure.pose_graph import optimise_dropping
+from loopclosure.rebuild import RebuiltMap, presized, rebuild
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class LoopCloser:
 
     def on_integrated(self, frame: Frame, T_world_cam: np.ndarray, settled: bool, map_blocks: int = 0) -> None:
         """Offer an integrated frame; a keyframe is stored and queued for the worker. map_blocks: the live
-        volume's block count (a rebuilt map's hash map is sized for it: `fusion.map_rebuild.presized`)."""
+        volume's block count (a rebuilt map's hash map is sized for it: `loopclosure.rebuild.presized`)."""
         self._map_blocks = map_blocks
         st, cfg = self._store, self.config
         if st.poses:
@@ -318,7 +319,7 @@ class LoopCloser:
         return None
 
     def _align_unaligned(self) -> None:
-        """Align keyframes without a loop to the corrected map of old keyframes (`fusion.loop_map_align`), oldest
+        """Align keyframes without a loop to the corrected map of old keyframes (`loopclosure.map_align`), oldest
         first, while no keyframe comes in; an aligned one joins the graph like a loop."""
         for kid in self._unaligned.due(self.stats.corrections):
             if not self._inbox.empty() or self._pace():

@@ -1,6 +1,6 @@
 """Owns loop detection: keyframe descriptors, place recognition among old keyframes, geometric verification.
 
-A keyframe (`MapKeyframe`, kept by `fusion.loop_closure`) is described once (`describe`) by the
+A keyframe (`MapKeyframe`, kept by `loopclosure.closer`) is described once (`describe`) by the
 relocaliser's ORB features and thumbnail (`fusion.relocalise`), its keypoints lifted into its own camera
 frame. `candidates` proposes old keyframes (not the recent neighbours) near the current one, allowing for
 drift along the path between them: the most similar thumbnails, re-ranked by their ORB matches.
@@ -53,7 +53,7 @@ class LoopDetectConfig:
     through_m: float = 0.06             #: ... by more than this
     drift_base_m: float = 0.10          #: implied drift allowed at most: this ...
     drift_share: float = 0.05           #: ... plus this share of the path over which the two keyframes may have
-    #:     drifted apart (the caller's `walked_m`: `fusion.loop_config.unpinned_walk_m`)
+    #:     drifted apart (the caller's `walked_m`: `loopclosure.config.unpinned_walk_m`)
     drift_base_deg: float = 3.0         #: implied rotation drift allowed: this ...
     drift_deg_per_m: float = 2.5        #: ... plus this many degrees per metre walked
     depth_max_m: float = 4.0            #: depth beyond is not used for verification

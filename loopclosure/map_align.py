@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import open3d as o3d
 
-from fusion.loops import LoopEdge, MapKeyframe, Verdict, depth_difference, depth_points
 from fusion.tracking import relative_motion
+from loopclosure.detect import LoopEdge, MapKeyframe, Verdict, depth_difference, depth_points
 
 _REG = o3d.pipelines.registration
 
