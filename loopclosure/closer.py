@@ -117,11 +117,8 @@ class LoopCloser:
         self._ready = None
         st = self._store
         with self._lock:
-            corr, before, centres = [], np.array(st.poses).reshape(-1, 4, 4), st.view_centres_m()
-            for i, kf in enumerate(st.kfs):
-                C = new_by_kid[kf.kid] @ np.linalg.inv(st.poses[i]) if kf.kid in new_by_kid else C_last
-                st.poses[i] = C @ st.poses[i]
-                corr.append(C)
+            before, centres = np.array(st.poses).reshape(-1, 4, 4), st.view_centres_m()
+            corr = st.correct(new_by_kid, C_last)
             late = [i for i, kf in enumerate(st.kfs) if kf.kid > built.kids[-1]]
             built.add_many([st.kfs[i] for i in late], [st.poses[i] for i in late], mesh=False)  # meshed by the live mesher
         event = MapCorrection(int(frame_index), np.array([k.index for k in st.kfs]), np.array(corr),
@@ -398,33 +395,17 @@ class LoopCloser:
             return False
         new_by_kid = {k.kid: T for k, T in zip(kfs, new_poses)}
         C_last = new_poses[-1] @ np.linalg.inv(poses[-1])
-        if not self._catch_up(built, new_by_kid, C_last, moved, pace):
+        def taken():
+            kfs, poses, _, _, now_moved = self._snapshot()
+            return (kfs, poses) if now_moved == moved else None
+
+        if not built.catch_up(taken, new_by_kid, C_last, self.config.handover_keyframes, pace, self._stop.is_set):
             return False
         with self._idle_lock:   # busy until it is applied (an offer comes while the worker may be idle)
             self._idle.clear()
             self._applied.clear()
             self._ready = (built, new_by_kid, C_last, info | dict(rebuild_s=time.perf_counter() - t0))
         return True
-
-    def _catch_up(self, built: RebuiltMap, new_by_kid: dict, C_last: np.ndarray, moved: int, pace) -> bool:
-        """Integrate into `built` the keyframes taken while it was rebuilt (moved like the newest one it holds),
-        round after round, so that the fusion thread's `apply_ready` has few left to add (what it adds stalls the
-        live loop); False when stopped or stale. It hands over once at most `handover_keyframes` are left. When
-        a paced round did not shrink what is left (the scan adds keyframes faster than the paced worker
-        integrates them: chasing them would hold the correction back until the scan ends), one last round runs
-        unpaced and the map is handed over after it."""
-        left, hurry = None, False
-        while True:
-            kfs, poses, _, _, now_moved = self._snapshot()
-            extra = [(k, C_last @ T) for k, T in zip(kfs, poses) if k.kid > built.kids[-1]]
-            if now_moved != moved:
-                return False
-            if len(extra) <= self.config.handover_keyframes or hurry:
-                return True
-            hurry, left = left is not None and len(extra) >= left, len(extra)
-            if not built.add_many([k for k, _ in extra], [T for _, T in extra], self._stop.is_set if hurry else pace):
-                return False
-            new_by_kid.update((k.kid, T) for k, T in extra)
 
     def offer(self, new_poses: np.ndarray) -> bool:
         """Correct the map to put the keyframes held now at `new_poses` ((N,4,4), in order), as an accepted

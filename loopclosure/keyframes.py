@@ -61,6 +61,16 @@ class KeyframeStore:
             for lst in (self.kfs, self.poses, self.odom, self.path_m, self.view_m):
                 del lst[i]
 
+    def correct(self, new_by_kid: dict, C_last: np.ndarray) -> list[np.ndarray]:
+        """Move each keyframe to its pose in `new_by_kid` (by kid), those without one (taken since) by C_last;
+        returns each keyframe's correction (T_new @ inv(T_old)), in order."""
+        corr = []
+        for i, kf in enumerate(self.kfs):
+            C = new_by_kid[kf.kid] @ np.linalg.inv(self.poses[i]) if kf.kid in new_by_kid else C_last
+            self.poses[i] = C @ self.poses[i]
+            corr.append(C)
+        return corr
+
     def view_centres_m(self) -> np.ndarray:
         """(N,3) each keyframe's view centre: its camera moved along the optical axis by the depth it saw."""
         T = np.array(self.poses).reshape(-1, 4, 4)

@@ -54,6 +54,27 @@ class RebuiltMap:
             self.mesher.update(np.zeros((0, 3), np.int32))
         return True
 
+    def catch_up(self, taken, new_by_kid: dict, C_last: np.ndarray, handover_keyframes: int, pace, stopped) -> bool:
+        """Integrate the keyframes taken while this map was rebuilt (`taken()`: the keyframes and poses held now,
+        None when the world moved meanwhile), moved like the newest one it holds (C_last), round after round, so
+        that the fusion thread has few left to add (what it adds stalls the live loop); `new_by_kid` gains their
+        poses. False when stopped or stale. It is done once at most `handover_keyframes` are left. When a paced
+        round did not shrink what is left (the scan adds keyframes faster than the paced worker integrates them:
+        chasing them would hold the correction back until the scan ends), one last round runs unpaced (only
+        `stopped()` ends it early) and it is done after that."""
+        left, hurry = None, False
+        while True:
+            now = taken()
+            if now is None:
+                return False
+            extra = [(k, C_last @ T) for k, T in zip(*now) if k.kid > self.kids[-1]]
+            if len(extra) <= handover_keyframes or hurry:
+                return True
+            hurry, left = left is not None and len(extra) >= left, len(extra)
+            if not self.add_many([k for k, _ in extra], [T for _, T in extra], stopped if hurry else pace):
+                return False
+            new_by_kid.update((k.kid, T) for k, T in extra)
+
 
 def presized(config: VolumeConfig, live_blocks: int) -> VolumeConfig:
     """A rebuilt map's volume settings: its hash map starts at the live map's block count and a quarter more, or

@@ -73,6 +73,33 @@ def test_pacer_reports_a_stop():
     assert WorkerPacer(0.25, stop)() is True   # a set stop ends its sleep at once
 
 
+def test_catching_up_stops_chasing_a_scan_faster_than_the_worker():
+    """A scan that takes a keyframe at every pause of the worker is never caught up at its pace: once a round left
+    no fewer keyframes than the one before, one round runs unpaced and catching up ends with the few the scan took
+    during it left over; keyframes taken meanwhile join at their corrected poses. A moved world ends it (stale)."""
+    kfs, poses = _keyframes(4)
+    built = rebuild(kfs[:2], poses[:2], VOLUME, MeshConfig(), mesh_batch_blocks=0)
+    held, C = list(zip(kfs, poses)), np.eye(4)
+    C[:3, 3] = 0.05
+    paces = []
+
+    def pace():   # each pause, the scan takes one more keyframe (a copy of the last, a new id), 60 at most
+        paces.append(1)
+        if len(held) < 60:
+            held.append((dataclasses.replace(kfs[-1], kid=len(held)), poses[-1]))
+        return False
+
+    new_by_kid = {}
+    try:
+        assert built.catch_up(lambda: tuple(zip(*held)), new_by_kid, C, 1, pace, lambda: False)
+        assert len(paces) == 2       # a paced round took 2 keyframes while the scan took 2: no fewer left ...
+        assert built.kids == [k.kid for k, _ in held]             # ... so an unpaced round took every one so far
+        assert np.allclose(new_by_kid[held[-1][0].kid], C @ poses[-1])
+        assert not built.catch_up(lambda: None, {}, C, 1, pace, lambda: False)
+    finally:
+        built.mesher.close()
+
+
 def test_a_worker_slower_than_the_scan_hands_its_map_over():
     """The scan adds a keyframe each time the worker pauses, so paced catching up never ends: once a round left no
     fewer keyframes than the one before, one more round runs unpaced and the map is handed over; the fusion
