@@ -19,8 +19,8 @@ from app.viewport import COLOR_MODES
 
 DEMO_SOURCE = "synthetic:0"
 #: what the labels can be trusted for (the model card has the figures)
-NETS_NOTE = ("Trained on synthetic rooms only: labels score mIoU about 0.8 on held-out synthetic rooms but about 0.3 on "
-             "a real ScanNet room. Check them, and correct them with Pick on surface.")
+NETS_NOTE = ("Trained on synthetic rooms only: labels score mIoU 0.69-0.79 on held-out synthetic rooms but about 0.35 "
+             "on a real ScanNet room. Check them, and correct them with Pick on surface.")
 #: what each control does, shown on hover (number fields add their allowed range)
 TOOLTIPS = {
     "source_box": "What to scan: a RealSense camera, a recording, a dataset folder or the demo room",
