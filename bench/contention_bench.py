@@ -28,7 +28,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as main.py sets it for th
 
 import numpy as np  # noqa: E402
 
-from bench.live_bench import LiveBenchConfig, app_pipeline, load_frames, play_list  # noqa: E402
+from bench.live_bench import LiveBenchConfig, app_pipeline  # noqa: E402
+from bench.replay import load_frames, play_list  # noqa: E402
 from bench.report import finish  # noqa: E402
 
 log = logging.getLogger("bench")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from bench import live_bench
-from bench.live_bench import LiveBenchConfig, ReplayCamera, play_list, replay
 from bench.make_recording import make_recording
+from bench.replay import ReplayCamera, play_list, replay
 from tests.scenes import SMALL, orbit
 
 
