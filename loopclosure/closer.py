@@ -32,10 +32,10 @@ from fusion.meshing import MeshConfig
 from fusion.tracking import relative_motion
 from fusion.volume import VolumeConfig
 from loopclosure.arrays import edges_from_arrays
-from loopclosure.config import LoopClosureConfig, LoopStats, graph_edges, unpinned_walk_m
+from loopclosure.config import LoopClosureConfig, LoopStats, graph_edges
 from loopclosure.correction import MapCorrection  # noqa: F401 (re-exported: the pipeline's FrameResult carries it)
 from loopclosure.detect import LoopDetector, LoopEdge, MapKeyframe
-from loopclosure.keyframes import KeyframeStore, reduced_keyframe
+from loopclosure.keyframes import KeyframeStore, reduced_keyframe, unpinned_walk_m
 from loopclosure.map_align import AlignQueue, MapAligner
 from loopclosure.pacing import WorkerPacer, lower_worker_priority
 from loopclosure.pose_graph import optimise_dropping

@@ -50,17 +50,6 @@ def odometry_information(T_prev_cur: np.ndarray, config: LoopClosureConfig) -> n
     return np.diag([config.odometry_rot_info_per_m] * 3 + [config.odometry_info_per_m] * 3) / step_m
 
 
-def unpinned_walk_m(path_m: np.ndarray, held: np.ndarray, i: int, j: int) -> float:
-    """The path over which keyframes i and j (indices) may have drifted apart: the path walked between them or,
-    when shorter, each one's path to the nearest keyframe whose pose a corrected loop edge holds (`held`, a mask;
-    the first keyframe is always held). Once a correction has landed, a loop with more drift than that is not
-    drift: it is a wrong edge the optimisation would spread along the path, within every residual bound."""
-    path_m = np.asarray(path_m, float)
-    anchors = path_m[np.union1d([0], np.flatnonzero(held))]
-    to_held = [float(np.min(np.abs(anchors - path_m[k]))) for k in (i, j)]
-    return min(abs(float(path_m[j] - path_m[i])), sum(to_held))
-
-
 def graph_edges(kfs: list, odom: list, loops: list, config: LoopClosureConfig) -> list[GraphEdge]:
     """The pose graph of keyframes `kfs` (with `odom`, each one's odometry from the previous one): odometry edges
     between neighbours and the `loops` (loop and map edges, `LoopEdge`) whose two keyframes are both held."""

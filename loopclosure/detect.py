@@ -55,7 +55,7 @@ class LoopDetectConfig:
     through_m: float = 0.06             #: ... by more than this
     drift_base_m: float = 0.10          #: implied drift allowed at most: this ...
     drift_share: float = 0.05           #: ... plus this share of the path over which the two keyframes may have
-    #:     drifted apart (the caller's `walked_m`: `loopclosure.config.unpinned_walk_m`)
+    #:     drifted apart (the caller's `walked_m`: `loopclosure.keyframes.unpinned_walk_m`)
     drift_base_deg: float = 3.0         #: implied rotation drift allowed: this ...
     drift_deg_per_m: float = 2.5        #: ... plus this many degrees per metre walked
     depth_max_m: float = 4.0            #: depth beyond is not used for verification
@@ -220,7 +220,8 @@ class LoopDetector:
         """Check a loop between keyframes `old` and `cur`; T_odom_old_cur is their relative pose by odometry."""
         cfg = self.config
         fo, fc = self.features[old.kid], self.features[cur.kid]
-        matches = self._ranked.pop((cur.kid, old.kid), None) or self._reloc.match(fc.descriptors, fo.descriptors)
+        ranked = self._ranked.pop((cur.kid, old.kid), None)
+        matches = ranked if ranked is not None else self._reloc.match(fc.descriptors, fo.descriptors)
         if len(matches) < cfg.min_matches:
             return Verdict(None, f"{len(matches)} matches")
         src = fc.points_cam_m[[m.queryIdx for m in matches]].astype(np.float64)

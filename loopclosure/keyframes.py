@@ -31,6 +31,22 @@ def view_depth_m(kf: MapKeyframe, default_m: float = 2.0) -> float:
     return float(np.median(d)) / 1000.0 if len(d) else default_m
 
 
+def path_to_held_m(path_m: np.ndarray, held: np.ndarray, k: int) -> float:
+    """The path walked between keyframe k (an index) and the nearest keyframe whose pose a loop edge holds
+    (`held`, a mask over the keyframes; the first keyframe is always held): odometry drifts over that path."""
+    path_m = np.asarray(path_m, float)
+    return float(np.min(np.abs(path_m[np.union1d([0], np.flatnonzero(held))] - path_m[k])))
+
+
+def unpinned_walk_m(path_m: np.ndarray, held: np.ndarray, i: int, j: int) -> float:
+    """The path over which keyframes i and j (indices) may have drifted apart: the path walked between them or,
+    when shorter, each one's path to the nearest held keyframe (`path_to_held_m`: once a correction has landed,
+    `held` marks the ends of corrected loops). A loop with more drift than that path allows is not drift: it is a
+    wrong edge the optimisation would spread along the path, within every residual bound."""
+    between = abs(float(np.asarray(path_m, float)[j] - path_m[i]))
+    return min(between, path_to_held_m(path_m, held, i) + path_to_held_m(path_m, held, j))
+
+
 @dataclass
 class KeyframeStore:
     """Keyframes and their current poses, in the order they were taken."""

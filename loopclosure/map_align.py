@@ -29,6 +29,7 @@ import open3d as o3d
 
 from fusion.tracking import relative_motion
 from loopclosure.detect import LoopEdge, MapKeyframe, Verdict, depth_difference, depth_points
+from loopclosure.keyframes import path_to_held_m
 
 _REG = o3d.pipelines.registration
 
@@ -107,8 +108,8 @@ class MapAligner:
         if j == 0 or path_m[j - 1] < min_walk_m:
             return None
         old = np.nonzero(path_m[j - 1] - path_m[:j] >= min_walk_m)[0]
-        held = [i for i in range(j - 1) if kfs[i].kid in edge_ends]
-        walked_m = float(path_m[j - 1] - (path_m[held[-1]] if held else 0.0))
+        held = np.array([i < j - 1 and k.kid in edge_ends for i, k in enumerate(kfs)], bool)
+        walked_m = path_to_held_m(path_m, held, j - 1)
         return self.align(kfs[j - 1], poses[j - 1], [kfs[i] for i in old], poses[old], walked_m)
 
     def map_keyframes(self, cur: MapKeyframe, T_pred: np.ndarray, olds: list, old_poses: np.ndarray) -> list[int]:

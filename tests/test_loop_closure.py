@@ -166,7 +166,7 @@ def test_detector_rejects_lookalike_accepts_true_revisit():
 def test_drift_allowed_counts_the_path_since_the_nearest_corrected_loop():
     """A loop is checked against the drift of the path over which its two keyframes may have drifted apart: the
     path between them, or, once corrected loops hold keyframes near both, only the path to those."""
-    from loopclosure.config import unpinned_walk_m
+    from loopclosure.keyframes import unpinned_walk_m
 
     path = np.arange(10, dtype=float)               # a metre between keyframes
     none = np.zeros(10, bool)
