@@ -49,7 +49,7 @@ from loopclosure.config import LoopClosureConfig
 from loopclosure.detect import LoopDetectConfig
 from loopclosure.keyframes import KeyframeStore
 from loopclosure.pacing import WorkerPacer, lower_worker_priority
-from loopclosure.rebuild import presized, rebuild
+from loopclosure.rebuild import SpareVolume, rebuild
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = [ROOT.parent / "shared" / "data" / n for n in ("7scenes-redkitchen-50", "7scenes-redkitchen-8-57")]
@@ -217,8 +217,11 @@ def rebuild_slowdown(frames, keyframes: list, poses: np.ndarray, live_blocks: in
             return pacer()
 
         t0 = time.thread_time()
+        spare = SpareVolume(VolumeConfig(voxel_size_m=voxel_m))
         while not stop.is_set():
-            rebuild(keyframes, poses, presized(VolumeConfig(voxel_size_m=voxel_m), live_blocks), MeshConfig(), pace)
+            volume = spare.take(live_blocks)
+            rebuild(keyframes, poses, volume, MeshConfig(), pace)
+            spare.give(volume)
         worker_cpu_s.append(time.thread_time() - t0)
 
     worker = threading.Thread(target=work, name="rebuild-beside", daemon=True)

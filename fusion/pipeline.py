@@ -248,7 +248,7 @@ class FusionPipeline:
             return T, None
         built, event = ready
         C_now = event.corrections[-1]
-        self.volume.adopt(built.volume)
+        self.loops.recycle(self.volume.adopt(built.volume))
         mesh_chunks = self.mesher.adopt(built.mesher)
         T = C_now @ T
         self._last_integrated_T = T

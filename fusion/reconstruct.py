@@ -175,6 +175,7 @@ def _stats(req: ReconstructRequest, source, pipeline: FusionPipeline, run: _Run,
         lc = pipeline.loops
         stats["loop_closure"] = lc.stats.to_dict() | {
             "keyframe_store_mb": round(lc.memory_bytes() / 2**20, 1),
+            "spare_volume_mb": round(lc.spare.memory_bytes() / 2**20, 1),
             "largest_correction_m": round(max((e.max_shift_m for e in lc.events), default=0.0), 4)}
     if run.error is not None:
         stats["error"] = str(run.error)

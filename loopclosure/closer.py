@@ -30,7 +30,7 @@ import numpy as np
 from fusion.frame import Frame
 from fusion.meshing import MeshConfig
 from fusion.tracking import relative_motion
-from fusion.volume import VolumeConfig
+from fusion.volume import TsdfVolume, VolumeConfig
 from loopclosure.arrays import edges_from_arrays
 from loopclosure.config import LoopClosureConfig, LoopStats, graph_edges
 from loopclosure.correction import MapCorrection  # noqa: F401 (re-exported: the pipeline's FrameResult carries it)
@@ -39,7 +39,7 @@ from loopclosure.keyframes import KeyframeStore, reduced_keyframe, unpinned_walk
 from loopclosure.map_align import AlignQueue, MapAligner
 from loopclosure.pacing import WorkerPacer, lower_worker_priority
 from loopclosure.pose_graph import optimise_dropping
-from loopclosure.rebuild import RebuiltMap, presized, rebuild
+from loopclosure.rebuild import RebuiltMap, SpareVolume, rebuild
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class LoopCloser:
         self._skipped: list[int] = []                # keyframes not yet searched for loops (the worker was behind)
         self._unaligned = AlignQueue(config.map_align.retry_keyframes)  # keyframes without a loop, to align to the map
         self._map_blocks = 0                         # the live volume's block count (from on_integrated)
+        self.spare = SpareVolume(volume)             #: the volume the next rebuilt map goes into
 
     # --- fusion thread ------------------------------------------------------------------------
     def start(self) -> None:
@@ -135,8 +136,14 @@ class LoopCloser:
         with self._lock:
             self._store.poses = [C @ T for T in self._store.poses]
             self._world_moved += 1
+        if self._ready is not None:
+            self.spare.give(self._ready[0].volume)
         self._ready = None
         self._applied.set()
+
+    def recycle(self, retired: TsdfVolume) -> None:
+        """The live map a correction replaced (`TsdfVolume.adopt` returns it): the next rebuild reuses its memory."""
+        self.spare.give(retired)
 
     def restate(self, frame_index: int, T_world_cam: np.ndarray) -> np.ndarray:
         """A pose returned for frame `frame_index`, moved by every correction applied after it."""
@@ -390,8 +397,10 @@ class LoopCloser:
         """Rebuild the map with `kfs` at `new_poses` (pacing the worker) and leave it for the fusion thread's
         `apply_ready`; False when stopped or the world moved meanwhile (gravity): the result would be stale."""
         t0, pace = time.perf_counter(), pace or self._pace
-        built = rebuild(kfs, new_poses, presized(self._volume_cfg, self._map_blocks), self._mesh_cfg, pace)
+        volume = self.spare.take(self._map_blocks)
+        built = rebuild(kfs, new_poses, volume, self._mesh_cfg, pace)
         if built is None or moved != self._world_moved:
+            self.spare.give(volume)
             return False
         new_by_kid = {k.kid: T for k, T in zip(kfs, new_poses)}
         C_last = new_poses[-1] @ np.linalg.inv(poses[-1])
@@ -400,6 +409,7 @@ class LoopCloser:
             return (kfs, poses) if now_moved == moved else None
 
         if not built.catch_up(taken, new_by_kid, C_last, self.config.handover_keyframes, pace, self._stop.is_set):
+            self.spare.give(volume)
             return False
         with self._idle_lock:   # busy until it is applied (an offer comes while the worker may be idle)
             self._idle.clear()

@@ -138,10 +138,27 @@ def _ransac_rigid(src: np.ndarray, dst: np.ndarray, thresh_m: float, iterations:
     return T, inl
 
 
+def voxel_means(points_m: np.ndarray, voxel_m: float) -> np.ndarray:
+    """(M,3) float64: the mean of the points in each occupied voxel of a grid whose first voxel centre is the
+    points' lowest corner (what Open3D's `voxel_down_sample` returns, in another order)."""
+    p = np.asarray(points_m, np.float64)
+    keys = np.floor((p - (p.min(0) - voxel_m / 2)) / voxel_m).astype(np.int64)
+    dims = keys.max(0) + 1
+    _, inv, counts = np.unique((keys[:, 0] * dims[1] + keys[:, 1]) * dims[2] + keys[:, 2],
+                               return_inverse=True, return_counts=True)
+    return np.stack([np.bincount(inv, weights=p[:, k]) for k in range(3)], axis=1) / counts[:, None]
+
+
 def _cloud(points_cam_m: np.ndarray, voxel_m: float) -> o3d.geometry.PointCloud:
-    pc = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points_cam_m.astype(np.float64)))
-    pc = pc.voxel_down_sample(voxel_m)
-    pc.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=3 * voxel_m, max_nn=30))
+    """The ICP cloud of a keyframe: its points thinned to voxel_m, with normals. Built without Open3D's legacy
+    `voxel_down_sample` and `estimate_normals`, which hold the GIL (the fusion thread stalled for the 60 ms a
+    keyframe's cloud takes); the tensor normals give the same normals and release it."""
+    p = voxel_means(points_cam_m, voxel_m) if len(points_cam_m) else np.zeros((0, 3))
+    pc = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(p))
+    if len(p):
+        t = o3d.t.geometry.PointCloud(o3d.core.Tensor(p))
+        t.estimate_normals(max_nn=30, radius=3 * voxel_m)
+        pc.normals = o3d.utility.Vector3dVector(t.point.normals.numpy())
     return pc
 
 

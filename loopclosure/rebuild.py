@@ -13,12 +13,16 @@ enough (every `keyframe_step_m`) that their views cover the scan.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import threading
 
 import numpy as np
 
 from fusion.meshing import ChunkMesher, MeshConfig
 from fusion.volume import TsdfVolume, VolumeConfig
 from loopclosure.detect import MapKeyframe
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -87,12 +91,45 @@ def presized(config: VolumeConfig, live_blocks: int) -> VolumeConfig:
     return dataclasses.replace(config, initial_blocks=blocks)
 
 
-def rebuild(keyframes: list[MapKeyframe], poses: np.ndarray, volume_config: VolumeConfig,
-            mesh_config: MeshConfig, pace=lambda: False, mesh_batch_blocks: int = 256) -> RebuiltMap | None:
-    """A fresh volume with every keyframe integrated at its pose, meshed. `pace()` is called between
+class SpareVolume:
+    """The volume the next rebuilt map is integrated into, allocated before the scan starts and then recycled:
+    the live map a correction replaces becomes the spare (`give`). Allocating a map's grid mid-scan would stall
+    every thread: Open3D holds the GIL while it allocates a grid and first touches its memory (4 s for the
+    15,000 blocks of room 1's first correction, one live frame of 4.1 s). Memory: one more grid of the live
+    map's size for the whole scan (a rebuild needed it anyway while it ran). Thread: any (a lock guards it)."""
+
+    def __init__(self, config: VolumeConfig):
+        self._config = config
+        self._lock = threading.Lock()
+        self._spare: TsdfVolume | None = TsdfVolume(presized(config, 0))
+
+    def take(self, live_blocks: int) -> TsdfVolume:
+        """An empty volume for a map of about `live_blocks` blocks: the spare when it holds that many without
+        growing and keeps its memory when emptied, else a new one (`presized`)."""
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None and spare.reusable and spare.capacity_blocks >= live_blocks:
+            spare.empty()
+            return spare
+        log.info("a new volume for the rebuilt map (%d blocks; the scan waits while it is allocated)", live_blocks)
+        return TsdfVolume(presized(self._config, live_blocks))
+
+    def give(self, volume: TsdfVolume) -> None:
+        """Keep `volume` (no longer used by anyone) for the next rebuild."""
+        with self._lock:
+            self._spare = volume
+
+    def memory_bytes(self) -> int:
+        with self._lock:
+            return 0 if self._spare is None else self._spare.memory_bytes()
+
+
+def rebuild(keyframes: list[MapKeyframe], poses: np.ndarray, volume: TsdfVolume, mesh_config: MeshConfig,
+            pace=lambda: False, mesh_batch_blocks: int = 256) -> RebuiltMap | None:
+    """Every keyframe integrated at its pose into the empty `volume`, meshed. `pace()` is called between
     keyframes and between batches of `mesh_batch_blocks` blocks meshed (0: all at once; it may sleep to leave the live loop
     its share of the CPU; meshing a whole room at once is a second of CPU or more); True stops early (None)."""
-    vol = TsdfVolume(volume_config)
+    vol = volume
     mesher = ChunkMesher(vol, dataclasses.replace(mesh_config, threads=1, max_blocks_per_update=max(0, mesh_batch_blocks),
                                                   min_interval_updates=1))
     out = RebuiltMap(vol, mesher, [], np.zeros((0, 4, 4)))

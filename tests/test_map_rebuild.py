@@ -1,6 +1,6 @@
 """Map rebuild from keyframes: meshed in paced batches it is the same map as meshed at once; a stop during
 meshing abandons it; the worker's pacer says when to stop; a worker slower than the scan hands its map over
-without chasing every new keyframe."""
+without chasing every new keyframe; a rebuild reuses the memory of the map it replaced."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,12 +10,12 @@ import numpy as np
 
 from fusion.meshing import ChunkMesher, MeshConfig
 from fusion.sources.synthetic import SyntheticSource
-from fusion.volume import VolumeConfig
+from fusion.volume import TsdfVolume, VolumeConfig
 from loopclosure.closer import LoopCloser
 from loopclosure.config import LoopClosureConfig
 from loopclosure.detect import MapKeyframe
 from loopclosure.pacing import WorkerPacer
-from loopclosure.rebuild import presized, rebuild
+from loopclosure.rebuild import SpareVolume, presized, rebuild
 
 VOLUME = VolumeConfig(voxel_size_m=0.02, initial_blocks=500)
 
@@ -39,8 +39,8 @@ def _sorted_vertices(mesher) -> np.ndarray:
 def test_batched_meshing_gives_the_map_meshed_at_once():
     kfs, poses = _keyframes()
     calls = []
-    batched = rebuild(kfs, poses, VOLUME, MeshConfig(), pace=lambda: calls.append(1) and False, mesh_batch_blocks=16)
-    whole = rebuild(kfs, poses, VOLUME, MeshConfig(), mesh_batch_blocks=0)
+    batched = rebuild(kfs, poses, TsdfVolume(VOLUME), MeshConfig(), pace=lambda: calls.append(1) and False, mesh_batch_blocks=16)
+    whole = rebuild(kfs, poses, TsdfVolume(VOLUME), MeshConfig(), mesh_batch_blocks=0)
     try:
         assert batched.kids == whole.kids == [k.kid for k in kfs]
         assert len(calls) > len(kfs) + 1          # paced between keyframes and between mesh batches
@@ -60,7 +60,7 @@ def test_stop_while_meshing_abandons_the_rebuild():
         calls.append(1)
         return len(calls) > len(kfs) + 1
 
-    assert rebuild(kfs, poses, VOLUME, MeshConfig(), pace=pace, mesh_batch_blocks=8) is None
+    assert rebuild(kfs, poses, TsdfVolume(VOLUME), MeshConfig(), pace=pace, mesh_batch_blocks=8) is None
     assert len(calls) == len(kfs) + 2
 
 
@@ -78,7 +78,7 @@ def test_catching_up_stops_chasing_a_scan_faster_than_the_worker():
     no fewer keyframes than the one before, one round runs unpaced and catching up ends with the few the scan took
     during it left over; keyframes taken meanwhile join at their corrected poses. A moved world ends it (stale)."""
     kfs, poses = _keyframes(4)
-    built = rebuild(kfs[:2], poses[:2], VOLUME, MeshConfig(), mesh_batch_blocks=0)
+    built = rebuild(kfs[:2], poses[:2], TsdfVolume(VOLUME), MeshConfig(), mesh_batch_blocks=0)
     held, C = list(zip(kfs, poses)), np.eye(4)
     C[:3, 3] = 0.05
     paces = []
@@ -145,19 +145,34 @@ def test_a_worker_slower_than_the_scan_hands_its_map_over():
             m.close()
 
 
-def test_a_rebuilt_map_starts_at_the_live_maps_size():
-    """Open3D holds the GIL while it grows a hash map, stalling the live loop: a rebuilt map's hash map starts at
-    the live map's block count and a quarter more, or the configured start (never above the cap), and a rebuild
-    into it needs no grow."""
+def test_a_rebuild_reuses_the_map_it_replaced():
+    """Open3D holds the GIL while it allocates a grid (seconds for a room at 1 cm: the live loop stalls): a rebuild
+    goes into the spare volume, allocated before the scan, and the map a correction replaced becomes the next
+    spare. Emptied and rebuilt, it is the same map as a fresh volume's (no value left from the blocks it held);
+    too small for the live map, a new one is sized for it (`presized`, never above the cap)."""
     assert presized(VOLUME, 1000).initial_blocks == 1250
     assert presized(VOLUME, 100).initial_blocks == VOLUME.initial_blocks
     assert presized(dataclasses.replace(VOLUME, max_blocks=900), 1000).initial_blocks == 900
     kfs, poses = _keyframes(3)
-    first = rebuild(kfs, poses, VOLUME, MeshConfig())
-    sized = presized(VOLUME, first.volume.n_blocks)
-    again = rebuild(kfs, poses, sized, MeshConfig())
+    moved = poses.copy()
+    moved[:, :3, 3] += 0.3                                       # other blocks, and some of the same ones
+    spare = SpareVolume(VOLUME)
+    volume = spare.take(live_blocks=100)
+    grid = volume.grid
+    first = rebuild(kfs, moved, volume, MeshConfig())
+    spare.give(first.volume)
+    reused = spare.take(live_blocks=first.volume.n_blocks)
+    again = rebuild(kfs, poses, reused, MeshConfig())
+    fresh = rebuild(kfs, poses, TsdfVolume(VOLUME), MeshConfig())
     try:
-        assert int(again.volume.grid.hashmap().capacity()) == sized.initial_blocks
+        assert reused.grid is grid and spare.memory_bytes() == 0
+        np.testing.assert_array_equal(np.sort(again.volume.active_keys(), 0), np.sort(fresh.volume.active_keys(), 0))
+        a, b = _sorted_vertices(again.mesher), _sorted_vertices(fresh.mesher)
+        assert len(a) > 1000 and a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=1e-6)
+        spare.give(again.volume)
+        bigger = spare.take(live_blocks=4 * VOLUME.initial_blocks)
+        assert bigger.grid is not grid and bigger.capacity_blocks == 5 * VOLUME.initial_blocks
     finally:
-        first.mesher.close()
-        again.mesher.close()
+        for m in (first.mesher, again.mesher, fresh.mesher):
+            m.close()
