@@ -9,7 +9,8 @@ share farther than `--doubled-m` (surface in the wrong place: a doubled wall). A
 its relative pose is off the true one by more than 5 cm or 2 deg. The live loop's slowdown compares
 each frame's `process()` time while a correction was being optimised or rebuilt with the same frame's
 time without loop closure, averaged over a run before and one after (the machine's load changes between
-runs: the two off runs' means are reported too); and the fusion thread's own time in loop closure calls.
+runs: the two off runs' means are reported too), the longest frame on and off (a stall: another thread held the
+GIL), and the fusion thread's own time in loop closure calls.
 Since that comparison spans minutes of a shared machine's load, the rebuild's cost is also measured
 interleaved (`rebuild_slowdown`): the live loop alone, with the on run's keyframes rebuilt beside it as the
 worker rebuilds them (priority, kernel threads, duty), alternating every 10 frames; and the share of a core
@@ -181,13 +182,15 @@ def synthetic_row(seed: int, frames: int, yaw: float, scale: float, voxel_m: flo
 
 def _slowdown(ms_off: list, ms_on: list, busy: list, loop_ms: list) -> dict:
     """process() time of the frames fused while a correction ran, against the same frames without loop closure
-    (their mean over the runs before and after); and the fusion thread's own time in loop closure per frame
-    (keyframe capture, swapping a corrected map in)."""
+    (their mean over the runs before and after); the longest frame of the on run and of the off runs (a stall:
+    another thread holding the GIL); and the fusion thread's own time in loop closure per frame (keyframe capture,
+    swapping a corrected map in)."""
     b = np.array(busy)
     off, on = np.mean(ms_off, axis=0), np.array(ms_on)
     out = {"frames_while_correcting": int(b.sum()), "process_ms_off": round(float(off.mean()), 1),
            "process_ms_off_runs": [round(float(np.mean(m)), 1) for m in ms_off],
            "process_ms_on": round(float(on.mean()), 1),
+           "longest_frame_ms_off": round(float(np.max(ms_off)), 1), "longest_frame_ms_on": round(float(on.max()), 1),
            "fusion_loop_ms_mean": round(float(np.mean(loop_ms)), 2), "fusion_loop_ms_max": round(float(np.max(loop_ms)), 1)}
     if b.any():
         out["slowdown_while_correcting"] = round(float(on[b].mean() / off[b].mean() - 1.0), 3)
@@ -288,7 +291,7 @@ COLUMNS = ("name", "frames", "drift_max_m", "ate_off_m", "ate_on_m", "surface_me
            "two_layer_share_on", "loops_verified",
            "loops_accepted", "false_loops_accepted", "map_aligned", "map_rejected", "false_map_edges", "corrections", "discarded", "edges_dropped", "keyframes_moved", "optimise_s", "rebuild_s", "slowdown_while_correcting", "slowdown_overall", "slowdown_rebuild_interleaved",
            "slowdown_rebuild_interleaved_se", "rebuild_worker_core_share",
-           "fusion_loop_ms_max")
+           "longest_frame_ms_off", "longest_frame_ms_on", "fusion_loop_ms_max")
 
 
 def print_table(rows: list) -> None:
