@@ -10,12 +10,16 @@ edge like a loop's).
 An accepted loop whose drift is worth correcting is added to the pose graph (`loopclosure.pose_graph`; odometry
 edges weighted by the distance walked), optimised (with the loops of keyframes still queued: one correction
 for them all), and when the result is plausible the map is rebuilt from the keyframes at the optimised
-poses (`loopclosure.rebuild`; keyframes taken meanwhile are added), all on the worker. The fusion thread
+poses (`loopclosure.rebuild`; keyframes taken meanwhile are added), all on the worker, into a spare volume
+allocated before the scan (the map a correction replaces is the next spare: `recycle`). The fusion thread
 never waits: at its next integrated frame `apply_ready` hands it the rebuilt map and a `MapCorrection`
 (per-keyframe pose changes, `loopclosure.correction`: labels, corrections and the GUI's camera path
 follow it) to swap in. A discarded optimisation logs one warning; the map stays. `offer` hands over a
 correction without a loop (tests, tools). Memory: at most `max_keyframes` keyframes (older ones thinned,
-loop ends kept) of reduced RGB-D; sessions save and restore them (`to_arrays`, `load_arrays`).
+loop ends kept) of reduced RGB-D, and the spare volume (the live map's size); sessions save and restore the
+keyframes (`to_arrays`, `load_arrays`).
+The worker calls no Open3D function that holds the GIL for long (allocating a grid, legacy normals and voxel
+thinning): every thread of the app would wait for it.
 """
 from __future__ import annotations
 
