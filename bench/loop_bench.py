@@ -10,7 +10,9 @@ its relative pose is off the true one by more than 5 cm or 2 deg. The live loop'
 each frame's `process()` time while a correction was being optimised or rebuilt with the same frame's
 time without loop closure, averaged over a run before and one after (the machine's load changes between
 runs: the two off runs' means are reported too), the longest frame on and off (a stall: another thread held the
-GIL), and the fusion thread's own time in loop closure calls.
+GIL), the fusion thread's own time in loop closure calls, and each fusion stage's time per frame while correcting
+(`stage_ms_while_correcting`, off and on: time the live loop spends on a correction's aftermath, such as meshing
+an adopted map, shows apart from time lost to the worker beside it).
 Since that comparison spans minutes of a shared machine's load, the rebuild's cost is also measured
 interleaved (`rebuild_slowdown`): the live loop alone, with the on run's keyframes rebuilt beside it as the
 worker rebuilds them (priority, kernel threads, duty), alternating every 10 frames; and the share of a core
@@ -156,17 +158,18 @@ def synthetic_row(seed: int, frames: int, yaw: float, scale: float, voxel_m: flo
         row |= {f"{k}_exact": v for k, v in _surface(p.final_mesh(), src.source.world, doubled_m).items()}
     finally:
         p.close()
-    ms_off, on_run, rebuild_input = [], None, None
+    ms_off, stages_off, on_run, rebuild_input = [], [], None, None
     for on in (False, True, False):   # off before and after on: the live loop's times bracket the machine's load
         p = FusionPipeline(_config("gt", voxel_m, on, worker=worker))
         try:
             results, ms, busy, wall = _fuse(p, src)
             if on:
-                on_run = (ms, busy, [r.timings_ms.get("loops", 0.0) for r in results])
+                on_run = (ms, busy, [r.timings_ms for r in results])
                 rebuild_input = (KeyframeStore.from_arrays(p.loops.to_arrays()).kfs, p.loops.keyframe_poses(),
                                  p.volume.n_blocks)
             else:
                 ms_off.append(ms)
+                stages_off.append([r.timings_ms for r in results])
             if len(ms_off) == 2:
                 break
             tag = "on" if on else "off"
@@ -177,16 +180,17 @@ def synthetic_row(seed: int, frames: int, yaw: float, scale: float, voxel_m: flo
                 row |= _loop_report(p, src.true_poses)
         finally:
             p.close()
-    return row | _slowdown(ms_off, *on_run) | rebuild_slowdown(src, *rebuild_input, voxel_m, worker)
+    return row | _slowdown(ms_off, *on_run) | _stage_slowdown(stages_off, on_run[2], on_run[1]) | rebuild_slowdown(src, *rebuild_input, voxel_m, worker)
 
 
-def _slowdown(ms_off: list, ms_on: list, busy: list, loop_ms: list) -> dict:
+def _slowdown(ms_off: list, ms_on: list, busy: list, stages_on: list) -> dict:
     """process() time of the frames fused while a correction ran, against the same frames without loop closure
     (their mean over the runs before and after); the longest frame of the on run and of the off runs (a stall:
     another thread holding the GIL); and the fusion thread's own time in loop closure per frame (keyframe capture,
     swapping a corrected map in)."""
     b = np.array(busy)
     off, on = np.mean(ms_off, axis=0), np.array(ms_on)
+    loop_ms = [s.get("loops", 0.0) for s in stages_on]
     out = {"frames_while_correcting": int(b.sum()), "process_ms_off": round(float(off.mean()), 1),
            "process_ms_off_runs": [round(float(np.mean(m)), 1) for m in ms_off],
            "process_ms_on": round(float(on.mean()), 1),
@@ -250,6 +254,18 @@ def rebuild_slowdown(frames, keyframes: list, poses: np.ndarray, live_blocks: in
             "slowdown_rebuild_interleaved": round(float(ratios.mean() - 1.0), 3),
             "slowdown_rebuild_interleaved_se": round(float(ratios.std(ddof=1) / np.sqrt(len(ratios))), 3),
             "rebuild_worker_core_share": round(worker_cpu_s[0] / beside_s, 3) if worker_cpu_s and beside_s else None}
+
+
+def _stage_slowdown(stages_off: list, stages_on: list, busy: list) -> dict:
+    """Where the frames fused while a correction ran spent their time: each fusion stage's mean ms per frame
+    (0 where a frame did not run it), without loop closure (the runs' mean) and with it."""
+    b = np.array(busy)
+    if not b.any():
+        return {}
+    names = sorted({k for s in stages_on for k in s} | {k for run in stages_off for s in run for k in s})
+    mean = lambda run, k: float(np.mean([s.get(k, 0.0) for s, x in zip(run, b) if x]))
+    return {"stage_ms_while_correcting": {k: [round(float(np.mean([mean(run, k) for run in stages_off])), 1),
+                                              round(mean(stages_on, k), 1)] for k in names}}
 
 
 def _block_ratios(ms: np.ndarray, beside: np.ndarray, block_frames: int) -> np.ndarray:

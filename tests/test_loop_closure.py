@@ -179,6 +179,31 @@ def test_drift_allowed_counts_the_path_since_the_nearest_corrected_loop():
     assert unpinned_walk_m(path, held, 1, 9) == 2.0                  # the first keyframe is always held
 
 
+def test_the_closer_verifies_a_loop_with_the_unpinned_path():
+    """The worker hands verification the path its two keyframes may have drifted over: the whole path between them
+    until a corrected loop holds keyframes near both; a loop still waiting for its correction holds nothing."""
+    from types import SimpleNamespace
+
+    from fusion.meshing import MeshConfig
+    from loopclosure.closer import LoopCloser
+    from loopclosure.detect import Verdict
+
+    walked = []
+    detector = SimpleNamespace(candidates=lambda kid, kids, poses, path: [2],
+                               verify=lambda old, cur, T, walked_m: walked.append(walked_m) or Verdict(None, "spy"))
+    closer = LoopCloser(LoopClosureConfig(enabled=True), VolumeConfig(), MeshConfig())
+    closer._detector = detector
+    kfs = [SimpleNamespace(index=k) for k in range(10)]
+    args = (9, kfs, np.arange(10), np.tile(np.eye(4), (10, 1, 1)), np.arange(10, dtype=float))
+    closer._verified_loop(*args)
+    loop = SimpleNamespace(old=3, cur=8)
+    closer.loops, closer._due = [loop], [loop]
+    closer._verified_loop(*args)
+    closer._due = []
+    closer._verified_loop(*args)
+    assert walked == [7.0, 7.0, 2.0]
+
+
 def test_detector_refuses_drift_implausible_for_the_path():
     """The same true loop, with the odometry 20 cm off: plausible after 5 m walked, not after 0.5 m."""
     src = SyntheticSource(0, n_frames=9)
