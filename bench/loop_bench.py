@@ -13,7 +13,9 @@ runs: the two off runs' means are reported too), the longest frame on and off (a
 GIL), the fusion thread's own time in loop closure calls, and each fusion stage's time per frame while correcting
 (`stage_ms_while_correcting`, off and on: time the live loop spends on a correction's aftermath, such as meshing
 an adopted map, shows apart from time lost to the worker beside it).
-Since that comparison spans minutes of a shared machine's load, the rebuild's cost is also measured
+Since that comparison spans minutes of a shared machine's load, the worker's cost is also measured within one
+more on run (`held_slowdown`: the worker held in every other block of 10 frames; the blocks with it running while
+a correction runs, against the held blocks beside them), and the rebuild's alone
 interleaved (`rebuild_slowdown`): the live loop alone, with the on run's keyframes rebuilt beside it as the
 worker rebuilds them (priority, kernel threads, duty), alternating every 10 frames; and the share of a core
 the rebuild got meanwhile. The fused surface's share in two layers (a fused layer on the true surface near
@@ -180,7 +182,8 @@ def synthetic_row(seed: int, frames: int, yaw: float, scale: float, voxel_m: flo
                 row |= _loop_report(p, src.true_poses)
         finally:
             p.close()
-    return row | _slowdown(ms_off, *on_run) | _stage_slowdown(stages_off, on_run[2], on_run[1]) | rebuild_slowdown(src, *rebuild_input, voxel_m, worker)
+    return (row | _slowdown(ms_off, *on_run) | _stage_slowdown(stages_off, on_run[2], on_run[1])
+            | held_slowdown(src, voxel_m, worker) | rebuild_slowdown(src, *rebuild_input, voxel_m, worker))
 
 
 def _slowdown(ms_off: list, ms_on: list, busy: list, stages_on: list) -> dict:
@@ -200,6 +203,36 @@ def _slowdown(ms_off: list, ms_on: list, busy: list, stages_on: list) -> dict:
         out["slowdown_while_correcting"] = round(float(on[b].mean() / off[b].mean() - 1.0), 3)
     out["slowdown_overall"] = round(float(on.mean() / off.mean() - 1.0), 3)
     return out
+
+
+def held_slowdown(frames, voxel_m: float, loop: LoopClosureConfig, block_frames: int = 10) -> dict:
+    """One more run with loop closure on, its worker held (at its next pace point) in every other block of frames:
+    while a correction runs, each block with the worker running against the held blocks beside it. What the
+    worker costs the live loop, in one run (the machine's load changes between runs), over all it does while
+    correcting: ICP, optimisation, rebuild, catch-up. Only blocks correcting throughout count, each without its
+    first frame (the worker may finish a step there); holding delays this run's corrections."""
+    p = FusionPipeline(_config("gt", voxel_m, True, worker=loop))
+    ms, busy = [], []
+    try:
+        for k, f in enumerate(frames):
+            (p.loops.held.set if (k // block_frames) % 2 else p.loops.held.clear)()
+            t0 = time.perf_counter()
+            p.process(f)
+            ms.append((time.perf_counter() - t0) * 1e3)
+            busy.append(p.loops.correcting)
+        p.loops.held.clear()
+        p.finish_loops(600.0)
+    finally:
+        p.close()
+    block = np.arange(len(ms)) // block_frames
+    mean = {int(b): float(np.mean(np.array(ms)[block == b][1:])) for b in np.unique(block)
+            if np.all(np.array(busy)[block == b])}
+    ratios = np.array([mean[b] / np.mean([mean[n] for n in (b - 1, b + 1) if n in mean])
+                       for b in mean if b % 2 == 0 and (b - 1 in mean or b + 1 in mean)])
+    if len(ratios) < 2:
+        return {"held_blocks_compared": int(len(ratios))}
+    return {"held_blocks_compared": int(len(ratios)), "slowdown_correcting_held": round(float(ratios.mean() - 1.0), 3),
+            "slowdown_correcting_held_se": round(float(ratios.std(ddof=1) / np.sqrt(len(ratios))), 3)}
 
 
 def rebuild_slowdown(frames, keyframes: list, poses: np.ndarray, live_blocks: int, voxel_m: float,
@@ -305,7 +338,7 @@ def real_row(path: Path, voxel_m: float, stress: bool, worker: LoopClosureConfig
 COLUMNS = ("name", "frames", "drift_max_m", "ate_off_m", "ate_on_m", "surface_mean_mm_exact", "surface_mean_mm_off",
            "surface_mean_mm_on", "doubled_share_exact", "doubled_share_off", "doubled_share_on", "two_layer_share_exact", "two_layer_share_off",
            "two_layer_share_on", "loops_verified",
-           "loops_accepted", "false_loops_accepted", "map_aligned", "map_rejected", "false_map_edges", "corrections", "discarded", "edges_dropped", "keyframes_moved", "optimise_s", "rebuild_s", "slowdown_while_correcting", "slowdown_overall", "slowdown_rebuild_interleaved",
+           "loops_accepted", "false_loops_accepted", "map_aligned", "map_rejected", "false_map_edges", "corrections", "discarded", "edges_dropped", "keyframes_moved", "optimise_s", "rebuild_s", "slowdown_while_correcting", "slowdown_overall", "slowdown_correcting_held", "slowdown_correcting_held_se", "slowdown_rebuild_interleaved",
            "slowdown_rebuild_interleaved_se", "rebuild_worker_core_share",
            "longest_frame_ms_off", "longest_frame_ms_on", "fusion_loop_ms_max")
 

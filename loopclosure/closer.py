@@ -71,7 +71,8 @@ class LoopCloser:
         self._world_moved = 0                        # gravity changes: a result from before is stale
         self._next_kid = 0
         self._thread: threading.Thread | None = None
-        self._pace = WorkerPacer(config.worker_duty, self._stop)  # the worker's duty cycle (its thread only)
+        self.held = threading.Event()                 #: set: the worker waits at its next pace point (benchmarks)
+        self._pace = WorkerPacer(config.worker_duty, self._stop, self.held)  # the worker's duty cycle (its thread only)
         self._detector = LoopDetector(config.detect)
         self._aligner = MapAligner(config.map_align, self._detector.cloud_of, config.detect.depth_max_m)
         self.map_edges: list[LoopEdge] = []           #: every keyframe aligned to the corrected map (for benchmarks)

@@ -31,12 +31,14 @@ def lower_worker_priority(kernel_threads: int, nice: int) -> None:
 class WorkerPacer:
     """Calling it sleeps so that its thread computes `duty` of the time since the last call (or `restart`);
     it returns True once `stop` is set. Busy time is the thread's own CPU time, not wall time: time it waited
-    for a core (a loaded machine, its lower priority) is not paid for again by sleeping.
+    for a core (a loaded machine, its lower priority) is not paid for again by sleeping. While `hold` is set,
+    calling it also waits until it is cleared (a benchmark compares the live loop with the worker held and running
+    within one run).
     Thread: the one thread that calls it."""
 
-    def __init__(self, duty: float, stop: threading.Event):
+    def __init__(self, duty: float, stop: threading.Event, hold: threading.Event | None = None):
         self.duty = min(max(duty, 0.05), 1.0)
-        self._stop = stop
+        self._stop, self._hold = stop, hold
         self._since = time.thread_time()
 
     def restart(self) -> None:
@@ -47,5 +49,7 @@ class WorkerPacer:
         busy = max(0.0, time.thread_time() - self._since)  # made on another thread: its CPU time is not ours
         if self.duty < 1.0:
             self._stop.wait(busy * (1.0 - self.duty) / self.duty)
+        while self._hold is not None and self._hold.is_set() and not self._stop.wait(0.01):
+            pass
         self._since = time.thread_time()
         return self._stop.is_set()

@@ -73,6 +73,21 @@ def test_pacer_reports_a_stop():
     assert WorkerPacer(0.25, stop)() is True   # a set stop ends its sleep at once
 
 
+def test_a_held_pacer_waits_until_released():
+    stop, hold, passed = threading.Event(), threading.Event(), threading.Event()
+    hold.set()
+    pace = WorkerPacer(1.0, stop, hold)
+    worker = threading.Thread(target=lambda: pace() or passed.set())
+    worker.start()
+    assert not passed.wait(0.2)                 # held: it has not returned (a bound on a wait, not a timing)
+    hold.clear()
+    assert passed.wait(30)
+    worker.join()
+    hold.set()
+    stop.set()
+    assert pace() is True                       # a stop ends a hold at once
+
+
 def test_catching_up_stops_chasing_a_scan_faster_than_the_worker():
     """A scan that takes a keyframe at every pause of the worker is never caught up at its pace: once a round left
     no fewer keyframes than the one before, one round runs unpaced and catching up ends with the few the scan took
