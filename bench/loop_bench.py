@@ -63,15 +63,20 @@ MOVED_M, MOVED_DEG = 0.005, 0.25   # a keyframe moved less by a correction count
 log = logging.getLogger("bench.loop")
 
 
-def _fuse(pipeline: FusionPipeline, frames, T_start=None) -> tuple[list, list, list, float]:
-    """Run every frame; (results, process() ms per frame, correcting flag per frame, wall s incl. the drain)."""
+def _fuse(pipeline: FusionPipeline, frames, T_start=None, hold_blocks: int = 0) -> tuple[list, list, list, float]:
+    """Run every frame; (results, process() ms per frame, correcting flag per frame, wall s incl. the drain).
+    hold_blocks > 0: the loop worker is held in every other block of that many frames (not in the drain)."""
     results, ms, busy = [], [], []
     t_start = time.perf_counter()
-    for f in frames:
+    for k, f in enumerate(frames):
+        if hold_blocks:
+            (pipeline.loops.held.set if (k // hold_blocks) % 2 else pipeline.loops.held.clear)()
         t0 = time.perf_counter()
         results.append(pipeline.process(f, T_start))
         ms.append((time.perf_counter() - t0) * 1e3)
         busy.append(pipeline.loops is not None and pipeline.loops.correcting)
+    if hold_blocks:
+        pipeline.loops.held.clear()
     pipeline.finish_loops(600.0)
     return results, ms, busy, time.perf_counter() - t_start
 
@@ -212,23 +217,12 @@ def held_slowdown(frames, voxel_m: float, loop: LoopClosureConfig, block_frames:
     correcting: ICP, optimisation, rebuild, catch-up. Only blocks correcting throughout count, each without its
     first frame (the worker may finish a step there); holding delays this run's corrections."""
     p = FusionPipeline(_config("gt", voxel_m, True, worker=loop))
-    ms, busy = [], []
     try:
-        for k, f in enumerate(frames):
-            (p.loops.held.set if (k // block_frames) % 2 else p.loops.held.clear)()
-            t0 = time.perf_counter()
-            p.process(f)
-            ms.append((time.perf_counter() - t0) * 1e3)
-            busy.append(p.loops.correcting)
-        p.loops.held.clear()
-        p.finish_loops(600.0)
+        _, ms, busy, _ = _fuse(p, frames, hold_blocks=block_frames)
     finally:
         p.close()
-    block = np.arange(len(ms)) // block_frames
-    mean = {int(b): float(np.mean(np.array(ms)[block == b][1:])) for b in np.unique(block)
-            if np.all(np.array(busy)[block == b])}
-    ratios = np.array([mean[b] / np.mean([mean[n] for n in (b - 1, b + 1) if n in mean])
-                       for b in mean if b % 2 == 0 and (b - 1 in mean or b + 1 in mean)])
+    running = (np.arange(len(ms)) // block_frames) % 2 == 0
+    ratios = _block_ratios(np.array(ms), running, block_frames, eligible=np.array(busy))
     if len(ratios) < 2:
         return {"held_blocks_compared": int(len(ratios))}
     return {"held_blocks_compared": int(len(ratios)), "slowdown_correcting_held": round(float(ratios.mean() - 1.0), 3),
@@ -301,12 +295,14 @@ def _stage_slowdown(stages_off: list, stages_on: list, busy: list) -> dict:
                                               round(mean(stages_on, k), 1)] for k in names}}
 
 
-def _block_ratios(ms: np.ndarray, beside: np.ndarray, block_frames: int) -> np.ndarray:
-    """Each block with the rebuild beside: its mean frame time over the mean of the blocks without it just before
-    and after (the first block and each block's first frame left out)."""
+def _block_ratios(ms: np.ndarray, beside: np.ndarray, block_frames: int, eligible: np.ndarray | None = None) -> np.ndarray:
+    """Each block with the work beside: its mean frame time over the mean of the blocks without it just before
+    and after (the first block, each block's first frame, and blocks with a frame not `eligible` left out)."""
     n = np.arange(len(ms))
     block = n // block_frames
     keep = (block > 0) & (n % block_frames != 0)
+    if eligible is not None:
+        keep &= ~np.isin(block, block[~np.asarray(eligible, bool)])
     mean = {int(b): float(ms[keep & (block == b)].mean()) for b in np.unique(block[keep])}
     with_ = [b for b in mean if beside[b * block_frames]]
     return np.array([mean[b] / np.mean([mean[x] for x in (b - 1, b + 1) if x in mean and x not in with_])
