@@ -47,6 +47,7 @@ from fusion.coarse import CoarseGridConfig, CoarseRegion
 from nets.adapt import AdaptConfig, CorrectionLearner, scene_region
 from nets.labels import LabelStore
 from nets.real_room import vertex_scores
+from bench.settings import setting_parser, with_settings
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
@@ -315,16 +316,6 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _setting(text: str) -> tuple[str, object]:
-    """FIELD=VALUE of AdaptConfig, VALUE converted to the field's type."""
-    name, _, value = text.partition("=")
-    fields = {f.name: type(f.default) for f in dataclasses.fields(AdaptConfig)}
-    if name not in fields or not value:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected FIELD=VALUE with FIELD one of {', '.join(fields)}")
-    kind = fields[name]
-    return name, (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.corrections_bench", description=__doc__.splitlines()[0])
     p.add_argument("--cache", type=Path, default=Path("/tmp/corr"), help="scenes are built once into this folder "
@@ -340,7 +331,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--user", choices=USERS, default="precise",
                    help="how a click relabels: precise (the wrong region's cells), careful or literal (the app's "
                         "region tool; careful undoes floods that break more than they fix); see click()")
-    p.add_argument("--set", type=_setting, action="append", default=[], metavar="FIELD=VALUE",
+    p.add_argument("--set", type=setting_parser(AdaptConfig()), action="append", default=[], metavar="FIELD=VALUE",
                    help="override an AdaptConfig field for this run (repeatable), e.g. --set head_pseudo_weight=10")
     p.add_argument("--spread", action="store_true", help="also report, per corrected class, how near the room's "
                    "other cells of that class lie to the corrected ones in the head's features (see spread())")
@@ -361,8 +352,8 @@ def main(argv=None) -> int:
         return 1
     torch.set_num_threads(args.threads)
     model = ChunkModel.load()
-    cfg = dataclasses.replace(AdaptConfig(), budget_s=args.budget_s, threads=args.threads, method=args.method,
-                              **dict(args.set))
+    cfg = with_settings(dataclasses.replace(AdaptConfig(), budget_s=args.budget_s, threads=args.threads,
+                                            method=args.method), args.set)
     scenes = [] if args.no_real_room else [lambda: real_room(cache, model)]
     scenes += [lambda s=int(s): synthetic_room(s, cache, model, args.frames) for s in args.seeds.split(",") if s]
     rows = []

@@ -17,7 +17,8 @@ How it counts (nothing is left out):
   change it had not labelled to the moment its labels landed; a change still unlabelled when the replay
   ends counts with the time it had waited by then (a lower bound), and their number is reported.
 
-Run: `python -m bench.live_bench SRC [--fps 30] [--voxel-size M] [--labels incremental|none]`; it prints
+Run: `python -m bench.live_bench SRC [--fps 30] [--voxel-size M] [--labels incremental|none] [--set FIELD=VALUE]`
+(`--set`: a field of the nets' worker's `LabelerConfig` for the run); it prints
 a table and writes bench/results/live.json. Thread: the main thread fuses; the capture and nets
 threads run beside it.
 """
@@ -38,6 +39,7 @@ import numpy as np  # noqa: E402
 
 from bench.replay import Replay, load_frames, play_list, replay  # noqa: E402
 from bench.report import finish  # noqa: E402
+from bench.settings import setting_parser, with_settings  # noqa: E402
 from fusion.errors import UserError  # noqa: E402
 from fusion.trajectory import ate_rmse_m  # noqa: E402
 
@@ -56,6 +58,7 @@ class LiveBenchConfig:
     open3d: bool = True               #: also run Open3D's loop
     repeats: int = 2                  #: each loop runs this many times (order A B C, C B A, ...): the runs are pooled
     max_preload_mb: float = 4096.0    #: frames are held in memory before the replay: a larger source is refused
+    labeler_settings: tuple = ()      #: (field, value) overrides of the nets' worker's LabelerConfig (`--set`)
 
 
 # --- the loops ---------------------------------------------------------------------------------
@@ -107,11 +110,12 @@ def _load_model():
 
 def run_ours(frames, config: LiveBenchConfig, model=None) -> dict:
     """Our loop at the app's defaults; with `model`, the nets' worker labels as in the app."""
-    from nets.incremental import IncrementalLabeler
+    from nets.incremental import IncrementalLabeler, LabelerConfig
 
     pipe = app_pipeline(config)
     T0 = frames[0].T_world_cam_gt
-    labeler = IncrementalLabeler(pipe, model) if model is not None else None
+    labeler = (IncrementalLabeler(pipe, model, config=with_settings(LabelerConfig(), config.labeler_settings))
+               if model is not None else None)
     posed: dict = {}
     stages: dict = {}
 
@@ -160,6 +164,8 @@ def _latency(labeler, end_s: float) -> dict:
             "label_latency_landed_s": ({f"p{p}": round(float(np.percentile(landed, p)), 3) for p in (50, 95)}
                                        if landed else None),
             "chunks_inferred": stats["chunks_inferred"], "regions_inferred": stats["regions_inferred"],
+            "nets_worker": {k: stats[k] for k in ("worker_busy_share", "worker_cpu_s", "worker_wall_s", "infer_s_total",
+                                                  "refresh_regions", "refresh_infer_s")},
             "region": {k: stats[k] for k in stats if k.startswith(("infer_ms_p", "snapshot_wait_ms_p", "serve_ms_p",
                                                                    "region_sites_p", "queue_wait_ms_p"))}}
 
@@ -221,6 +227,10 @@ def pool(runs: list) -> dict | None:
         out[k] = max(vals) if vals else None
     if "latency_samples_s" in out:
         out["label_latency_s"] = _pct([v for r in runs for v in r["latency_samples_s"]])
+    if out.get("nets_worker"):  # summed over runs; the busy share of them all
+        out["nets_worker"] = {k: round(sum(r["nets_worker"][k] or 0 for r in runs), 3) for k in out["nets_worker"]}
+        wall = out["nets_worker"]["worker_wall_s"]
+        out["nets_worker"]["worker_busy_share"] = round(out["nets_worker"]["worker_cpu_s"] / wall, 3) if wall else None
     if out.get("region"):  # per-region percentiles: the worst run's (each run's stay in `repeats`)
         out["region"] = {k: max((r["region"][k] for r in runs if r["region"][k] is not None), default=None)
                          for k in out["region"]}
@@ -272,6 +282,11 @@ def print_table(r: dict) -> None:
           f"({r['runs']['ours'].get('label_changes_unlabelled_at_end', 0)} still unlabelled at the end); "
           f"fusion with nets / without: {r['nets_fusion_ratio']:.2f}; vs Open3D: {fmt(r['fps_ratio_vs_open3d'], '{:.2f}')}x; "
           f"memory {r['memory']['rss_mb']:.0f} MB resident, volume {r['memory']['volume_mb']:.0f} MB")
+    work = r["runs"]["ours"].get("nets_worker")
+    if work:
+        print(f"nets worker: busy {fmt(work['worker_busy_share'], '{:.0%}')} of its wall time "
+              f"({work['worker_cpu_s']:.1f} CPU s of {work['worker_wall_s']:.1f} s), inference {work['infer_s_total']:.1f} s, "
+              f"of which halo refreshes {work['refresh_infer_s']:.1f} s in {work['refresh_regions']} regions")
     reg = r["runs"]["ours"].get("region")
     if reg:
         print("per chunk change queued / per region (p50 / p95; the worst run): " + ", ".join(
@@ -298,6 +313,12 @@ def run(spec: str, config: LiveBenchConfig, max_frames: int | None = None, gt_pa
     return result(spec, config, len(source_frames), ours, bare, pool(runs["open3d"]))
 
 
+def _labeler_setting(text: str) -> tuple[str, object]:
+    from nets.incremental import LabelerConfig
+
+    return setting_parser(LabelerConfig())(text)
+
+
 def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("source", help="any `reconstruct` source (dataset folder, .bag/.db3, synthetic:SEED)")
@@ -310,6 +331,9 @@ def _parse(argv):
     p.add_argument("--max-preload-mb", type=float, default=4096.0, help="frames held in memory at most (MB)")
     p.add_argument("--gt", type=Path, default=None, help="TUM ground truth for a source without poses")
     p.add_argument("--no-open3d", action="store_true", help="skip Open3D's loop")
+    p.add_argument("--set", type=_labeler_setting, action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a field of the nets' worker's nets.incremental.LabelerConfig for the run "
+                        "(dotted for the scheduler's: scheduler.settle_s=0.4); repeatable")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "live.json")
     return p.parse_args(argv)
 
@@ -326,7 +350,8 @@ def _check(args) -> LiveBenchConfig:
     if args.max_preload_mb <= 0:
         raise UserError("--max-preload-mb must be positive")
     return LiveBenchConfig(args.fps, args.voxel_size, args.labels, args.passes, open3d=not args.no_open3d,
-                           repeats=args.repeats, max_preload_mb=args.max_preload_mb)
+                           repeats=args.repeats, max_preload_mb=args.max_preload_mb,
+                           labeler_settings=tuple(args.set))
 
 
 def main(argv=None) -> int:

@@ -154,16 +154,18 @@ class FusionPipeline:
         timings["volume_wait"] = (t1 - t0) * 1e3
         self._mesh(touched, timings)
         t0 = time.perf_counter()
-        with self._volume_lock:
-            T = self._follow_gravity(self.gravity.after_integrate(frame, T), T)
+        if self.gravity.may_rebuild:  # once settled there is nothing to do: no wait for a snapshot being served
+            with self._volume_lock:
+                T = self._follow_gravity(self.gravity.after_integrate(frame, T), T)
         self._last_integrated_T = T
         timings["gravity"] = (time.perf_counter() - t0) * 1e3
         correction = None
         if self.loops is not None:
             t0 = time.perf_counter()
             self.loops.on_integrated(frame, T, settled=not self.gravity.holds_labels, map_blocks=self.volume.n_blocks)
-            with self._volume_lock:
-                T, correction = self._follow_loop(self.loops.apply_ready(frame.index), T, frame.timestamp_s)
+            if self.loops.map_ready:  # most frames: nothing to swap in, no wait for a snapshot being served
+                with self._volume_lock:
+                    T, correction = self._follow_loop(self.loops.apply_ready(frame.index), T, frame.timestamp_s)
             timings["loops"] = (time.perf_counter() - t0) * 1e3
         return self._result(frame, T, True, reason, timings, correction=correction)
 

@@ -113,6 +113,11 @@ class LoopCloser:
         kid, self._next_kid = self._next_kid, self._next_kid + 1
         return reduced_keyframe(kid, frame)
 
+    @property
+    def map_ready(self) -> bool:
+        """A corrected map waits for `apply_ready` (read by the fusion thread; the worker only sets it)."""
+        return self._ready is not None
+
     def apply_ready(self, frame_index: int) -> tuple[RebuiltMap, MapCorrection] | None:
         """A corrected map waiting to be swapped in while frame `frame_index` is fused (its pose and the
         later ones are in the new world), with the correction; None when there is none. Keyframes added

@@ -363,6 +363,8 @@ def test_the_worker_serves_its_own_snapshots_while_fusion_runs(frames, model, pi
     finally:
         labeler.stop()
         assert labeler.join(10.0)
+    s = labeler.stats()  # the worker's own CPU time, within its wall time: the share of a core it took
+    assert 0 < s["worker_cpu_s"] <= s["worker_wall_s"] + 0.05 and 0 < s["worker_busy_share"] <= 1.05
 
 
 def test_live_regions_carry_a_shorter_halo_than_the_drain(frames, model, pipeline):

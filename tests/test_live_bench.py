@@ -91,3 +91,40 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(tmp_path, capsys):
     assert len(err) == 4 and all(line.startswith("error: ") for line in err)
     assert "--max-frames" in err[-1]
     assert not (tmp_path / "x.json").exists()
+
+
+def test_set_reaches_the_nets_workers_config_and_its_scheduler():
+    from bench.settings import setting_parser, with_settings
+    from nets.incremental import LabelerConfig
+
+    args = live_bench._parse(["room.db3", "--set", "scheduler.halo_refresh_live=false", "--set", "skip_change_below=0.1"])
+    config = with_settings(LabelerConfig(), args.set)
+    assert config.scheduler.halo_refresh_live is False and config.skip_change_below == 0.1
+    assert config.scheduler.settle_s == LabelerConfig().scheduler.settle_s  # the rest as it was
+    parse = setting_parser(LabelerConfig())
+    for bad in ("scheduler=1", "scheduler.nope=1", "nope.settle_s=1", "skip_change_below=", "poll_s=fast"):
+        with pytest.raises(Exception, match="expected FIELD=VALUE|is not a"):
+            parse(bad)
+
+
+def test_the_worker_stats_count_busy_time_and_halo_refreshes():
+    from types import SimpleNamespace
+
+    from nets.labeler_stats import LabelerStats
+
+    class Region:
+        core = np.ones(10, bool)
+
+        def __len__(self):
+            return 10
+
+    stats = LabelerStats(100)
+    snap = SimpleNamespace(served_s=1.0, serve_ms=5.0, request=SimpleNamespace(requested_s=0.9))
+    stats.region(((0, 0, 0),), Region(), 200.0, [0.5], snap, [0.1])
+    stats.region(((1, 0, 0),), Region(), 300.0, [], snap, [], refresh=True)
+    stats.worker_time(0.6, 1.0)
+    stats.worker_time(0.2, 1.0)
+    s = stats.summary()
+    assert s["regions_inferred"] == 2 and s["infer_s_total"] == pytest.approx(0.5)
+    assert s["refresh_regions"] == 1 and s["refresh_infer_s"] == pytest.approx(0.3)
+    assert s["worker_busy_share"] == pytest.approx(0.4)
