@@ -28,7 +28,7 @@ import copy
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -95,15 +95,32 @@ def scene_region(volume, grid: CoarseGridConfig) -> CoarseRegion:
 RELABEL_FUSES = 3  #: the store keeps `keep_old` (5%) of a cell's evidence per fusion: 3 leave ~1e-4 of it
 
 
-def relabel(model: ChunkModel, region: CoarseRegion, store: LabelStore) -> set:
+def relabel(model: ChunkModel, region: CoarseRegion, store: LabelStore, base: ChunkModel | None = None,
+            min_conf: float = 0.0) -> set:
     """Predict the whole scene with `model` and make it the store's labels (plain argmax, corrections
     kept): the prediction is fused until the earlier evidence is negligible, so relabeling with the base
-    model after an undo gives back the base labels. Returns the changed chunk keys."""
+    model after an undo gives back the base labels. With `base` and `min_conf`, a cell whose class differs
+    from base's keeps base's prediction unless `model` gives its class at least `min_conf`. Returns the
+    changed chunk keys."""
     pred = predict_scene(model, region)
+    if base is not None and min_conf > 0:
+        pred = _gated(pred, predict_scene(base, region), min_conf)
     changed = set()
     for _ in range(RELABEL_FUSES):
         changed |= store.fuse(pred)
     return changed | store.settle(pred.keys)
+
+
+def _gated(pred: RegionPrediction, base: RegionPrediction, min_conf: float) -> RegionPrediction:
+    """`pred`, except at cells `base` also predicts whose class `pred` changes with less than `min_conf`: there
+    `base`'s probabilities (a fine-tuned decoder may complete other cells than the base's)."""
+    packed = pack_cells(base.coords)
+    order = np.argsort(packed, kind="stable")
+    at = find_sorted(packed[order], pack_cells(pred.coords))
+    rows = order[np.maximum(at, 0)]
+    base_probs = base.probs[rows] if len(base) else pred.probs
+    keep_base = (at >= 0) & (pred.probs.argmax(1) != base_probs.argmax(1)) & (pred.probs.max(1) < min_conf)
+    return replace(pred, probs=np.where(keep_base[:, None], base_probs, pred.probs))
 
 
 def predict_scene(model: ChunkModel, region: CoarseRegion) -> RegionPrediction:
@@ -382,7 +399,9 @@ class CorrectionLearner:
             if not adapted:
                 model = self.base
         t0 = time.perf_counter()
-        relabel(model.with_turns(self.config.relabel_turns), region, store)
+        turns = self.config.relabel_turns
+        relabel(model.with_turns(turns), region, store, self.base.with_turns(turns) if adapted else None,
+                self.config.relabel_min_conf)
         self.model, self.adapted = model, adapted
         return self._done(RoundResult(steps, learn_s, time.perf_counter() - t0, len(corr), trained, False,
                                       adapted, loss))

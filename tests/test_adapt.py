@@ -126,6 +126,29 @@ def test_look_alike_takes_only_near_copies_of_the_corrected_cells():
     assert np.all(look_alike(features, anchor, rows, np.full(20, 3), candidates, 0.2) == -1)  # nothing moved
 
 
+def test_a_changed_class_stands_only_where_the_adapted_net_is_sure_of_it():
+    """After a round, a cell the adapted net moves to another class keeps the base's prediction unless the
+    adapted net gives the new class at least `relabel_min_conf`; cells whose class did not change take the
+    adapted probabilities."""
+    from nets.adapt import _gated
+    from nets.infer import RegionPrediction
+
+    def prediction(probs):
+        probs = np.asarray(probs, np.float32)
+        n = len(probs)
+        return RegionPrediction((), np.arange(3 * n, dtype=np.int32).reshape(n, 3), probs, np.zeros(n, np.float32),
+                                np.zeros(n, np.float32), np.ones(n, bool))
+
+    base = prediction([[0.7, 0.3, 0.0], [0.7, 0.3, 0.0], [0.6, 0.4, 0.0]])
+    adapted = prediction([[0.4, 0.6, 0.0], [0.1, 0.9, 0.0], [0.9, 0.1, 0.0]])  # unsure move, sure move, same class
+    gated = _gated(adapted, base, 0.8)
+    np.testing.assert_allclose(gated.probs, [[0.7, 0.3, 0.0], [0.1, 0.9, 0.0], [0.9, 0.1, 0.0]], rtol=1e-6)
+    only_adapted = prediction([[0.4, 0.6, 0.0]] * 4)  # a fine-tuned decoder completed a cell the base did not
+    gated = _gated(only_adapted, base, 0.8)
+    np.testing.assert_allclose(gated.probs, [[0.7, 0.3, 0.0], [0.7, 0.3, 0.0], [0.6, 0.4, 0.0], [0.4, 0.6, 0.0]],
+                               rtol=1e-6)
+
+
 def test_cancelled_round_changes_nothing(model):
     import threading
 
