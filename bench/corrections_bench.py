@@ -43,11 +43,11 @@ import numpy as np  # noqa: E402
 from scipy.sparse import coo_matrix  # noqa: E402
 from scipy.sparse.csgraph import connected_components  # noqa: E402
 
+from bench.settings import setting_parser, with_settings
 from fusion.coarse import CoarseGridConfig, CoarseRegion
 from nets.adapt import AdaptConfig, CorrectionLearner, scene_region
 from nets.labels import LabelStore
 from nets.real_room import vertex_scores
-from bench.settings import setting_parser, with_settings
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
