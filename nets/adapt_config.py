@@ -43,8 +43,12 @@ class AdaptConfig:
     #: "head": weight of the pseudo-labels in all. Measured (site mIoU on untouched sites, K=1/5): 2 / 10 / 30 / 100
     #: gave synthetic room 1000 -0.052/-0.079, -0.034/-0.020, -0.023/-0.000, -0.013/-0.001, room 1001
     #: -0.092/-0.006, +0.016/+0.008, +0.040/+0.013, +0.035/+0.018; the real room about +0.01 with each. Weighing
-    #: each pseudo-labeled class the same instead of each cell was worse (room 1000 K=1 -0.047)
-    head_pseudo_weight: float = 100.0
+    #: each pseudo-labeled class the same instead of each cell was worse (room 1000 K=1 -0.047). Those were without
+    #: `relabel_min_conf`; with it at 0.8 (bench.corrections_bench, per-vertex mIoU on untouched vertices, gain K=1/5)
+    #: 100 / 30 / 10 / 3 gave room 1000 -0.008/+0.009, -0.006/+0.012, -0.004/+0.016, -0.000/+0.020, room 1001
+    #: -0.002/+0.007, -0.001/+0.006, -0.001/+0.007, -0.002/-0.001, room 1002 +0.017/+0.009, +0.021/+0.011,
+    #: +0.021/+0.012, +0.016/+0.005, the real room -0.001/+0.006, -0.001/+0.006, -0.002/+0.005, -0.002/+0.001
+    head_pseudo_weight: float = 10.0
     #: "head": look-alikes of a correction's cells take its class (nets.adapt_head): cells the anchor calls the
     #: class corrected away from whose features are nearer the corrected cells' mean than `head_margin` times
     #: their distance to their class's mean. Measured (site mIoU, untouched sites): margin 1 took thousands of
