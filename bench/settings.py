@@ -16,11 +16,11 @@ def setting_parser(defaults):
     (an instance of the config)."""
     def parse(text: str) -> tuple[str, object]:
         name, _, value = text.partition("=")
-        config, *parts = [defaults, *name.split(".")]
-        for part in parts[:-1]:
+        *path, leaf = name.split(".")
+        config = defaults
+        for part in path:
             config = _fields(config).get(part) if dataclasses.is_dataclass(config) else None
         fields = _fields(config) if dataclasses.is_dataclass(config) else {}
-        leaf = parts[-1]
         if leaf not in fields or dataclasses.is_dataclass(fields[leaf]) or not value:
             names = ", ".join(k for k, v in fields.items() if not dataclasses.is_dataclass(v)) or "none"
             raise argparse.ArgumentTypeError(f"{text!r}: expected FIELD=VALUE with FIELD one of {names}")

@@ -117,12 +117,6 @@ class GravitySettler:
         """True while the world may still move (the nets must wait)."""
         return self.state == "settling"
 
-    @property
-    def may_rebuild(self) -> bool:
-        """True while `after_integrate` may re-estimate and rebuild the volume (only then does it need the
-        volume to itself)."""
-        return self.state == "settling"
-
     def report(self) -> GravityReport:
         return self._report
 

@@ -154,7 +154,7 @@ class FusionPipeline:
         timings["volume_wait"] = (t1 - t0) * 1e3
         self._mesh(touched, timings)
         t0 = time.perf_counter()
-        if self.gravity.may_rebuild:  # once settled there is nothing to do: no wait for a snapshot being served
+        if self.gravity.holds_labels:  # settled: the gravity step has nothing to do, no wait for a snapshot being served
             with self._volume_lock:
                 T = self._follow_gravity(self.gravity.after_integrate(frame, T), T)
         self._last_integrated_T = T

@@ -106,7 +106,6 @@ class IncrementalLabeler:
         self._seen_count = 0          # stamps up to this frame count were consumed
         self._camera_m: np.ndarray | None = None
         self._requested: dict[tuple, int] = {}   # group -> generation, requested and not yet back
-        self._refreshing: set = set()            # requested groups that only refresh halo-stale chunks
         self._last_behind_log_s = -1e9
         self._world_seen = 0          # map corrections of the pipeline the worker has followed
         self.error: BaseException | None = None
@@ -164,7 +163,6 @@ class IncrementalLabeler:
             self.scheduler.clear()
             self.memory.clear()
             self._requested.clear()
-            self._refreshing.clear()
             last = self.pipeline.latest_stamp()  # frames before the reset are not waited for
             self._seen_count = 0 if last is None else last.count
             self._camera_m = None
@@ -210,7 +208,6 @@ class IncrementalLabeler:
         """Drop outstanding requests; their chunks go back to pending (no lost work)."""
         self.pipeline.cancel_requests(self._seen_generation)
         self._requested.clear()
-        self._refreshing.clear()
         self.scheduler.cancel()
         self._publish_queue()
 
@@ -295,7 +292,6 @@ class IncrementalLabeler:
         if not groups and not force and self.config.scheduler.halo_refresh_live:
             self.scheduler.requeue(self.scheduler.halo_stale(now)[: limit * 8], now, self._seen_count)
             groups = self.scheduler.next_groups(now, self._camera_m, limit)
-            self._refreshing.update(groups)
         if groups:
             self._requested.update((g, gen) for g in groups)
             self.pipeline.request_regions(groups, self.grid if force else self.live_grid, tag=gen,
@@ -313,8 +309,6 @@ class IncrementalLabeler:
         done = 0
         for snap in snapshots:
             keys = snap.request.keys
-            refresh = keys in self._refreshing
-            self._refreshing.discard(keys)
             if snap.request.tag != gen or self._requested.pop(keys, None) != gen:
                 continue
             region = snap.region
@@ -341,7 +335,7 @@ class IncrementalLabeler:
             queued = [snap.request.requested_s - e.since_s for e in map(self.scheduler.in_flight.get, keys)
                       if e is not None and e.marks]
             latencies = self.scheduler.done(keys, snap.frames_integrated, time.monotonic())
-            self.counters.region(keys, region, infer_ms, latencies, snap, queued, refresh=refresh)
+            self.counters.region(keys, region, infer_ms, latencies, snap, queued)
             done += len(keys)
         return done
 

@@ -28,11 +28,11 @@ class LabelerStats:
         self.worker_cpu_s = self.worker_wall_s = 0.0
         self.queue, self.oldest_wait_s = 0, 0.0
 
-    def region(self, keys, region, infer_ms: float, latencies, snap, queued_s, refresh: bool = False) -> None:
-        """One inferred region: its chunks' label latencies and how long their changes queued (s); refresh: it
-        was asked for only to refresh halo-stale chunks (no change of their own waited)."""
+    def region(self, keys, region, infer_ms: float, latencies, snap, queued_s) -> None:
+        """One inferred region: its chunks' label latencies and how long their changes queued (s). A region
+        none of whose chunks had a change waiting (`queued_s` empty) only refreshed halo-stale chunks."""
         with self._lock:
-            if refresh:
+            if not queued_s:
                 self.refresh_regions += 1
                 self.refresh_infer_s += infer_ms / 1e3
             s = self._spread
