@@ -8,7 +8,9 @@
 Scenes: the shared real ScanNet room (rendered and reconstructed with ground-truth poses and the shipped
 weights, `nets.real_room`; built once into CACHE/real, which must lie outside the repository) and
 held-out synthetic rooms (`reconstruct synthetic:SEED --labels final`, built once into CACHE/synth_SEED).
-For each scene and K, starting from the shipped weights' labels: K times, find the largest connected
+For each scene and K, starting from the shipped weights' labels as the app shows them and every export
+writes them (the cells' labels refined at surface segments, `LabelStore.mesh_labels`; a correction's
+points vote there, so a click also relabels the rest of its surface segment): K times, find the largest connected
 set of mesh vertices that are still wrongly labeled (same predicted and same true class, connected
 through mesh edges) and click its vertex nearest its centroid with the region tool and the true class
 (no learning between clicks). What the click relabels (`--user`): "precise" (default), the cells of that
@@ -19,8 +21,11 @@ where two objects meet) cannot be clicked without relabeling both objects; "care
 but a click is undone when less than half the surface it relabels truly has the class it sets, and the
 next largest wrong region is tried. Then one learning round
 (`nets.adapt.CorrectionLearner`, the app's and `relabel`'s code) and the relabel. Scored: per-vertex
-ScanNet-20 mIoU (`nets.real_room.vertex_scores`) on the vertices no correction touched (their cell,
-or the neighbour cell their label is read from, was not corrected), before and after the round; wall
+ScanNet-20 mIoU (`nets.real_room.vertex_scores`) of those labels on the vertices no correction touched (their
+cell, or the neighbour cell their label is read from, was not corrected), before and after the round, and
+beside it the gain of the corrections alone, before the round (`clicks only`: what their surface segments
+spread), and the gain of the cells' interpolated labels alone (`cells gain`, what the benchmark scored until
+2026-12-04); wall
 time and the optimiser steps the round took (the machine may be shared: steps say how much learning the
 budget bought). Prints a table; writes bench/results/corrections.json.
 """
@@ -45,6 +50,7 @@ from scipy.sparse.csgraph import connected_components  # noqa: E402
 
 from bench.settings import setting_parser, with_settings
 from fusion.coarse import CoarseGridConfig, CoarseRegion
+from fusion.meshing import MeshArrays
 from nets.adapt import AdaptConfig, CorrectionLearner, scene_region
 from nets.labels import LabelStore
 from nets.real_room import vertex_scores
@@ -63,21 +69,39 @@ class Scene:
     vertices_m: np.ndarray    #: (N,3) float32 mesh vertices
     faces: np.ndarray         #: (M,3) int64
     gt: np.ndarray            #: (N,) NYU40 truth, 0: not scored
+    normals: np.ndarray | None = None  #: (N,3) unit vertex normals (None: score the cells' labels only)
+    colors: np.ndarray | None = None   #: (N,3) uint8 vertex colours
+
+    def labels(self, store: LabelStore) -> np.ndarray:
+        """(N,) what the app shows and every export writes at each vertex: the store's labels refined at
+        surface segments (`LabelStore.mesh_labels`); without normals, the cells' interpolated labels."""
+        if self.normals is None:
+            return store.labels_at(self.vertices_m)[0]
+        keys = np.zeros(len(self.vertices_m), np.int64)
+        mesh = MeshArrays(self.vertices_m, self.colors, self.normals, self.faces, keys)
+        return store.mesh_labels(mesh)
 
 
 # --- building the scenes once ------------------------------------------------------------------
 def _save_cache(path: Path, scene: Scene) -> None:
     r = scene.region
     np.savez(path, coords=r.coords, features=r.features, vertices_m=scene.vertices_m, faces=scene.faces,
-             gt=scene.gt, **{f"store__{k}": v for k, v in scene.store_arrays.items()})
+             gt=scene.gt, normals=scene.normals, colors=scene.colors,
+             **{f"store__{k}": v for k, v in scene.store_arrays.items()})
 
 
-def _load_cache(path: Path, name: str) -> Scene:
+def _load_cache(path: Path, name: str) -> Scene | None:
+    """The cached scene; None when there is none, or it was written without the mesh's normals (rebuilt from
+    its session)."""
+    if not path.exists():
+        return None
     z = np.load(path)
+    if "normals" not in z.files:
+        return None
     coords = z["coords"]
     region = CoarseRegion((), coords, z["features"], np.ones(len(coords), bool), CoarseGridConfig())
     store = {k[len("store__"):]: z[k] for k in z.files if k.startswith("store__")}
-    return Scene(name, region, store, z["vertices_m"], z["faces"], z["gt"])
+    return Scene(name, region, store, z["vertices_m"], z["faces"], z["gt"], z["normals"], z["colors"])
 
 
 def _from_session(name: str, session_path: Path, gt_of) -> Scene:
@@ -91,7 +115,8 @@ def _from_session(name: str, session_path: Path, gt_of) -> Scene:
         s.pipeline.close()
     store = LabelStore.from_arrays(s.extras).to_arrays()
     verts = np.asarray(mesh.positions_m, np.float32)
-    return Scene(name, region, store, verts, np.asarray(mesh.faces, np.int64), gt_of(verts))
+    return Scene(name, region, store, verts, np.asarray(mesh.faces, np.int64), gt_of(verts),
+                 np.asarray(mesh.normals, np.float32), np.asarray(mesh.colors, np.uint8))
 
 
 def real_room(cache: Path, model) -> Scene:
@@ -104,8 +129,9 @@ def real_room(cache: Path, model) -> Scene:
 
     folder = cache / "real"
     npz = folder / "scene.npz"
-    if npz.exists():
-        return _load_cache(npz, "real ScanNet room")
+    cached = _load_cache(npz, "real ScanNet room")
+    if cached is not None:
+        return cached
     cfg = RealRoomConfig()
     points = read_points(points_path())
     rec = folder / f"reconstruct_{VARIANTS['gt']}"
@@ -140,8 +166,9 @@ def synthetic_room(seed: int, cache: Path, model, frames: int) -> Scene:
 
     folder = cache / f"synth_{seed}"
     npz = folder / "scene.npz"
-    if npz.exists():
-        return _load_cache(npz, f"synthetic room {seed}")
+    cached = _load_cache(npz, f"synthetic room {seed}")
+    if cached is not None:
+        return cached
     if not (folder / "session").exists():
         reconstruct(ReconstructRequest(f"synthetic:{seed}", folder, PipelineConfig(poses="gt"), frames, "final",
                                        progress=False, label_hook=label_hook_factory("final", model)))
@@ -280,7 +307,7 @@ def play(scene: Scene, model, k: int, cfg: AdaptConfig, user: str = "precise", d
     from nets.cells import pack_cells
 
     store = LabelStore.from_arrays(scene.store_arrays)
-    before = store.labels_at(scene.vertices_m)[0]
+    before, cells_before = scene.labels(store), store.labels_at(scene.vertices_m)[0]
     pred, clicks, corrected = before.copy(), [], np.zeros(0, np.int64)
     for _ in range(k):
         found = click(scene, store, pred, user, corrected)
@@ -290,28 +317,33 @@ def play(scene: Scene, model, k: int, cfg: AdaptConfig, user: str = "precise", d
         store.correct(cells, label)
         corrected = np.union1d(corrected, pack_cells(cells))
         clicks.append({"point_m": point.round(3).tolist(), "label": label, "cells": int(len(cells))})
-        pred = store.labels_at(scene.vertices_m)[0]
+        pred = scene.labels(store)
+    clicked = scene.labels(store)   # the corrections alone, before the round learns from them
     diagnosis = {"spread": spread(scene, store, corrected, model, cfg)} if diagnose else {}
     learner = CorrectionLearner(model, cfg)
     t0 = time.perf_counter()
     result = learner.learn(scene.region, store)
     wall_s = time.perf_counter() - t0
-    after = store.labels_at(scene.vertices_m)[0]
+    after, cells_after = scene.labels(store), store.labels_at(scene.vertices_m)[0]
     keep = ~touched_vertices(store, scene.vertices_m, corrected) & (scene.gt > 0)
     s0, s1 = vertex_scores(before[keep], scene.gt[keep]), vertex_scores(after[keep], scene.gt[keep])
+    cells_gain = vertex_scores(cells_after[keep], scene.gt[keep])["miou"] - \
+        vertex_scores(cells_before[keep], scene.gt[keep])["miou"]
+    clicks_gain = vertex_scores(clicked[keep], scene.gt[keep])["miou"] - s0["miou"]
     return {"scene": scene.name, "k": k, "user": user, "clicks": clicks, "untouched_vertices": int(keep.sum()),
             "scored_vertices": int((scene.gt > 0).sum()), "miou_before": s0["miou"], "miou_after": s1["miou"],
-            "gain": s1["miou"] - s0["miou"], "accuracy_before": s0["accuracy"], "accuracy_after": s1["accuracy"],
+            "gain": s1["miou"] - s0["miou"], "clicks_gain": clicks_gain, "cells_gain": cells_gain, "accuracy_before": s0["accuracy"], "accuracy_after": s1["accuracy"],
             "steps": result.steps, "learn_s": round(result.learn_s, 2), "relabel_s": round(result.relabel_s, 2),
             "round_wall_s": round(wall_s, 2), "class_iou_before": s0["class_iou"],
             "class_iou_after": s1["class_iou"]} | diagnosis
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'scene':<22}{'K':>3}{'untouched':>11}{'mIoU before':>13}{'after':>8}{'gain':>8}{'steps':>7}" \
-           f"{'learn s':>9}{'relabel s':>11}"
+    head = f"{'scene':<22}{'K':>3}{'untouched':>11}{'mIoU before':>13}{'after':>8}{'gain':>8}{'clicks only':>13}" \
+           f"{'cells gain':>12}{'steps':>7}{'learn s':>9}{'relabel s':>11}"
     lines = [head] + [f"{r['scene']:<22}{r['k']:>3}{r['untouched_vertices']:>11}{r['miou_before']:>13.3f}"
-                      f"{r['miou_after']:>8.3f}{r['gain']:>+8.3f}{r['steps']:>7}{r['learn_s']:>9.1f}"
+                      f"{r['miou_after']:>8.3f}{r['gain']:>+8.3f}{r['clicks_gain']:>+13.3f}"
+                      f"{r['cells_gain']:>+12.3f}{r['steps']:>7}{r['learn_s']:>9.1f}"
                       f"{r['relabel_s']:>11.1f}" for r in rows]
     return "\n".join(lines)
 

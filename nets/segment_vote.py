@@ -26,6 +26,9 @@ class SegmentVoteConfig:
     min_segment_points: int = 100    #: smaller segments are merged into a neighbour; ...
     min_vote_points: int = 100       #: ... and only segments at least this large vote, ...
     min_labelled_share: float = 0.5  #: ... and only where at least this share of their points holds a label
+    #: a corrected point's vote weighs this many fully confident predictions (the user knows the class; the nets'
+    #: points weigh their confidence, at most 1), so a correction carries the rest of its surface segment
+    correction_weight: float = 3.0
 
 
 @numba.njit(cache=True, nogil=True)
@@ -93,14 +96,14 @@ def vote(labels: np.ndarray, conf: np.ndarray, segments: np.ndarray, fixed: np.n
          config: SegmentVoteConfig = SegmentVoteConfig()) -> np.ndarray:
     """Labels (N,) uint16 after each segment of at least `min_vote_points` points, most of them labelled
     (`min_labelled_share`), takes its majority label, each point weighted by its confidence (a fixed point
-    by 1). Unlabelled points (0) do not vote but take their segment's label; fixed points (user
+    by `correction_weight`). Unlabelled points (0) do not vote but take their segment's label; fixed points (user
     corrections) keep theirs."""
     labels = np.asarray(labels)
     if not len(labels):
         return labels.copy()
     _, seg, counts = np.unique(segments, return_inverse=True, return_counts=True)
     classes, cls = np.unique(labels, return_inverse=True)
-    weight = np.where(fixed, 1.0, np.asarray(conf, np.float64)) + 1e-6
+    weight = np.where(fixed, config.correction_weight, np.asarray(conf, np.float64)) + 1e-6
     weight[labels == 0] = 0.0
     score = np.bincount(seg * len(classes) + cls, weights=weight,
                         minlength=len(counts) * len(classes)).reshape(len(counts), len(classes))

@@ -66,3 +66,35 @@ def test_set_overrides_one_config_field_with_its_type():
     assert dict(args.set) == {"head_pseudo_weight": 10.0, "head_propagate": False}
     with pytest.raises(SystemExit):
         _parser().parse_args(["--set", "no_such_field=1"])
+
+
+def test_a_scene_scores_what_an_export_writes_and_an_old_cache_is_rebuilt(tmp_path):
+    """With the mesh's normals a scene's labels are the store's labels refined at surface segments (what the app
+    shows and an export writes: a correction carries its segment), without them the cells' labels; a cache
+    written before the normals were kept reads as missing, so the scene is rebuilt from its session."""
+    from fusion.coarse import CoarseGridConfig, CoarseRegion
+    from bench.corrections_bench import _load_cache, _save_cache
+    from tests.test_labels import CHAIR, FLOOR, GRID, pred, slab
+    from tests.test_segment_vote import floor_and_wall
+
+    mesh, on_floor = floor_and_wall()
+    store = LabelStore(GRID)
+    cells = slab(0, 8, 0, 8, 0)
+    store.fuse(pred(cells, FLOOR, p=0.5))
+    store.correct(cells[cells[:, 0] < 3], CHAIR)   # the corrected rows outweigh the unsure rest of the floor
+    gt = np.where(on_floor, CHAIR, 0).astype(np.uint16)
+    region = CoarseRegion((), cells, np.zeros((len(cells), 4), np.float32), np.ones(len(cells), bool),
+                          CoarseGridConfig())
+    scene = Scene("plates", region, store.to_arrays(), mesh.positions_m, mesh.faces.astype(np.int64), gt,
+                  mesh.normals, mesh.colors)
+    labels = scene.labels(store)
+    assert np.array_equal(labels, store.mesh_labels(mesh)) and np.all(labels[on_floor] == CHAIR)
+    plain = Scene("plates", region, {}, mesh.positions_m, mesh.faces.astype(np.int64), gt)
+    assert np.array_equal(plain.labels(store), store.labels_at(mesh.positions_m)[0])
+    assert np.any(plain.labels(store)[on_floor] == FLOOR)
+    _save_cache(tmp_path / "scene.npz", scene)
+    back = _load_cache(tmp_path / "scene.npz", "plates")
+    assert np.array_equal(back.labels(LabelStore.from_arrays(back.store_arrays)), labels)
+    np.savez(tmp_path / "old.npz", coords=cells, features=region.features, vertices_m=mesh.positions_m,
+             faces=mesh.faces, gt=gt)
+    assert _load_cache(tmp_path / "old.npz", "plates") is None and _load_cache(tmp_path / "none.npz", "x") is None

@@ -51,12 +51,16 @@ def test_a_segment_takes_its_confident_majority_and_corrections_keep_theirs():
     conf = np.array([0.9, 0.9, 0.9, 0.4, 0.0, 1.0, 0.6, 0.6, 0.5, 0.5], np.float32)
     fixed = np.zeros(10, bool)
     fixed[5] = True   # the user said chair there
-    cfg = SegmentVoteConfig(min_vote_points=4)
+    cfg = SegmentVoteConfig(min_vote_points=4, correction_weight=1.0)
     out = vote(labels, conf, seg, fixed, cfg)
     assert out[:5].tolist() == [FLOOR] * 5 and out[5] == CHAIR   # the unlabelled point joins its segment
     assert out[6:].tolist() == [TABLE] * 4                      # 1.2 against 1.0
     # segments smaller than min_vote_points are left as they are
     assert np.array_equal(vote(labels, conf, seg, fixed, SegmentVoteConfig(min_vote_points=7)), labels)
+    # a correction weighs `correction_weight` confident predictions: at 3 it outweighs floor's 2.7 and carries
+    # its segment; the other segment holds no correction and votes as before
+    out = vote(labels, conf, seg, fixed, SegmentVoteConfig(min_vote_points=4, correction_weight=3.0))
+    assert out[:6].tolist() == [CHAIR] * 6 and out[6:].tolist() == [TABLE] * 4
 
 
 def test_mesh_labels_fill_a_surface_part_and_keep_corrections():
