@@ -83,7 +83,7 @@ class CorrectionTool(QObject):
 
     def _region(self, point: np.ndarray) -> None:
         store = self.nets.store
-        cells = region_cells(store, point, self.config.max_region_cells)
+        cells = region_cells(store, point, self.config.max_region_cells, self.nyu40)
         if not len(cells):
             self.message.emit("no labelled region there yet: use the brush to label unlabelled surface")
             return

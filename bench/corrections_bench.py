@@ -15,17 +15,18 @@ set of mesh vertices that are still wrongly labeled (same predicted and same tru
 through mesh edges) and click its vertex nearest its centroid with the region tool and the true class
 (no learning between clicks). What the click relabels (`--user`): "precise" (default), the cells of that
 wrong region (a region tool that stops at the object's true boundary); "literal", the app's region tool
-(`connected_region`), which floods every connected cell of the clicked label, so a picture labeled
-"wall" clicked as picture turns the whole wall into picture, and the errors of a good model (thin fringes
-where two objects meet) cannot be clicked without relabeling both objects; "careful", the app's tool,
-but a click is undone when less than half the surface it relabels truly has the class it sets, and the
-next largest wrong region is tried. Then one learning round
+(`connected_region` toward the class set), which floods the connected cells of the clicked label that the
+nets find at least half as likely to be that class as the clicked cell (until 2026-12-04 every connected cell
+of the clicked label, so a picture labeled "wall" clicked as picture turned the whole wall into picture);
+"careful", the app's tool, but a click is undone when less than half the surface it relabels truly has the
+class it sets, and the next largest wrong region is tried. Then one learning round
 (`nets.adapt.CorrectionLearner`, the app's and `relabel`'s code) and the relabel. Scored: per-vertex
 ScanNet-20 mIoU (`nets.real_room.vertex_scores`) of those labels on the vertices no correction touched (their
 cell, or the neighbour cell their label is read from, was not corrected), before and after the round, and
 beside it the gain of the corrections alone, before the round (`clicks only`: what their surface segments
-spread), and the gain of the cells' interpolated labels alone (`cells gain`, what the benchmark scored until
-2026-12-04); wall
+spread), the gain of the cells' interpolated labels alone (`cells gain`, what the benchmark scored until
+2026-12-04), and mIoU on every scored vertex before and after (`all`: what the user ends with, the corrected
+vertices too, so a click that floods beyond the wrong region shows there); wall
 time and the optimiser steps the round took (the machine may be shared: steps say how much learning the
 budget bought). Prints a table; writes bench/results/corrections.json.
 """
@@ -215,10 +216,9 @@ USERS = ("precise", "careful", "literal")
 def click(scene: Scene, store: LabelStore, pred: np.ndarray, user: str,
           corrected: np.ndarray) -> tuple[np.ndarray, int, np.ndarray] | None:
     """The next region click on the largest wrong region: (point, class, cells it relabels).
-    "literal": the app's region tool at that point, whatever it floods (every connected cell of the
-    clicked label). "careful": the same, but a click whose flood relabels more correctly labeled surface
-    than wrong (a picture labeled wall, clicked, turns the whole wall into picture) is undone and the next
-    largest wrong region tried. "precise" (default): a region tool that stops at the object's true
+    "literal": the app's region tool at that point, toward the class set, whatever it floods. "careful":
+    the same, but a click whose flood relabels more correctly labeled surface than wrong is undone and the
+    next largest wrong region tried. "precise" (default): a region tool that stops at the object's true
     boundary, i.e. exactly the cells of the wrong region's vertices. A wrong region whose cells are all
     corrected already is passed over (vertices of two classes sharing a 5 cm cell: a click cannot fix it,
     it would flip the cell back and forth)."""
@@ -229,7 +229,7 @@ def click(scene: Scene, store: LabelStore, pred: np.ndarray, user: str,
         if user == "precise":
             cells = np.unique(store.cells_at(scene.vertices_m[members]), axis=0)
         else:
-            cells = store.connected_region(point)
+            cells = store.connected_region(point, toward=label)
         if not len(cells) or np.isin(pack_cells(cells), corrected).all():
             continue
         if user == "precise":
@@ -330,9 +330,13 @@ def play(scene: Scene, model, k: int, cfg: AdaptConfig, user: str = "precise", d
     cells_gain = vertex_scores(cells_after[keep], scene.gt[keep])["miou"] - \
         vertex_scores(cells_before[keep], scene.gt[keep])["miou"]
     clicks_gain = vertex_scores(clicked[keep], scene.gt[keep])["miou"] - s0["miou"]
+    scored = scene.gt > 0   # every scored vertex, the corrected ones too: what the user ends with
+    all_before, all_after = (vertex_scores(v[scored], scene.gt[scored])["miou"] for v in (before, after))
     return {"scene": scene.name, "k": k, "user": user, "clicks": clicks, "untouched_vertices": int(keep.sum()),
             "scored_vertices": int((scene.gt > 0).sum()), "miou_before": s0["miou"], "miou_after": s1["miou"],
-            "gain": s1["miou"] - s0["miou"], "clicks_gain": clicks_gain, "cells_gain": cells_gain, "accuracy_before": s0["accuracy"], "accuracy_after": s1["accuracy"],
+            "gain": s1["miou"] - s0["miou"], "clicks_gain": clicks_gain, "cells_gain": cells_gain,
+            "miou_all_before": all_before, "miou_all_after": all_after,
+            "accuracy_before": s0["accuracy"], "accuracy_after": s1["accuracy"],
             "steps": result.steps, "learn_s": round(result.learn_s, 2), "relabel_s": round(result.relabel_s, 2),
             "round_wall_s": round(wall_s, 2), "class_iou_before": s0["class_iou"],
             "class_iou_after": s1["class_iou"]} | diagnosis
@@ -340,10 +344,11 @@ def play(scene: Scene, model, k: int, cfg: AdaptConfig, user: str = "precise", d
 
 def table(rows: list[dict]) -> str:
     head = f"{'scene':<22}{'K':>3}{'untouched':>11}{'mIoU before':>13}{'after':>8}{'gain':>8}{'clicks only':>13}" \
-           f"{'cells gain':>12}{'steps':>7}{'learn s':>9}{'relabel s':>11}"
+           f"{'cells gain':>12}{'all before':>12}{'all after':>11}{'steps':>7}{'learn s':>9}{'relabel s':>11}"
     lines = [head] + [f"{r['scene']:<22}{r['k']:>3}{r['untouched_vertices']:>11}{r['miou_before']:>13.3f}"
                       f"{r['miou_after']:>8.3f}{r['gain']:>+8.3f}{r['clicks_gain']:>+13.3f}"
-                      f"{r['cells_gain']:>+12.3f}{r['steps']:>7}{r['learn_s']:>9.1f}"
+                      f"{r['cells_gain']:>+12.3f}{r['miou_all_before']:>12.3f}{r['miou_all_after']:>11.3f}"
+                      f"{r['steps']:>7}{r['learn_s']:>9.1f}"
                       f"{r['relabel_s']:>11.1f}" for r in rows]
     return "\n".join(lines)
 

@@ -93,9 +93,11 @@ def read_corrections(path: Path | str) -> list[CorrectionSpec]:
     return parse_corrections(text, str(path))
 
 
-def region_cells(store, point_m, max_cells: int) -> np.ndarray:
-    """The region tool: the connected cells of the label under `point_m` (empty: nothing labelled there)."""
-    return store.connected_region(np.asarray(point_m, np.float64), max_cells=max_cells)
+def region_cells(store, point_m, max_cells: int, label: int | None = None) -> np.ndarray:
+    """The region tool: the connected cells of the label under `point_m` (empty: nothing labelled there); with the
+    `label` they are being set to, only those the nets find about as likely to be it as the clicked cell
+    (`LabelView.connected_region`)."""
+    return store.connected_region(np.asarray(point_m, np.float64), max_cells=max_cells, toward=label)
 
 
 def brush_cells(store, center_m, radius_m: float, surface_near: Callable | None = None) -> np.ndarray:
@@ -120,7 +122,7 @@ def apply_corrections(store, specs: list[CorrectionSpec], name: str, surface_nea
     done = []
     for spec in specs:
         if spec.mode == "region":
-            cells = region_cells(store, spec.point_m, max_region_cells)
+            cells = region_cells(store, spec.point_m, max_region_cells, spec.label)
             why = "no labelled surface there"
         else:
             cells = brush_cells(store, spec.point_m, spec.radius_m, surface_near)

@@ -108,9 +108,13 @@ class LabelView:
         cells = cells[np.linalg.norm((cells + 0.5) * v - c, axis=1) <= radius_m]
         return cells[self.stored(cells)]
 
-    def connected_region(self, seed_point_m, max_cells: int = 100_000) -> np.ndarray:
+    def connected_region(self, seed_point_m, max_cells: int = 100_000, toward: int | None = None) -> np.ndarray:
         """(K,3) int32 cells with the seed's label connected to it through stored cells (breadth first,
-        `config.connectivity` neighbours, at most `max_cells`); empty when no labelled cell is near the seed."""
+        `config.connectivity` neighbours, at most `max_cells`); empty when no labelled cell is near the seed.
+        With `toward` (the NYU40 class the region is being set to), the region keeps to cells the nets find
+        at least `config.region_min_share` times as likely to be that class as the seed cell, so a door the
+        nets read as wall stops at the real wall (with the seed's probability of the class at 0, every
+        connected cell of its label)."""
         seed_label, _ = self.labels_at(np.asarray(seed_point_m, np.float64).reshape(1, 3))
         if seed_label[0] == 0:
             return np.zeros((0, 3), np.int32)
@@ -119,6 +123,7 @@ class LabelView:
             near = (seed + NEIGHBOURS26).astype(np.int32)
             seed = near[self.labels_of_cells(near)[0] == seed_label[0]][:1]
         offsets = _OFFSETS6 if self.config.connectivity == 6 else NEIGHBOURS26
+        like = self._likeness(seed, toward)
         visited = pack_cells(seed)
         frontier, found = seed, [seed]
         while len(frontier) and sum(map(len, found)) < max_cells:
@@ -126,10 +131,21 @@ class LabelView:
             cand = cand[~np.isin(cand, visited)]
             cells = unpack_cells(cand)
             same = self.labels_of_cells(cells)[0] == seed_label[0]
+            if like is not None and same.any():
+                same[same] = like(cells[same])
             visited = np.union1d(visited, cand)
             frontier = cells[same]
             found.append(frontier)
         return np.concatenate(found)[:max_cells]
+
+    def _likeness(self, seed: np.ndarray, toward: int | None):
+        """None (no limit), or a test of cells ((N,3)) -> bool: the nets give `toward` at least
+        `config.region_min_share` times the seed cell's probability of it."""
+        if toward is None or int(toward) not in CLASS_IDS or not len(seed):
+            return None
+        col = int(class_columns(np.array([toward]))[0])
+        floor = self.config.region_min_share * self.cell_probs(seed)[0][0, col]
+        return lambda cells: self.cell_probs(cells)[0][:, col] >= floor
 
     def class_counts(self) -> dict[int, int]:
         """{NYU40 id: labelled cells} over every class present (0 excluded)."""

@@ -42,6 +42,9 @@ class LabelStoreConfig:
     keep_old: float = 0.05        #: share of a cell's earlier evidence kept when a new prediction arrives
     switch_margin: float = 0.1    #: probability lead a new class needs over the shown one to replace it
     connectivity: int = 6         #: 6 or 26: neighbours that connect cells in `connected_region`
+    #: a region set to a class keeps to cells the nets find at least this share as likely to be that class as the
+    #: clicked cell (`LabelView.connected_region`; 0: every connected cell of the clicked label)
+    region_min_share: float = 0.5
     history: int = 4096           #: change records kept for `changed_since` (older asks get every chunk)
     max_brush_cells: int = 200_000  #: a brush larger than this many cells is refused
     min_point_conf: float = 0.3   #: a mesh point whose interpolated confidence is lower stays unlabelled (0)
@@ -268,8 +271,8 @@ class LabelStore:
     def brush(self, center_m, radius_m: float) -> np.ndarray:
         return self.view().brush(center_m, radius_m)
 
-    def connected_region(self, seed_point_m, max_cells: int = 100_000) -> np.ndarray:
-        return self.view().connected_region(seed_point_m, max_cells)
+    def connected_region(self, seed_point_m, max_cells: int = 100_000, toward: int | None = None) -> np.ndarray:
+        return self.view().connected_region(seed_point_m, max_cells, toward)
 
     def class_counts(self) -> dict[int, int]:
         return self.view().class_counts()

@@ -175,6 +175,27 @@ def test_connected_region_follows_label_and_contact():
         assert len(store.connected_region(centres([[40, 40, 40]])[0])) == 0
 
 
+def test_a_region_set_to_a_class_keeps_to_cells_the_nets_find_as_likely_to_be_it():
+    """A wall of 40 cells, all labelled wall; 10 of them are a door the nets read as wall (door 0.35 there,
+    0.005 elsewhere). A region click on the door set to door takes the door's cells only; without the class,
+    or with `region_min_share` 0, or clicked on the real wall (whose door probability is no guide), the whole
+    wall."""
+    door = 8
+    cells = slab(0, 8, 0, 5, 0)
+    in_door = cells[:, 0] >= 6
+    p = pred(cells, WALL)
+    col = int(np.nonzero(CLASS_IDS == door)[0][0])
+    p.probs[in_door] = 0.05 / (len(CLASS_IDS) - 2)
+    p.probs[in_door, 0], p.probs[in_door, col] = 0.6, 0.35
+    for share, expect in ((0.5, 10), (0.0, 40)):
+        store = LabelStore(GRID, LabelStoreConfig(region_min_share=share))
+        store.fuse(p)
+        region = store.connected_region(centres([[7, 2, 0]])[0], toward=door)
+        assert len(region) == expect, share
+        assert len(store.connected_region(centres([[7, 2, 0]])[0])) == 40
+        assert len(store.connected_region(centres([[1, 2, 0]])[0], toward=door)) == 40
+
+
 def test_version_and_changed_since():
     store = LabelStore(GRID, LabelStoreConfig(history=3))
     v0 = store.version
