@@ -38,7 +38,8 @@ TOOLTIPS = {
     "lighting_check": "Shade the mesh (Ctrl+I)",
     "follow_check": "Keep the view behind the tracked camera (Ctrl+F)",
     "correct_btn": "Pick a class in Classes, then click the surface to give it that class (C)",
-    "tool_box": "Connected region: the whole region of one label under the click; Brush: a sphere around it",
+    "tool_box": "Connected region: the region of one label under the click that could be the class picked; "
+                "Brush: a sphere around it",
     "brush_spin": "Radius of the brush",
 }
 MODE_NAMES = {"rgb": "RGB", "labels": "Labels", "confidence": "Label confidence", "completion": "Completion overlay"}
