@@ -4,6 +4,7 @@
                                       [--budget-s 30] [--threads 2] [--method head|finetune]
                                       [--user careful|literal]
                                       [--no-real-room] [--spread] [--set FIELD=VALUE] [--json FILE]
+                                      [--store-set FIELD=VALUE] [--vote-set FIELD=VALUE]
 
 Scenes: the shared real ScanNet room (rendered and reconstructed with ground-truth poses and the shipped
 weights, `nets.real_room`; built once into CACHE/real, which must lie outside the repository) and
@@ -53,8 +54,9 @@ from bench.settings import setting_parser, with_settings
 from fusion.coarse import CoarseGridConfig, CoarseRegion
 from fusion.meshing import MeshArrays
 from nets.adapt import AdaptConfig, CorrectionLearner, scene_region
-from nets.labels import LabelStore
+from nets.labels import LabelStore, LabelStoreConfig
 from nets.real_room import vertex_scores
+from nets.segment_vote import SegmentVoteConfig, surface_segments
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,14 +75,22 @@ class Scene:
     normals: np.ndarray | None = None  #: (N,3) unit vertex normals (None: score the cells' labels only)
     colors: np.ndarray | None = None   #: (N,3) uint8 vertex colours
 
-    def labels(self, store: LabelStore) -> np.ndarray:
+    def mesh(self) -> MeshArrays:
+        keys = np.zeros(len(self.vertices_m), np.int64)
+        return MeshArrays(self.vertices_m, self.colors, self.normals, self.faces, keys)
+
+    def segments(self, vote: SegmentVoteConfig) -> np.ndarray | None:
+        """The mesh's surface segments under `vote` (they do not change with the labels); None without normals."""
+        return None if self.normals is None else surface_segments(self.normals, self.colors, self.faces, vote)
+
+    def labels(self, store: LabelStore, vote: SegmentVoteConfig = SegmentVoteConfig(),
+               segments: np.ndarray | None = None) -> np.ndarray:
         """(N,) what the app shows and every export writes at each vertex: the store's labels refined at
-        surface segments (`LabelStore.mesh_labels`); without normals, the cells' interpolated labels."""
+        surface segments (`LabelStore.mesh_labels`; `segments` from `self.segments(vote)`); without normals,
+        the cells' interpolated labels."""
         if self.normals is None:
             return store.labels_at(self.vertices_m)[0]
-        keys = np.zeros(len(self.vertices_m), np.int64)
-        mesh = MeshArrays(self.vertices_m, self.colors, self.normals, self.faces, keys)
-        return store.mesh_labels(mesh)
+        return store.mesh_labels(self.mesh(), vote, segments)
 
 
 # --- building the scenes once ------------------------------------------------------------------
@@ -301,13 +311,19 @@ def spread(scene: Scene, store: LabelStore, corrected: np.ndarray, model, cfg: A
     return out
 
 
-def play(scene: Scene, model, k: int, cfg: AdaptConfig, user: str = "precise", diagnose: bool = False) -> dict:
+def play(scene: Scene, model, k: int, cfg: AdaptConfig, user: str = "precise", diagnose: bool = False,
+         store_config: LabelStoreConfig = LabelStoreConfig(), vote: SegmentVoteConfig = SegmentVoteConfig()) -> dict:
     """K clicks, one learning round; scores on the untouched vertices before and after (and, with
     `diagnose`, `spread`'s figures)."""
     from nets.cells import pack_cells
 
-    store = LabelStore.from_arrays(scene.store_arrays)
-    before, cells_before = scene.labels(store), store.labels_at(scene.vertices_m)[0]
+    store = LabelStore.from_arrays(scene.store_arrays, config=store_config)
+    segments = scene.segments(vote)
+
+    def shown() -> np.ndarray:
+        return scene.labels(store, vote, segments)
+
+    before, cells_before = shown(), store.labels_at(scene.vertices_m)[0]
     pred, clicks, corrected = before.copy(), [], np.zeros(0, np.int64)
     for _ in range(k):
         found = click(scene, store, pred, user, corrected)
@@ -317,14 +333,14 @@ def play(scene: Scene, model, k: int, cfg: AdaptConfig, user: str = "precise", d
         store.correct(cells, label)
         corrected = np.union1d(corrected, pack_cells(cells))
         clicks.append({"point_m": point.round(3).tolist(), "label": label, "cells": int(len(cells))})
-        pred = scene.labels(store)
-    clicked = scene.labels(store)   # the corrections alone, before the round learns from them
+        pred = shown()
+    clicked = pred   # the corrections alone, before the round learns from them
     diagnosis = {"spread": spread(scene, store, corrected, model, cfg)} if diagnose else {}
     learner = CorrectionLearner(model, cfg)
     t0 = time.perf_counter()
     result = learner.learn(scene.region, store)
     wall_s = time.perf_counter() - t0
-    after, cells_after = scene.labels(store), store.labels_at(scene.vertices_m)[0]
+    after, cells_after = shown(), store.labels_at(scene.vertices_m)[0]
     keep = ~touched_vertices(store, scene.vertices_m, corrected) & (scene.gt > 0)
     s0, s1 = vertex_scores(before[keep], scene.gt[keep]), vertex_scores(after[keep], scene.gt[keep])
     cells_gain = vertex_scores(cells_after[keep], scene.gt[keep])["miou"] - \
@@ -370,6 +386,12 @@ def _parser() -> argparse.ArgumentParser:
                         "region tool; careful undoes floods that break more than they fix); see click()")
     p.add_argument("--set", type=setting_parser(AdaptConfig()), action="append", default=[], metavar="FIELD=VALUE",
                    help="override an AdaptConfig field for this run (repeatable), e.g. --set head_pseudo_weight=10")
+    p.add_argument("--store-set", type=setting_parser(LabelStoreConfig()), action="append", default=[],
+                   metavar="FIELD=VALUE", help="override a LabelStoreConfig field (repeatable), e.g. "
+                   "--store-set region_min_share=0 (the region tool before 2026-12-04)")
+    p.add_argument("--vote-set", type=setting_parser(SegmentVoteConfig()), action="append", default=[],
+                   metavar="FIELD=VALUE", help="override a SegmentVoteConfig field of the labels shown (repeatable), "
+                   "e.g. --vote-set correction_weight=1 (the vote before 2026-12-04)")
     p.add_argument("--spread", action="store_true", help="also report, per corrected class, how near the room's "
                    "other cells of that class lie to the corrected ones in the head's features (see spread())")
     p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "corrections.json")
@@ -391,13 +413,15 @@ def main(argv=None) -> int:
     model = ChunkModel.load()
     cfg = with_settings(dataclasses.replace(AdaptConfig(), budget_s=args.budget_s, threads=args.threads,
                                             method=args.method), args.set)
+    store_config = with_settings(LabelStoreConfig(), args.store_set)
+    vote = with_settings(SegmentVoteConfig(), args.vote_set)
     scenes = [] if args.no_real_room else [lambda: real_room(cache, model)]
     scenes += [lambda s=int(s): synthetic_room(s, cache, model, args.frames) for s in args.seeds.split(",") if s]
     rows = []
     for make in scenes:
         scene = make()
         for k in (int(v) for v in args.ks.split(",")):
-            rows.append(play(scene, model, k, cfg, args.user, args.spread))
+            rows.append(play(scene, model, k, cfg, args.user, args.spread, store_config, vote))
             print(table(rows[-1:]).splitlines()[1], flush=True)
             for c, v in rows[-1].get("spread", {}).items():
                 print(f"    class {c}: {v['untouched_cells']} untouched cells, nearest is corrected "
@@ -406,7 +430,9 @@ def main(argv=None) -> int:
     print(table(rows))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     doc = {"command": "python -m bench.corrections_bench " + " ".join(sys.argv[1:] if argv is None else argv),
-           "budget_s": args.budget_s, "threads": args.threads, "adapt_config": dataclasses.asdict(cfg), "rows": rows}
+           "budget_s": args.budget_s, "threads": args.threads, "adapt_config": dataclasses.asdict(cfg),
+           "label_store_config": dataclasses.asdict(store_config), "segment_vote_config": dataclasses.asdict(vote),
+           "rows": rows}
     args.json.write_text(json.dumps(doc, indent=2, default=float) + "\n")
     return 0
 

@@ -75,9 +75,11 @@ class LabelView:
         return point_labels(points_m, self.grid.voxel_size_m, self.cell_probs, self.labels_of_cells,
                             self.config.min_point_conf)
 
-    def mesh_labels(self, mesh, vote_config: SegmentVoteConfig = SegmentVoteConfig()) -> np.ndarray:
+    def mesh_labels(self, mesh, vote_config: SegmentVoteConfig = SegmentVoteConfig(),
+                    segments: np.ndarray | None = None) -> np.ndarray:
         """(N,) uint16 NYU40 label per vertex of a whole mesh (`MeshArrays`): `labels_at`, then refined
-        at surface segments (`nets.segment_vote`) unless that is disabled; corrections keep their class."""
+        at surface segments (`nets.segment_vote`) unless that is disabled; corrections keep their class.
+        `segments`: the mesh's `surface_segments` under `vote_config`, when the caller has them already."""
         if not len(mesh.positions_m):
             return np.zeros(0, np.uint16)
         labels, conf = self.labels_at(mesh.positions_m)
@@ -85,7 +87,8 @@ class LabelView:
             return labels
         keys, of_point = np.unique(pack_cells(self.cells_at(mesh.positions_m)), return_inverse=True)
         fixed = (self.cell_probs(unpack_cells(keys).astype(np.int32))[2] != NO_CORRECTION)[of_point]
-        segments = surface_segments(mesh.normals, mesh.colors, mesh.faces, vote_config)
+        if segments is None:
+            segments = surface_segments(mesh.normals, mesh.colors, mesh.faces, vote_config)
         return vote(labels, conf, segments, fixed, vote_config)
 
     def stored(self, cells: np.ndarray) -> np.ndarray:

@@ -265,8 +265,9 @@ class LabelStore:
     def labels_at(self, points_m) -> tuple[np.ndarray, np.ndarray]:
         return self.view().labels_at(points_m)
 
-    def mesh_labels(self, mesh, vote_config: SegmentVoteConfig = SegmentVoteConfig()) -> np.ndarray:
-        return self.view().mesh_labels(mesh, vote_config)
+    def mesh_labels(self, mesh, vote_config: SegmentVoteConfig = SegmentVoteConfig(),
+                    segments: np.ndarray | None = None) -> np.ndarray:
+        return self.view().mesh_labels(mesh, vote_config, segments)
 
     def brush(self, center_m, radius_m: float) -> np.ndarray:
         return self.view().brush(center_m, radius_m)

@@ -66,6 +66,10 @@ def test_set_overrides_one_config_field_with_its_type():
     assert dict(args.set) == {"head_pseudo_weight": 10.0, "head_propagate": False}
     with pytest.raises(SystemExit):
         _parser().parse_args(["--set", "no_such_field=1"])
+    args = _parser().parse_args(["--store-set", "region_min_share=0", "--vote-set", "correction_weight=1"])
+    assert dict(args.store_set) == {"region_min_share": 0.0} and dict(args.vote_set) == {"correction_weight": 1.0}
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["--vote-set", "head_pseudo_weight=10"])   # an AdaptConfig field, not the vote's
 
 
 def test_a_scene_scores_what_an_export_writes_and_an_old_cache_is_rebuilt(tmp_path):

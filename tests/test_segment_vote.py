@@ -77,7 +77,10 @@ def test_mesh_labels_fill_a_surface_part_and_keep_corrections():
     store.correct(np.array([[1, 4, 0]], np.int32), CHAIR)
     raw, _ = store.labels_at(mesh.positions_m)
     assert np.any(raw[on_floor] == TABLE)   # the interpolated labels keep the net's blotch
-    out = store.mesh_labels(mesh, SegmentVoteConfig(min_segment_points=50, min_vote_points=50))
+    cfg = SegmentVoteConfig(min_segment_points=50, min_vote_points=50)
+    out = store.mesh_labels(mesh, cfg)
+    segments = surface_segments(mesh.normals, mesh.colors, mesh.faces, cfg)
+    assert np.array_equal(store.mesh_labels(mesh, cfg, segments), out)   # segments given: the same labels
     corrected = np.all(np.floor(mesh.positions_m / V).astype(int) == [1, 4, 0], axis=1)
     assert np.all(out[corrected] == CHAIR)
     assert np.all(out[on_floor & ~corrected] == FLOOR)
