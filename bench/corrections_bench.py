@@ -341,15 +341,18 @@ def play(scene: Scene, model, k: int, cfg: AdaptConfig, user: str = "precise", d
     result = learner.learn(scene.region, store)
     wall_s = time.perf_counter() - t0
     after, cells_after = shown(), store.labels_at(scene.vertices_m)[0]
-    keep = ~touched_vertices(store, scene.vertices_m, corrected) & (scene.gt > 0)
-    s0, s1 = vertex_scores(before[keep], scene.gt[keep]), vertex_scores(after[keep], scene.gt[keep])
-    cells_gain = vertex_scores(cells_after[keep], scene.gt[keep])["miou"] - \
-        vertex_scores(cells_before[keep], scene.gt[keep])["miou"]
-    clicks_gain = vertex_scores(clicked[keep], scene.gt[keep])["miou"] - s0["miou"]
     scored = scene.gt > 0   # every scored vertex, the corrected ones too: what the user ends with
-    all_before, all_after = (vertex_scores(v[scored], scene.gt[scored])["miou"] for v in (before, after))
+    keep = ~touched_vertices(store, scene.vertices_m, corrected) & scored
+
+    def miou(labels: np.ndarray, where: np.ndarray) -> float:
+        return vertex_scores(labels[where], scene.gt[where])["miou"]
+
+    s0, s1 = vertex_scores(before[keep], scene.gt[keep]), vertex_scores(after[keep], scene.gt[keep])
+    cells_gain = miou(cells_after, keep) - miou(cells_before, keep)
+    clicks_gain = miou(clicked, keep) - s0["miou"]
+    all_before, all_after = miou(before, scored), miou(after, scored)
     return {"scene": scene.name, "k": k, "user": user, "clicks": clicks, "untouched_vertices": int(keep.sum()),
-            "scored_vertices": int((scene.gt > 0).sum()), "miou_before": s0["miou"], "miou_after": s1["miou"],
+            "scored_vertices": int(scored.sum()), "miou_before": s0["miou"], "miou_after": s1["miou"],
             "gain": s1["miou"] - s0["miou"], "clicks_gain": clicks_gain, "cells_gain": cells_gain,
             "miou_all_before": all_before, "miou_all_after": all_after,
             "accuracy_before": s0["accuracy"], "accuracy_after": s1["accuracy"],

@@ -64,6 +64,14 @@ class LabelView:
             corrected[sel] = chunk.corrected[rows]
         return probs, present, corrected
 
+    def predicted_probs(self, cells: np.ndarray) -> np.ndarray:
+        """(N,C) the nets' own class probabilities of each cell, whatever the user corrected (0 where the view
+        has none)."""
+        probs = np.zeros((len(cells), len(CLASS_IDS)), np.float32)
+        for chunk, sel, rows in self._found(cells):
+            probs[sel] = chunk.probs[rows]
+        return probs
+
     def labels_at(self, points_m) -> tuple[np.ndarray, np.ndarray]:
         """(NYU40 uint16, confidence float32) per point: the cells' probabilities interpolated at the
         point (`nets.vertex_labels`; a correction wins in its cells; 0 below `min_point_conf`); where no
@@ -143,12 +151,14 @@ class LabelView:
 
     def _likeness(self, seed: np.ndarray, toward: int | None):
         """None (no limit), or a test of cells ((N,3)) -> bool: the nets give `toward` at least
-        `config.region_min_share` times the seed cell's probability of it."""
+        `config.region_min_share` times the seed cell's probability of it. The nets' own probabilities, not a
+        correction's: clicking a cell corrected earlier must not lift the limit (its corrected class holds all
+        the probability, any other class none)."""
         if toward is None or int(toward) not in CLASS_IDS or not len(seed):
             return None
         col = int(class_columns(np.array([toward]))[0])
-        floor = self.config.region_min_share * self.cell_probs(seed)[0][0, col]
-        return lambda cells: self.cell_probs(cells)[0][:, col] >= floor
+        floor = self.config.region_min_share * self.predicted_probs(seed)[0, col]
+        return lambda cells: self.predicted_probs(cells)[:, col] >= floor
 
     def class_counts(self) -> dict[int, int]:
         """{NYU40 id: labelled cells} over every class present (0 excluded)."""

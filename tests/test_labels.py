@@ -194,6 +194,11 @@ def test_a_region_set_to_a_class_keeps_to_cells_the_nets_find_as_likely_to_be_it
         assert len(region) == expect, share
         assert len(store.connected_region(centres([[7, 2, 0]])[0])) == 40
         assert len(store.connected_region(centres([[1, 2, 0]])[0], toward=door)) == 40
+    # the door first corrected to wall by mistake, then clicked as door: the nets' own probabilities still keep
+    # the region to the door (a corrected cell's door probability is 0, which would lift the limit)
+    store.correct(cells[in_door], WALL)
+    store = LabelStore.from_arrays(store.to_arrays(), GRID, LabelStoreConfig())
+    assert len(store.connected_region(centres([[7, 2, 0]])[0], toward=door)) == 10
 
 
 def test_version_and_changed_since():
